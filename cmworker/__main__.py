@@ -1,0 +1,5 @@
+import sys
+
+from cmworker.cli import main
+
+sys.exit(main())

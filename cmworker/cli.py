@@ -1,0 +1,50 @@
+"""The ``cmworker`` command line: a table of subcommands, each living in the module that owns it.
+
+A subcommand's module exposes ``configure_<name>(parser)`` and ``run_<name>(args) -> int``. Building the
+parser imports every command module, so those modules keep heavy imports (TLS, HTTP, the pool) inside
+``run_<name>``: ``cmworker --version`` and ``--help`` stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cmworker._version import __version__
+
+# name -> (module, help). The module provides configure_<name>(parser) and run_<name>(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("cmworker.config", "print the effective configuration and where each value came from"),
+    "runtime": ("cmworker.runtime.cli", "run the embedded compute-module runtime on loopback"),
+    "call": ("cmworker.runtime.cli", "send a query to the running embedded runtime and print the answer"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmworker", description="Run Python functions in a Foundry "
+                                     "compute module, one crash-isolated worker per job.")
+    parser.add_argument("--version", action="version", version=f"cmworker {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        getattr(module, f"configure_{name}")(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    code: int = getattr(module, f"run_{args.command}")(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Every error cmworker raises or reports, as one small tree.
+
+    CmworkerError
+    ├── ConfigError              a setting is wrong; the message names key, value and file
+    ├── AppLoadError             the user's app could not be imported
+    ├── PoolUnhealthy            workers keep dying before they take a job; respawning stopped
+    ├── RuntimeUnavailable       the compute-module runtime cannot be reached or refused us
+    └── JobError                 a job ended with an error answer; each leaf is one payload ``kind``
+        ├── RemoteException          "exception"                the function raised
+        ├── UnknownFunction          "unknown_function"         no function of that name
+        ├── InvalidInput             "invalid_input"            the query does not fit the function
+        ├── JobTimeout               "timeout"                  ran past its (soft or hard) timeout
+        ├── MemoryLimitExceeded      "memory_limit"             its process tree used too much memory
+        ├── WorkerDied               "worker_died"              its process died without answering
+        ├── ResultNotSerializable    "result_not_serializable"  the return value cannot be encoded
+        ├── ResultTooLarge           "result_too_large"         the encoded result is over the limit
+        ├── ShuttingDown             "shutdown"                 cmworker stopped before the job finished
+        ├── StreamFailed             "stream_failed"            a streaming function raised midway
+        └── JobDropped               "dropped"                  the runtime dropped the job (restart)
+
+An error answer travels as JSON (the body of ``POST results/{jobId}``)::
+
+    {"error": "<one clear sentence>", "kind": "<kind>", ...details}
+    {"exception": "<message>: <traceback>", "kind": "exception", "type": "<ExceptionClass>"}
+
+``JobError.to_payload()`` and ``error_from_payload()`` are the only two places that know this shape;
+both go through the kind registry that each leaf joins by declaring ``kind``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+__all__ = [
+    "AppLoadError",
+    "CmworkerError",
+    "ConfigError",
+    "InvalidInput",
+    "JobDropped",
+    "JobError",
+    "JobTimeout",
+    "MemoryLimitExceeded",
+    "PoolUnhealthy",
+    "RemoteException",
+    "ResultNotSerializable",
+    "ResultTooLarge",
+    "RuntimeUnavailable",
+    "ShuttingDown",
+    "StreamFailed",
+    "UnknownFunction",
+    "WorkerDied",
+    "error_from_payload",
+]
+
+
+class CmworkerError(Exception):
+    """Base of every exception cmworker raises."""
+
+
+class ConfigError(CmworkerError):
+    """A configuration value is wrong. The message names the key, the value and its source."""
+
+
+class AppLoadError(CmworkerError):
+    """The user's app could not be imported (the message carries the import traceback)."""
+
+
+class PoolUnhealthy(CmworkerError):
+    """Fresh workers keep dying before they take a job, so the pool stopped respawning them."""
+
+
+class RuntimeUnavailable(CmworkerError):
+    """The compute-module runtime cannot be reached, or it rejected our credentials."""
+
+
+_KINDS: dict[str, type[JobError]] = {}
+
+
+class JobError(CmworkerError):
+    """A job ended without a result. ``kind`` names the leaf; ``details`` are its structured facts.
+
+    Details are JSON values (``timeout_s``, ``limit_bytes``, ``rss_bytes``, ``signal``, ``exit_code``,
+    ``pid``, ``output``…); they are also readable as attributes: ``err.timeout_s``.
+    """
+
+    kind: ClassVar[str] = "error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            if cls.kind in _KINDS:
+                raise TypeError(f"payload kind {cls.kind!r} is already taken by {_KINDS[cls.kind].__name__}")
+            _KINDS[cls.kind] = cls
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails; guards against recursion before __init__ ran.
+        details = self.__dict__.get("details")
+        if details is not None and name in details:
+            return details[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute or detail {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object that answers the job."""
+        return {"error": self.message, "kind": self.kind, **self.details}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_payload(), default=str).encode()
+
+
+def _rebuild(cls: type[JobError], message: str, details: dict[str, Any]) -> JobError:
+    return cls(message, **details)
+
+
+class RemoteException(JobError):
+    """The function raised. ``remote_type`` is the exception's class name, ``remote_traceback`` its text."""
+
+    kind = "exception"
+
+    def __init__(self, message: str, *, type: str | None = None, traceback: str = "", **details: Any) -> None:
+        super().__init__(message, **details)
+        self.remote_type = type
+        self.remote_traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, {**self.details, "type": self.remote_type,
+                                                       "traceback": self.remote_traceback}))
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.message}" if self.remote_type else self.message
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, traceback_text: str) -> RemoteException:
+        return cls(str(exc), type=type(exc).__name__, traceback=traceback_text)
+
+    def to_payload(self) -> dict[str, Any]:
+        # The official SDK answers ``{"exception": f"{exc}: {traceback}"}``; callers parse that field,
+        # so it keeps its exact shape and the kind and class name ride alongside.
+        return {"exception": f"{self.message}: {self.remote_traceback}", "kind": self.kind,
+                "type": self.remote_type, **self.details}
+
+
+class UnknownFunction(JobError):
+    kind = "unknown_function"
+
+
+class InvalidInput(JobError):
+    kind = "invalid_input"
+
+
+class JobTimeout(JobError):
+    """Raised inside a job at its soft timeout (catch it to clean up); answered as ``timeout``."""
+
+    kind = "timeout"
+
+
+class MemoryLimitExceeded(JobError):
+    kind = "memory_limit"
+
+
+class WorkerDied(JobError):
+    kind = "worker_died"
+
+
+class ResultNotSerializable(JobError):
+    kind = "result_not_serializable"
+
+
+class ResultTooLarge(JobError):
+    kind = "result_too_large"
+
+
+class ShuttingDown(JobError):
+    kind = "shutdown"
+
+
+class StreamFailed(JobError):
+    kind = "stream_failed"
+
+
+class JobDropped(JobError):
+    kind = "dropped"
+
+
+# The official SDK's answer to an unknown query type, recognised so callers get a typed error from it too.
+_SDK_UNKNOWN_QUERY = {"error": "Unknown query type"}
+
+
+def error_from_payload(payload: Any) -> JobError | None:
+    """The error a job answer carries, or ``None`` when the answer is a result.
+
+    Understands cmworker's payloads (any registered ``kind``) and the official SDK's two error shapes:
+    ``{"exception": "..."}`` and ``{"error": "Unknown query type"}``.
+    """
+    if not isinstance(payload, dict):
+        return None
+    kind = payload.get("kind")
+    if kind == RemoteException.kind or (kind is None and set(payload) == {"exception"}):
+        text = payload.get("exception")
+        if not isinstance(text, str):
+            return None
+        message, _, traceback_text = text.partition(": Traceback")
+        if traceback_text:
+            traceback_text = "Traceback" + traceback_text
+        details = {k: v for k, v in payload.items() if k not in ("exception", "kind", "type")}
+        return RemoteException(message, type=payload.get("type"), traceback=traceback_text, **details)
+    if kind is None:
+        if payload == _SDK_UNKNOWN_QUERY:
+            return UnknownFunction("Unknown query type")
+        return None
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    message = payload.get("error")
+    if cls is None or not isinstance(message, str):
+        return None
+    details = {k: v for k, v in payload.items() if k not in ("error", "kind")}
+    return cls(message, **details)

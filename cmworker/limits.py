@@ -1,0 +1,19 @@
+"""Limits on one job, and the OS mechanics that enforce them (parent side).
+
+Units live in ``cmworker.units``; this module holds the resolved per-job limits, wait-status decoding,
+process-tree memory and kill escalation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What one job may use. ``None`` means unlimited."""
+
+    timeout: float | None = None          # hard wall-clock limit from dispatch, seconds
+    soft_timeout: float | None = None     # JobTimeout raised inside the job first, seconds
+    memory_limit: int | None = None       # RSS of the job's process tree, bytes
+    max_result_size: int = 32 * 2**20     # encoded result bytes
