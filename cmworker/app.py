@@ -70,7 +70,7 @@ def function(
         _registry[spec.name] = spec
         return f
 
-    return register if fn is None else register(fn)  # type: ignore[arg-type]
+    return register if fn is None else register(fn)
 
 
 def load_app(spec: str) -> Mapping[str, FunctionSpec]:

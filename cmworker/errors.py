@@ -139,7 +139,11 @@ class RemoteException(JobError):
 
     @classmethod
     def from_exception(cls, exc: BaseException, traceback_text: str) -> RemoteException:
-        return cls(str(exc), type=type(exc).__name__, traceback=traceback_text)
+        try:
+            message = str(exc)
+        except Exception:  # an exception whose __str__ raises still gets answered
+            message = f"<unprintable {type(exc).__name__}>"
+        return cls(message, type=type(exc).__name__, traceback=traceback_text)
 
     def to_payload(self) -> dict[str, Any]:
         # The official SDK answers ``{"exception": f"{exc}: {traceback}"}``; callers parse that field,
@@ -217,8 +221,8 @@ def error_from_payload(payload: Any) -> JobError | None:
             return UnknownFunction("Unknown query type")
         return None
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    message = payload.get("error")
-    if cls is None or not isinstance(message, str):
+    error = payload.get("error")
+    if cls is None or not isinstance(error, str):
         return None
     details = {k: v for k, v in payload.items() if k not in ("error", "kind")}
-    return cls(message, **details)
+    return cls(error, **details)

@@ -1,0 +1,185 @@
+"""The worker template: a clean, single-threaded process that imports the app once and forks workers.
+
+The parent starts it as a fresh interpreter (``python -m cmworker.template``), never by forking
+itself: the parent has threads and holds the service connection, and a fork of such a process is
+unsafe. Starting from a fresh interpreter also makes the pool behave the same on every Python from
+3.10 to 3.14, whatever ``multiprocessing``'s default start method is, because it is not used at all.
+
+Once the app is imported the template only does two things, driven by one ``select``:
+
+* ``Spawn`` from the parent (with the new worker's socket and stdout/stderr pipes attached as fds):
+  fork, put the child in its own process group, wire its fds, run ``worker.serve``; reply ``Spawned``.
+* ``SIGCHLD``: reap with ``wait4`` and report ``Exited`` (raw wait status, peak RSS, CPU) so the
+  parent can classify the death. The template is a child subreaper, so grandchildren orphaned by a
+  dying worker are re-parented here and reaped too instead of lingering as zombies.
+
+When the control socket closes (the parent exited or is shutting the pool down) the template kills
+every worker's process group and exits, so no worker outlives its pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from cmworker.app import FunctionSpec, load_app, registry
+from cmworker.messages import (
+    MAX_CONTROL_MESSAGE,
+    Exited,
+    Spawn,
+    Spawned,
+    TemplateFailed,
+    TemplateReady,
+    pack_packet,
+    unpack_packet,
+)
+
+_PR_SET_CHILD_SUBREAPER = 36
+# Workers volunteer to the kernel's OOM killer before the template or the parent do, so that an
+# out-of-memory kill takes the job that caused it instead of the process that answers for it.
+_WORKER_OOM_SCORE_ADJ = b"500"
+
+
+def main(argv: list[str]) -> NoReturn:
+    options: dict[str, Any] = json.loads(argv[1])
+    sys.path[:] = options["sys_path"]
+    control = socket.socket(fileno=options["control_fd"])
+    # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _become_subreaper()
+    try:
+        for module in options.get("preload", []):
+            __import__(module)
+        functions = load_app(options["app"]) if options.get("app") else registry()
+    except BaseException as exc:
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else traceback.format_exc()
+        control.send(pack_packet(TemplateFailed(reason)))
+        os._exit(1)
+    # Objects that exist now are shared copy-on-write with every worker; keep the collector off them
+    # so that a worker's first collection does not touch (and copy) every page of the app.
+    gc.collect()
+    gc.freeze()
+    Template(control, functions).run()
+
+
+class Template:
+    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec]) -> None:
+        self.control = control
+        self.functions = functions
+        self.workers: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+
+    def run(self) -> NoReturn:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only wakes the select
+        names = "\n".join(sorted(self.functions))
+        self.control.send(pack_packet(TemplateReady(os.getpid(), names)))
+        while True:
+            readable, _, _ = select.select([self.control.fileno(), self.wake_r], [], [])
+            if self.wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+                self.reap()
+            if self.control.fileno() in readable:
+                self.handle_control()
+
+    def handle_control(self) -> None:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.control, MAX_CONTROL_MESSAGE, 3)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self.shutdown()
+        message = unpack_packet(data)
+        if isinstance(message, Spawn) and len(fds) == 3:
+            pid = self.fork_worker(fds)
+            self.control.send(pack_packet(Spawned(message.slot, pid)))
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def fork_worker(self, fds: list[int]) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.become_worker(fds)
+        # Both sides set the group, so neither a signal to the group nor the worker's first job can
+        # race ahead of it.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        for fd in fds:
+            os.close(fd)
+        self.workers.add(pid)
+        return pid
+
+    def become_worker(self, fds: list[int]) -> NoReturn:
+        code = 70
+        try:
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_DFL)
+            self.control.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            sock_fd, out_fd, err_fd = fds
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
+            os.close(out_fd)
+            os.close(err_fd)
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "wb") as f:
+                f.write(_WORKER_OOM_SCORE_ADJ)
+            from cmworker.worker import serve
+
+            serve(socket.socket(fileno=sock_fd), self.functions)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.workers:
+                self.workers.discard(pid)
+                cpu = usage.ru_utime + usage.ru_stime
+                with contextlib.suppress(OSError):
+                    self.control.send(pack_packet(Exited(pid, status, usage.ru_maxrss * 1024, cpu)))
+
+    def shutdown(self) -> NoReturn:
+        for pid in self.workers:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        os._exit(0)
+
+
+def _become_subreaper() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,275 @@
+"""Child side only: read a job, run the function, send back its answer. Never touches the network.
+
+A worker is forked from the template with the app already imported. It reads ``Run`` messages from
+its own socket (one per worker, never shared), and answers each with exactly one terminal message:
+``Result``, ``Failure``, or — for a streaming function — ``Chunk``s then ``StreamEnd``/``Failure``.
+Anything the function does wrong that Python can see (raising, an unencodable or oversized result,
+its soft timeout) becomes a ``Failure`` with a payload kind; what Python cannot see (a segfault,
+``os._exit``, a kill) the parent learns from the wait status and classifies there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
+from types import FrameType
+from typing import Any, NoReturn
+
+import cloudpickle
+
+from cmworker.app import FunctionSpec
+from cmworker.encoding import encode_result
+from cmworker.errors import (
+    InvalidInput,
+    JobError,
+    JobTimeout,
+    RemoteException,
+    ResultNotSerializable,
+    ResultTooLarge,
+    StreamFailed,
+    UnknownFunction,
+)
+from cmworker.limits import process_tree
+from cmworker.messages import (
+    MODE_PICKLE,
+    BlockingReader,
+    Chunk,
+    Failure,
+    Ready,
+    Result,
+    Run,
+    StreamEnd,
+    send_message,
+)
+from cmworker.units import format_duration, format_size
+
+# True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
+_in_job = False
+_soft_timeout = 0.0
+
+
+def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoReturn:
+    """The worker's whole life: announce itself, then run jobs until the parent closes the socket."""
+    signal.signal(signal.SIGALRM, _on_soft_timeout)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    send_message(sock, Ready(os.getpid()))
+    reader = BlockingReader(sock)
+    while True:
+        try:
+            message = reader.read()
+        except OSError:
+            message = None
+        if message is None:  # the parent closed our socket: retire quietly
+            _flush_output()
+            os._exit(0)
+        if isinstance(message, Run):
+            _run(sock, message, functions)
+
+
+def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> None:
+    cpu_start = time.process_time()
+    reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
+    _kill_leftovers()
+    _flush_output()
+    cpu = time.process_time() - cpu_start
+    if isinstance(reply, Result):
+        send_message(sock, Result(reply.body, cpu))
+    elif isinstance(reply, Failure):
+        send_message(sock, Failure(reply.kind, reply.body, cpu))
+    else:
+        send_message(sock, StreamEnd(cpu))
+
+
+def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> Result | Failure | StreamEnd:
+    spec = functions.get(run.function)
+    if spec is None:
+        known = ", ".join(sorted(functions)) or "none"
+        return _failure(UnknownFunction(f"no function named {run.function!r}; this app has: {known}",
+                                        function=run.function, known=sorted(functions)))
+    try:
+        job = json.loads(bytes(run.body))
+    except ValueError as exc:
+        return _failure(InvalidInput(f"the job is not valid JSON: {exc}"))
+    query, context = _query_and_context(job)
+    try:
+        with _soft_limit(run.soft_timeout):
+            value = spec.fn(context, query)
+            if spec.streaming and _is_stream(value):
+                return _stream(sock, value, run)
+    except JobTimeout as exc:
+        return _failure(exc)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the job raised them
+        return _failure(RemoteException.from_exception(exc, traceback.format_exc()))
+    return _encode(value, run.max_result_size)
+
+
+def _query_and_context(job: Any) -> tuple[Any, dict[str, Any]]:
+    """The query and the SDK-shaped context dict from a runtime job or a bare ``{"query": ...}``."""
+    if isinstance(job, dict):
+        v1 = job.get("computeModuleJobV1", job)
+        if isinstance(v1, dict):
+            context = {
+                "jobId": v1.get("jobId"),
+                "tempCredsAuthToken": v1.get("temporaryCredentialsAuthToken", ""),
+                "authHeader": v1.get("authHeader", ""),
+                "userId": v1.get("userId", ""),
+            }
+            return v1.get("query"), context
+    return job, {"jobId": None, "tempCredsAuthToken": "", "authHeader": "", "userId": ""}
+
+
+def _is_stream(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, dict | str | bytes | bytearray)
+
+
+def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | Failure:
+    """Send each item as it is produced. Runs inside the soft-timeout window: items are user code."""
+    sent = 0
+    iterator: Iterator[Any] = iter(items)
+    try:
+        for item in iterator:
+            try:
+                data = encode_result(item)
+            except Exception as exc:
+                return _failure(StreamFailed(f"stream item {sent} cannot be encoded as JSON: {exc}",
+                                             items_sent=sent))
+            if run.max_result_size and len(data) > run.max_result_size:
+                return _failure(ResultTooLarge(
+                    f"stream item {sent} is {format_size(len(data))}, over the limit of "
+                    f"{format_size(run.max_result_size)}", size_bytes=len(data),
+                    limit_bytes=run.max_result_size, items_sent=sent))
+            send_message(sock, Chunk(data))
+            sent += 1
+    except JobTimeout as exc:
+        return _failure(exc)
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        return _failure(StreamFailed(f"the stream failed after {sent} items: {type(exc).__name__}: "
+                                     f"{_safe_str(exc)}", items_sent=sent, type=type(exc).__name__,
+                                     traceback=tb))
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with contextlib.suppress(BaseException):
+                close()
+    return StreamEnd()
+
+
+def _encode(value: Any, max_size: int) -> Result | Failure:
+    try:
+        body = encode_result(value)
+    except Exception as exc:  # TypeError, ValueError (circular), RecursionError (too deep)
+        return _failure(ResultNotSerializable(
+            f"the function returned a {type(value).__name__} that cannot be encoded as JSON: {_safe_str(exc)}",
+            type=type(value).__name__))
+    if max_size and len(body) > max_size:
+        return _failure(ResultTooLarge(
+            f"the result is {format_size(len(body))}, over the limit of {format_size(max_size)}",
+            size_bytes=len(body), limit_bytes=max_size))
+    return Result(body)
+
+
+def _failure(error: JobError) -> Failure:
+    payload = error.to_payload()
+    try:
+        body = json.dumps(payload).encode()
+    except (TypeError, ValueError):
+        body = json.dumps(payload, default=repr).encode()
+    return Failure(error.kind, body)
+
+
+def _run_pickled(run: Run) -> Result | Failure:
+    """Executor jobs: a cloudpickled ``(fn, args, kwargs)`` in, a pickled result or exception out."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(run.body)
+        with _soft_limit(run.soft_timeout):
+            value = fn(*args, **kwargs)
+    except BaseException as exc:
+        return _pickled_failure(exc, traceback.format_exc())
+    try:
+        body = cloudpickle.dumps(value)
+    except Exception as exc:
+        return _pickled_failure(ResultNotSerializable(
+            f"the function returned a {type(value).__name__} that cannot be pickled: {_safe_str(exc)}",
+            type=type(value).__name__), "")
+    if run.max_result_size and len(body) > run.max_result_size:
+        return _pickled_failure(ResultTooLarge(
+            f"the result is {format_size(len(body))}, over the limit of {format_size(run.max_result_size)}",
+            size_bytes=len(body), limit_bytes=run.max_result_size), "")
+    return Result(body)
+
+
+def _pickled_failure(exc: BaseException, tb: str) -> Failure:
+    """The exception itself when it pickles and unpickles; else a RemoteException carrying its text."""
+    kind = exc.kind if isinstance(exc, JobError) else RemoteException.kind
+    try:
+        body = cloudpickle.dumps((exc, tb))
+        cloudpickle.loads(body)
+    except Exception:
+        body = cloudpickle.dumps((RemoteException.from_exception(exc, tb), tb))
+    return Failure(kind, body)
+
+
+class _soft_limit:
+    """Arms SIGALRM for the job's soft timeout; the handler raises JobTimeout inside user code."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        global _in_job, _soft_timeout
+        _soft_timeout = self.seconds
+        _in_job = True
+        if self.seconds > 0:
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        global _in_job
+        _in_job = False
+        if self.seconds > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _on_soft_timeout(signum: int, frame: FrameType | None) -> None:
+    if _in_job:
+        raise JobTimeout(f"the job passed its soft timeout of {format_duration(_soft_timeout)}",
+                         timeout_s=_soft_timeout, soft=True)
+
+
+def _kill_leftovers() -> None:
+    """Whatever the job started and left running dies with the job, and zombies are reaped."""
+    try:
+        if os.waitpid(-1, os.WNOHANG) == (0, 0):
+            pass  # a child is still running: fall through and kill it
+    except ChildProcessError:
+        return  # the common case, one syscall: the job started no process
+    me = os.getpid()
+    leftovers = [p for p in process_tree(me) if p != me]
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"

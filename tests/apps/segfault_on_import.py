@@ -1,0 +1,4 @@
+import faulthandler
+
+faulthandler.disable()
+faulthandler._sigsegv()

@@ -1,0 +1,112 @@
+"""Runs a real Pool in a test and collects its answers, with a hard deadline on every wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+
+from cmworker.limits import JobLimits
+from cmworker.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+
+APPS = os.path.join(os.path.dirname(__file__), "apps")
+WAIT = 30.0  # no single wait in a test may take longer than this
+
+
+class Harness:
+    def __init__(self, pool_kwargs: dict[str, Any]) -> None:
+        self.answers: dict[str, list[Answer]] = {}
+        self.items: dict[str, list[bytes]] = {}
+        self.output: list[OutputLine] = []
+        self.cond = threading.Condition()
+        self.ids = iter(range(10**9))
+        self.pool = Pool(on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
+                         **pool_kwargs)
+
+    def _on_answer(self, answer: Answer) -> None:
+        with self.cond:
+            self.answers.setdefault(answer.job.id, []).append(answer)
+            self.cond.notify_all()
+
+    def _on_stream(self, item: StreamItem) -> None:
+        with self.cond:
+            self.items.setdefault(item.job.id, []).append(item.data)
+
+    def _on_output(self, line: OutputLine) -> None:
+        with self.cond:
+            self.output.append(line)
+
+    def submit(self, function: str, query: Any = None, **limits: Any) -> str:
+        job_id = f"job-{next(self.ids)}"
+        body = json.dumps({"jobId": job_id, "queryType": function, "query": query}).encode()
+        self.pool.submit(Job(job_id, function, body, JobLimits(**limits)))
+        return job_id
+
+    def wait(self, job_id: str, timeout: float = WAIT) -> Answer:
+        with self.cond:
+            if not self.cond.wait_for(lambda: job_id in self.answers, timeout):
+                raise AssertionError(f"no answer for {job_id} within {timeout}s")
+            return self.answers[job_id][0]
+
+    def run(self, function: str, query: Any = None, **limits: Any) -> Answer:
+        return self.wait(self.submit(function, query, **limits))
+
+    def payload(self, answer: Answer) -> Any:
+        return json.loads(answer.body)
+
+    def wait_full_strength(self, timeout: float = WAIT) -> None:
+        """Every worker alive and idle again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pool.available == self.pool.size and len(self.pool.worker_pids()) == self.pool.size:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"pool not back to {self.pool.size} idle workers: {self.pool.available}")
+
+    def assert_answered_once(self) -> None:
+        with self.cond:
+            twice = {k: len(v) for k, v in self.answers.items() if len(v) != 1}
+        assert not twice, f"jobs answered more than once: {twice}"
+
+
+def descendants() -> set[int]:
+    """Live (non-zombie) descendants of the test process."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_gone(pids: set[int], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        if alive:
+            time.sleep(0.01)
+    assert not alive, f"processes left behind: {alive}"
+
+
+@contextmanager
+def running_pool(app: str = "misbehave.py", **kwargs: Any) -> Iterator[Harness]:
+    """A started pool over ``tests/apps/<app>``; on exit it is closed and no process may remain."""
+    before = descendants()
+    kwargs.setdefault("workers", 2)
+    harness = Harness({"app": os.path.join(APPS, app), **kwargs})
+    harness.pool.start()
+    try:
+        yield harness
+        harness.assert_answered_once()
+    finally:
+        harness.pool.close()
+        wait_gone(descendants() - before)
