@@ -32,6 +32,13 @@ class FunctionSpec:
     soft_timeout: float | None = None
     memory_limit: int | None = None
 
+    def prepare(self, context: dict[str, Any], query: Any) -> tuple[Any, Any]:
+        """The ``(context, event)`` arguments for one call, built in the worker from the job.
+
+        Raises ``InvalidInput`` (naming the field) when the query does not fit the function's types.
+        """
+        return context, query
+
 
 _registry: dict[str, FunctionSpec] = {}
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("cmworker.config", "print the effective configuration and where each value came from"),
     "runtime": ("cmworker.runtime.cli", "run the embedded compute-module runtime on loopback"),
     "call": ("cmworker.runtime.cli", "send a query to the running embedded runtime and print the answer"),
+    "schema": ("cmworker.schema", "print the function schemas inferred from an app's type hints"),
 }
 
 

@@ -101,8 +101,12 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
         return _failure(InvalidInput(f"the job is not valid JSON: {exc}"))
     query, context = _query_and_context(job)
     try:
+        context_arg, event = spec.prepare(context, query)
+    except InvalidInput as exc:
+        return _failure(exc)
+    try:
         with _soft_limit(run.soft_timeout):
-            value = spec.fn(context, query)
+            value = spec.fn(context_arg, event)
             if spec.streaming and _is_stream(value):
                 return _stream(sock, value, run)
     except JobTimeout as exc:
