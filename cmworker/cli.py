@@ -1,8 +1,8 @@
 """The ``cmworker`` command line: a table of subcommands, each living in the module that owns it.
 
-A subcommand's module exposes ``configure_<name>(parser)`` and ``run_<name>(args) -> int``. Building the
-parser imports every command module, so those modules keep heavy imports (TLS, HTTP, the pool) inside
-``run_<name>``: ``cmworker --version`` and ``--help`` stay instant.
+A subcommand's module exposes ``configure_<name>(parser)`` and ``run_<name>(args) -> int``. Only the
+module of the command being run is imported, so ``cmworker --version`` and ``--help`` stay instant and
+one command's dependencies never break another.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from cmworker._version import __version__
 
 # name -> (module, help). The module provides configure_<name>(parser) and run_<name>(args).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("cmworker.serve", "serve an app's functions to the compute-module runtime (the container entrypoint)"),
+    "dev": ("cmworker.serve", "serve an app on the embedded runtime, for local development"),
     "config": ("cmworker.config", "print the effective configuration and where each value came from"),
     "runtime": ("cmworker.runtime.cli", "run the embedded compute-module runtime on loopback"),
     "call": ("cmworker.runtime.cli", "send a query to the running embedded runtime and print the answer"),
@@ -23,21 +25,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to configure its subparser."""
     parser = argparse.ArgumentParser(prog="cmworker", description="Run Python functions in a Foundry "
                                      "compute module, one crash-isolated worker per job.")
     parser.add_argument("--version", action="version", version=f"cmworker {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        getattr(module, f"configure_{name}")(command_parser)
+        if name == command:
+            getattr(importlib.import_module(module_name), f"configure_{name}")(command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help()

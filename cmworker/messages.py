@@ -218,7 +218,7 @@ class Exited(Message):
 class TemplateReady(Message):
     tag = 13
     pid: int
-    functions: str   # newline-separated names of the registered functions
+    functions: str   # JSON: {name: {streaming, timeout, soft_timeout, memory_limit, schema}}
 
     def pack(self) -> bytes:
         return struct.pack("!I", self.pid) + self.functions.encode()

@@ -209,6 +209,7 @@ class Pool:
         self.python = python
         self.clock = clock
         self.functions: list[str] = []
+        self.function_info: dict[str, dict[str, Any]] = {}  # declared limits and schema, by function
         self.respawns = 0
         self.turns = 0  # iterations of the loop: lets a test prove an idle pool sleeps
 
@@ -486,7 +487,8 @@ class Pool:
 
     def _on_template_ready(self, message: TemplateReady) -> None:
         self._template_state = "ready"
-        self.functions = [f for f in message.functions.split("\n") if f]
+        self.function_info = json.loads(message.functions)
+        self.functions = sorted(self.function_info)
 
     def _on_template_failed(self, message: TemplateFailed) -> None:
         self._load_error = AppLoadError(message.reason)

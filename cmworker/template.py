@@ -84,8 +84,7 @@ class Template:
     def run(self) -> NoReturn:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only wakes the select
-        names = "\n".join(sorted(self.functions))
-        self.control.send(pack_packet(TemplateReady(os.getpid(), names)))
+        self.control.send(pack_packet(TemplateReady(os.getpid(), json.dumps(describe(self.functions)))))
         while True:
             readable, _, _ = select.select([self.control.fileno(), self.wake_r], [], [])
             if self.wake_r in readable:
@@ -171,6 +170,26 @@ class Template:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
         os._exit(0)
+
+
+def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
+    """What the parent needs to know of each function without importing the app itself."""
+    try:
+        from cmworker.schema import infer_schema
+    except ImportError:  # schema inference is optional for the pool
+        infer_schema = None
+    described = {}
+    for name, spec in functions.items():
+        schema = None
+        if infer_schema is not None:
+            try:
+                schema = infer_schema(spec)
+            except Exception as exc:
+                print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
+        described[name] = {"streaming": spec.streaming, "timeout": spec.timeout,
+                           "soft_timeout": spec.soft_timeout, "memory_limit": spec.memory_limit,
+                           "schema": schema}
+    return described
 
 
 def _become_subreaper() -> None:

@@ -1,0 +1,424 @@
+"""Serve compute-module jobs: admission, the job ledger, posting answers, and the process lifecycle.
+
+Threads of the parent process and what each owns::
+
+    main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
+    poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held
+    pool       the supervisor loop (cmworker.supervisor): workers, deadlines, memory, deaths
+    post-N     POST results/{jobId}, retried with backoff until the runtime has it
+    stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
+
+Every job the poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
+been posted (or the runtime said it no longer knows the job). A job is never held twice and never
+answered twice: the pool answers each job exactly once, and a POST retried after a lost reply is
+recognised by the runtime's ``409`` as already delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmworker.app import FunctionSpec
+from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
+from cmworker.limits import JobLimits
+from cmworker.service import Connection, Reply, Service, TransportError, backoff
+from cmworker.supervisor import Answer, Job, Pool, StreamItem
+
+log = logging.getLogger("cmworker.poller")
+
+_END = object()   # closes a stream's item queue
+
+
+def _constant(body: bytes) -> Callable[[], bytes]:
+    return lambda: body
+
+
+def _not_run_here(*args: Any) -> None:
+    raise RuntimeError("the parent process never runs user code")
+
+
+@dataclass(eq=False)
+class _Held:
+    job_id: str
+    function: str
+    accepted: float
+    stream: queue.SimpleQueue[Any] | None = None
+
+
+class Ledger:
+    """The jobs this replica holds: accepted from the runtime and not yet answered to it."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, _Held] = {}
+        self._lock = threading.Condition()
+        self.posted = 0
+
+    def accept(self, job_id: str, function: str) -> _Held | None:
+        """Record a job; ``None`` when it is already held (the runtime handed it out twice)."""
+        with self._lock:
+            if job_id in self._jobs:
+                return None
+            held = self._jobs[job_id] = _Held(job_id, function, time.monotonic())
+            return held
+
+    def get(self, job_id: str) -> _Held | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self.posted += 1
+            self._lock.notify_all()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def wait_below(self, limit: int, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._jobs) < limit, timeout)
+
+    def wait_empty(self, timeout: float) -> bool:
+        return self.wait_below(1, timeout)
+
+
+@dataclass
+class Settings:
+    workers: int
+    limits_for: Callable[[str, FunctionSpec | None], JobLimits]
+    shutdown_grace: float = 25.0
+    kill_grace: float = 0.05
+    max_jobs_per_worker: int = 0
+    posters: int = 2
+    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+    schemas: list[dict[str, Any]] | None = None
+
+
+class Poller:
+    """Runs one replica: the pool, the poll loop and the posters, until a signal or a fatal error."""
+
+    def __init__(self, app: str, service: Service, settings: Settings,
+                 check_functions: Callable[[list[str]], None] | None = None) -> None:
+        self.check_functions = check_functions
+        self.service = service
+        self.settings = settings
+        self.ledger = Ledger()
+        self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
+                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
+        self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._fatal: BaseException | None = None
+        self._signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        self._threads: list[threading.Thread] = []
+        self.exit_code = 0
+
+    # -- lifecycle (main thread) ----------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.pool.start()
+        self._learn_functions()
+        conn = self.service.connection()
+        self._announce(conn)
+        conn.close()
+        for i in range(self.settings.posters):
+            self._thread(self._post_loop, f"cmworker-post-{i}")
+        self._thread(self._poll_loop, "cmworker-poll")
+        while not self._stopping.is_set():
+            self._wait_main()
+            self._handle_signals()
+            if self._fatal is not None or self.pool.unhealthy is not None:
+                break
+        self._drain(self.settings.shutdown_grace)
+        if self._fatal is not None:
+            log.error("stopping: %s", self._fatal)
+            return 1
+        return self.exit_code
+
+    def _learn_functions(self) -> None:
+        """Declared limits and schemas, as the template reported them: the parent never imports the app."""
+        info = self.pool.function_info
+        self.settings.functions = {
+            name: FunctionSpec(name, _not_run_here, bool(i.get("streaming")), i.get("timeout"),
+                               i.get("soft_timeout"), i.get("memory_limit"))
+            for name, i in info.items()}
+        self.settings.schemas = [i["schema"] for i in info.values() if i.get("schema") is not None]
+        if self.check_functions is not None:
+            self.check_functions(self.pool.functions)
+
+    def stop(self) -> None:
+        """Ask the replica to drain and exit (what SIGTERM does). Any thread."""
+        self._stopping.set()
+        self._poke()
+
+    def _announce(self, conn: Connection) -> None:
+        """Post the schemas (failure is logged, not fatal) and the restart notification."""
+        if self.settings.schemas is not None:
+            try:
+                reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
+                                           "POST schemas", attempts=5)
+                if reply is not None and reply.status >= 300:
+                    log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+            except RuntimeUnavailable as exc:
+                log.error("could not post the function schemas: %s", exc)
+        reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
+                                   attempts=30)
+        if reply is not None and reply.status == 200:
+            with contextlib.suppress(ValueError):
+                dropped = json.loads(reply.body)
+                if dropped:
+                    log.warning("the runtime dropped %d job(s) it thought were running here before this "
+                                "restart: %s", len(dropped), ", ".join(map(str, dropped)))
+
+    def _with_retries(self, call: Callable[[], Reply | None], what: str, attempts: int) -> Reply | None:
+        for attempt in range(attempts):
+            try:
+                reply = call()
+            except TransportError as exc:
+                log.warning("%s failed (%s); retrying", what, exc)
+                if self._stopping.wait(backoff(attempt)):
+                    return None
+                continue
+            if reply is not None and reply.status in (401, 403):
+                raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}) "
+                                         f"on {what}: check {self.service.endpoints.token_source}")
+            if reply is not None and reply.status >= 500:
+                log.warning("%s: HTTP %s; retrying", what, reply.status)
+                if self._stopping.wait(backoff(attempt)):
+                    return None
+                continue
+            return reply
+        raise RuntimeUnavailable(f"{what} failed {attempts} times in a row")
+
+    def _drain(self, grace: float) -> None:
+        """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST."""
+        self._stopping.set()
+        self.pool.close(grace=grace)
+        if not self.ledger.wait_empty(timeout=max(grace, 5.0)):
+            log.error("%d job(s) could not be answered before exit", len(self.ledger))
+        for _ in range(self.settings.posters):
+            self._answers.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                log.exception("%s failed", threading.current_thread().name)
+                self._fatal = exc
+                self._poke()
+        return run
+
+    # -- signals: handlers only record; the main loop acts ---------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.set_wakeup_fd(self._wake_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _wait_main(self) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], 1.0)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            name = signal.Signals(signum).name.lower()
+            getattr(self, f"handle_{name}", lambda: None)()
+
+    def handle_sigterm(self) -> None:
+        if self._stopping.is_set():  # a second signal: stop now, still answering what we can
+            self.settings.shutdown_grace = 0.0
+            self.pool.close(grace=0.0)
+        log.warning("stopping: finishing running jobs for up to %.0fs", self.settings.shutdown_grace)
+        self._stopping.set()
+
+    handle_sigint = handle_sigterm
+
+    def handle_sigchld(self) -> None:
+        """As PID 1, orphans are re-parented to us: reap them so they do not pile up as zombies."""
+        if os.getpid() != 1:
+            return
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+    # -- the poll loop (poll thread) --------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        conn = self.service.connection()
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                if not self._admit():
+                    continue
+                try:
+                    reply = self.service.get_job(conn)
+                except TransportError as exc:
+                    failures += 1
+                    (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
+                    self._stopping.wait(backoff(failures))
+                    continue
+                failures = 0 if reply.status < 500 else failures + 1
+                self._on_get(reply, failures)
+        finally:
+            conn.close()
+
+    def _admit(self) -> bool:
+        """A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held."""
+        if not self.ledger.wait_below(self.settings.workers, timeout=0.5):
+            return False
+        return self.pool.wait_available(timeout=0.5)
+
+    def _on_get(self, reply: Reply, failures: int) -> None:
+        if reply.status == 204:
+            return
+        if reply.status in (401, 403):
+            raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}): "
+                                     f"check {self.service.endpoints.token_source}")
+        if reply.status != 200:
+            log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
+            self._stopping.wait(backoff(failures))
+            return
+        self._accept(reply.body)
+
+    def _accept(self, body: bytes) -> None:
+        """Turn one GET body into a pool job, or answer it at once when it cannot run."""
+        try:
+            document = json.loads(body)
+            v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
+        except (ValueError, KeyError):
+            v1 = None
+            document = None
+        job_id = v1.get("jobId") if isinstance(v1, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
+            return
+        function = v1.get("queryType") if isinstance(v1, dict) else None
+        held = self.ledger.accept(job_id, str(function))
+        if held is None:
+            log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
+            return
+        if not isinstance(function, str) or not function:
+            self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
+        elif self._stopping.is_set():
+            self._answer_now(job_id, ShuttingDown("cmworker is shutting down; this job was never started"))
+        elif self.pool.functions and function not in self.pool.functions:
+            known = ", ".join(sorted(self.pool.functions))
+            self._answer_now(job_id, UnknownFunction(f"no function named {function!r}; this app has: {known}",
+                                                     function=function, known=sorted(self.pool.functions)))
+        else:
+            limits = self.settings.limits_for(function, self.settings.functions.get(function))
+            self.pool.submit(Job(job_id, function, body, limits))
+
+    def _answer_now(self, job_id: str, error: JobError) -> None:
+        self._answers.put((job_id, error.to_bytes(), error.kind))
+
+    # -- answers (pool thread -> posters) -------------------------------------------------------
+
+    def _on_answer(self, answer: Answer) -> None:
+        held = self.ledger.get(answer.job.id)
+        if held is not None and held.stream is not None:
+            if answer.body:
+                held.stream.put(answer.body)
+            held.stream.put(_END)
+            return
+        self._answers.put((answer.job.id, answer.body, answer.kind))
+
+    def _on_stream(self, item: StreamItem) -> None:
+        held = self.ledger.get(item.job.id)
+        if held is None:
+            return
+        if held.stream is None:
+            held.stream = queue.SimpleQueue()
+            self._thread(lambda: self._post_stream(held), f"cmworker-stream-{held.job_id}")
+        held.stream.put(item.data)
+
+    def _post_loop(self) -> None:
+        conn = self.service.connection()
+        try:
+            while True:
+                task = self._answers.get()
+                if task is None:
+                    return
+                job_id, body, kind = task
+                self._post(conn, job_id, _constant(body), kind)
+        finally:
+            conn.close()
+
+    def _post_stream(self, held: _Held) -> None:
+        """One chunked POST fed as items arrive; the items are kept so a failed POST can be replayed."""
+        assert held.stream is not None
+        sent: list[bytes] = []
+        finished = False
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal finished
+            yield from sent
+            while not finished:
+                item = held.stream.get()  # type: ignore[union-attr]
+                if item is _END:
+                    finished = True
+                    return
+                sent.append(item)
+                yield item
+
+        conn = self.service.connection()
+        try:
+            self._post(conn, held.job_id, chunks, "stream")
+        finally:
+            conn.close()
+
+    def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], kind: str) -> None:
+        """POST one answer until the runtime has it; then the job leaves the ledger."""
+        attempt = 0
+        while True:
+            try:
+                reply = self.service.post_result(conn, job_id, body())
+            except TransportError as exc:
+                log.warning("POST result of job %s failed (%s); retrying", job_id, exc)
+            else:
+                if reply.status < 300 or reply.status == 409:
+                    # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
+                    break
+                if reply.status in (404, 410) or 400 <= reply.status < 500:
+                    log.error("the runtime refused the answer to job %s with HTTP %s: %.300r; giving up",
+                              job_id, reply.status, reply.body)
+                    break
+                log.warning("POST result of job %s: HTTP %s; retrying", job_id, reply.status)
+            attempt += 1
+            time.sleep(backoff(min(attempt, 10)))
+        self.ledger.release(job_id)
