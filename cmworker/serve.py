@@ -43,7 +43,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     service = Service(endpoints)
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
                         max_jobs_per_worker=config.max_jobs_per_worker,
-                        shutdown_grace=getattr(config, "shutdown_grace", 25.0))
+                        shutdown_grace=config.shutdown_grace)
     poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
     return poller.run()
 

@@ -101,8 +101,11 @@ def test_frame_reader_reassembles_any_split(messages: list[object], step: int) -
     assert [_normalise(d) for d in decoded] == [_normalise(m) for m in messages]
 
 
-@pytest.mark.parametrize("message", [Spawned(3, 99), Exited(99, 11, 1 << 30, 0.5), TemplateReady(5, '{"a": {"streaming": false}}'),
-                                     TemplateFailed("Traceback: boom")], ids=lambda m: type(m).__name__)
+CONTROL = [Spawned(3, 99), Exited(99, 11, 1 << 30, 0.5), TemplateReady(5, '{"a": {"streaming": false}}'),
+           TemplateFailed("Traceback: boom")]
+
+
+@pytest.mark.parametrize("message", CONTROL, ids=lambda m: type(m).__name__)
 def test_control_packets_round_trip(message: object) -> None:
     assert unpack_packet(pack_packet(message)) == message  # type: ignore[arg-type]
 
