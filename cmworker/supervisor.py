@@ -68,7 +68,7 @@ from cmworker.messages import (
     pack_packet,
     unpack_packet,
 )
-from cmworker.units import format_duration, format_size
+from cmworker.units import describe_size, format_duration, format_size
 
 log = logging.getLogger("cmworker.supervisor")
 
@@ -663,7 +663,7 @@ class Pool:
         slot.peak_rss = max(slot.peak_rss, used)
         if used > limit:
             self._fail(slot, MemoryLimitExceeded(
-                f"function {job.function!r} used {format_size(used)} of memory, over its limit of "
+                f"function {job.function!r} used {describe_size(used)} of memory, over its limit of "
                 f"{format_size(limit)}, and was killed", limit_bytes=limit, rss_bytes=used, pid=slot.pid))
             self._kill_job(slot, "memory", signal.SIGKILL, tree)
             return

@@ -167,3 +167,11 @@ def format_size(size: int) -> str:
     exact = [(len(str(size // factor)), order, f"{size // factor}{unit}")
              for order, (unit, factor) in enumerate(_SIZE_SPELLINGS) if size % factor == 0]
     return min(exact)[2] if exact else f"{size}B"
+
+
+def describe_size(size: int) -> str:
+    """A measured size for people: ``268959744 -> '256.5 MiB'`` (not exact; for messages only)."""
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"

@@ -48,7 +48,7 @@ from cmworker.messages import (
     StreamEnd,
     send_message,
 )
-from cmworker.units import format_duration, format_size
+from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
 _in_job = False
@@ -148,7 +148,7 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
                                              items_sent=sent))
             if run.max_result_size and len(data) > run.max_result_size:
                 return _failure(ResultTooLarge(
-                    f"stream item {sent} is {format_size(len(data))}, over the limit of "
+                    f"stream item {sent} is {describe_size(len(data))}, over the limit of "
                     f"{format_size(run.max_result_size)}", size_bytes=len(data),
                     limit_bytes=run.max_result_size, items_sent=sent))
             send_message(sock, Chunk(data))
@@ -177,7 +177,7 @@ def _encode(value: Any, max_size: int) -> Result | Failure:
             type=type(value).__name__))
     if max_size and len(body) > max_size:
         return _failure(ResultTooLarge(
-            f"the result is {format_size(len(body))}, over the limit of {format_size(max_size)}",
+            f"the result is {describe_size(len(body))}, over the limit of {format_size(max_size)}",
             size_bytes=len(body), limit_bytes=max_size))
     return Result(body)
 
@@ -207,7 +207,7 @@ def _run_pickled(run: Run) -> Result | Failure:
             type=type(value).__name__), "")
     if run.max_result_size and len(body) > run.max_result_size:
         return _pickled_failure(ResultTooLarge(
-            f"the result is {format_size(len(body))}, over the limit of {format_size(run.max_result_size)}",
+            f"the result is {describe_size(len(body))}, over the limit of {format_size(run.max_result_size)}",
             size_bytes=len(body), limit_bytes=run.max_result_size), "")
     return Result(body)
 

@@ -1,0 +1,16 @@
+# Sourced by scripts/test and scripts/quickstart: create or reuse .venv and install cmworker into it
+# with the given extra, reinstalling only when the packaging files changed.
+ensure_venv() {
+    local extra=${1:-}
+    local python=${PYTHON:-python3}
+    if [ ! -x .venv/bin/python ]; then
+        "$python" -m venv .venv
+    fi
+    local stamp=.venv/.cmworker-installed-${extra:-base}
+    local want
+    want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra:+[$extra]}"
+        echo "$want" > "$stamp"
+    fi
+}
