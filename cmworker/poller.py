@@ -324,6 +324,8 @@ class Poller:
             v1 = None
             document = None
         job_id = v1.get("jobId") if isinstance(v1, dict) else None
+        if isinstance(job_id, int) and not isinstance(job_id, bool):
+            job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
         if not isinstance(job_id, str) or not job_id:
             log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
             return
