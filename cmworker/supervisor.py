@@ -293,6 +293,16 @@ class Pool:
         if wake:
             self._wake()
 
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw a job that is still queued; True when it was (it then gets no answer). Thread-safe."""
+        with self._lock:
+            for job in self._pending:
+                if job.id == job_id:
+                    self._pending.remove(job)
+                    self._lock.notify_all()
+                    return True
+        return False
+
     @property
     def available(self) -> int:
         """Workers that are idle and not yet promised to a queued job."""

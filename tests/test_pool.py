@@ -264,3 +264,14 @@ def test_workers_dying_at_start_trip_the_crash_loop_breaker() -> None:
     with pytest.raises(PoolUnhealthy, match="died at start-up") as info, running_pool("dies_after_fork.py"):
         pass
     assert "exited with code 7" in str(info.value)
+
+
+def test_a_queued_job_can_be_cancelled_and_a_running_one_cannot() -> None:
+    with running_pool(workers=1) as h:
+        running = h.submit("neighbour", {"sleep": 0.3, "n": 1})
+        queued = h.submit("echo", "never")
+        assert h.pool.cancel(queued)
+        assert not h.pool.cancel(running)
+        assert h.wait(running).kind == "ok"
+        assert h.run("echo", "next").kind == "ok"
+        assert queued not in h.answers
