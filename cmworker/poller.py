@@ -116,7 +116,8 @@ class Poller:
         self.settings = settings
         self.ledger = Ledger()
         self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
-                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
+                         on_state_change=self._poke, kill_grace=settings.kill_grace,
+                         max_jobs_per_worker=settings.max_jobs_per_worker)
         self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
@@ -206,10 +207,16 @@ class Poller:
         raise RuntimeUnavailable(f"{what} failed {attempts} times in a row")
 
     def _drain(self, grace: float) -> None:
-        """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST."""
+        """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
+
+        The main loop keeps handling signals meanwhile, so a second one cuts the grace short.
+        """
         self._stopping.set()
-        self.pool.close(grace=grace)
-        if not self.ledger.wait_empty(timeout=max(grace, 5.0)):
+        self.pool.close(grace=grace, wait=False)
+        while not self.pool.closed:
+            self._wait_main()
+            self._handle_signals()
+        if not self.ledger.wait_empty(timeout=max(self.settings.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
         for _ in range(self.settings.posters):
             self._answers.put(None)
@@ -244,8 +251,9 @@ class Poller:
         self._signals.append(signum)
 
     def _wait_main(self) -> None:
+        """Sleep until a signal arrives or another thread pokes us (fatal error, pool state change)."""
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r], [], [], 1.0)
+            select.select([self._wake_r], [], [])
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
 
@@ -261,8 +269,9 @@ class Poller:
 
     def handle_sigterm(self) -> None:
         if self._stopping.is_set():  # a second signal: stop now, still answering what we can
-            self.settings.shutdown_grace = 0.0
-            self.pool.close(grace=0.0)
+            log.warning("stopping now: killing running jobs and answering them `shutdown`")
+            self.pool.close(grace=0.0, wait=False)
+            return
         log.warning("stopping: finishing running jobs for up to %.0fs", self.settings.shutdown_grace)
         self._stopping.set()
 

@@ -188,6 +188,7 @@ class Pool:
         on_answer: Callable[[Answer], None],
         on_stream: Callable[[StreamItem], None] | None = None,
         on_output: Callable[[OutputLine], None] | None = None,
+        on_state_change: Callable[[], None] | None = None,
         preload: Sequence[str] = (),
         kill_grace: float = 0.05,
         max_jobs_per_worker: int = 0,
@@ -202,6 +203,7 @@ class Pool:
         self.on_answer = on_answer
         self.on_stream = on_stream
         self.on_output = on_output or _default_output
+        self.on_state_change = on_state_change or (lambda: None)
         self.preload = list(preload)
         self.kill_grace = kill_grace
         self.max_jobs_per_worker = max_jobs_per_worker
@@ -324,18 +326,30 @@ class Pool:
     def worker_pids(self) -> list[int]:
         return [s.pid for s in list(self._slots.values()) if s.pid is not None and s.state != "dead"]
 
-    def close(self, grace: float = 0.0) -> None:
-        """Stop: let running jobs finish for up to ``grace`` seconds, then kill them and answer ``shutdown``."""
+    def close(self, grace: float = 0.0, wait: bool = True) -> None:
+        """Stop: let running jobs finish for up to ``grace`` seconds, then kill them and answer ``shutdown``.
+
+        Calling it again shortens the grace (a second Ctrl-C). With ``wait=False`` it returns at once;
+        ``closed`` tells when the pool is done and ``on_state_change`` is called then.
+        """
         with self._lock:
             if self._closed:
                 return
             self._stopping = True
             self._lock.notify_all()
-        self._stop_deadline = self.clock() + grace
+            deadline = self.clock() + grace
+            if self._stop_deadline is None or deadline < self._stop_deadline:
+                self._stop_deadline = deadline
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        self._closed = True
+        if self._thread is None:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether the pool has stopped and every job it took has been answered."""
+        return self._closed
 
     def __enter__(self) -> Pool:
         self.start()
@@ -382,7 +396,7 @@ class Pool:
     def _wake(self) -> None:
         if not self._woken:
             self._woken = True
-            with contextlib.suppress(BlockingIOError):
+            with contextlib.suppress(BlockingIOError, OSError):  # OSError: the pool closed meanwhile
                 os.write(self._wake_w, b"\0")
 
     def _on_wake(self, mask: int) -> None:
@@ -792,6 +806,7 @@ class Pool:
                 f"{self._startup_failures} workers in a row died at start-up, so the pool stopped "
                 f"respawning them; the last one: {reason}")
             log.error("%s", self._unhealthy)
+            self._call(lambda _: self.on_state_change(), None)
             self._fail_pending(str(self._unhealthy))
             with self._lock:
                 self._lock.notify_all()
@@ -988,6 +1003,7 @@ class Pool:
         with self._lock:
             self._lock.notify_all()
         self._ready.set()
+        self._call(lambda _: self.on_state_change(), None)
 
 
 def _last_lines(slot: _Slot) -> str:

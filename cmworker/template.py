@@ -174,18 +174,15 @@ class Template:
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
     """What the parent needs to know of each function without importing the app itself."""
-    try:
-        from cmworker.schema import infer_schema
-    except ImportError:  # schema inference is optional for the pool
-        infer_schema = None
+    from cmworker.schema import infer_schema
+
     described = {}
     for name, spec in functions.items():
         schema = None
-        if infer_schema is not None:
-            try:
-                schema = infer_schema(spec)
-            except Exception as exc:
-                print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
+        try:
+            schema = infer_schema(spec)
+        except Exception as exc:  # a schema is a courtesy to callers; the function still runs
+            print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
         described[name] = {"streaming": spec.streaming, "timeout": spec.timeout,
                            "soft_timeout": spec.soft_timeout, "memory_limit": spec.memory_limit,
                            "schema": schema}

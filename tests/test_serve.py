@@ -1,0 +1,304 @@
+"""``cmworker run`` end to end: a real subprocess serving tests/apps against the embedded runtime over HTTPS.
+
+Every test checks the runtime's own record: each job got exactly one accepted answer, of the right kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from cmworker.runtime.embedded import EmbeddedRuntime
+from tests.pool_harness import APPS
+
+pytestmark = pytest.mark.timeout(120)
+WAIT = 60.0
+
+CONFIG = """
+[limits]
+timeout = "20s"
+kill_grace = "50ms"
+
+[functions.sleep_forever]
+timeout = "300ms"
+
+[functions.busy_ignoring_sigterm]
+timeout = "300ms"
+
+[functions.allocate_fast]
+memory_limit = "256MiB"
+
+[functions.too_large]
+max_result_size = 1000
+"""
+
+
+@pytest.fixture
+def runtime() -> Iterator[EmbeddedRuntime]:
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt:
+        yield rt
+
+
+@contextmanager
+def serving(rt: EmbeddedRuntime, tmp: Path, *, workers: int = 2, app: str = "misbehave.py",
+            env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+            top_level: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    config = tmp / "cmworker.toml"
+    config.write_text(top_level + CONFIG)
+    log = open(tmp / "run.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, app), "--workers", str(workers),
+         "--config", str(config), *args],
+        env={**os.environ, **rt.env(0), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def answer(rt: EmbeddedRuntime, job_id: str, timeout: float = WAIT) -> tuple[str, Any]:
+    """(kind, payload) of a job's one answer, once the runtime has it; asserts it was accepted once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = rt.record.job(job_id)
+        if snap is not None and snap.answer is not None:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(f"job {job_id} was not answered within {timeout}s")
+    assert rt.record.accepted(job_id) == 1, rt.record.result_posts(job_id)
+    payload = json.loads(snap.answer)
+    kind = payload.get("kind", "ok") if isinstance(payload, dict) else "ok"
+    return kind, payload
+
+
+CASES = [
+    ("segfault", None, "worker_died"),
+    ("exit3", None, "worker_died"),
+    ("sigkill_self", None, "worker_died"),
+    ("sys_exit", None, "exception"),
+    ("sleep_forever", None, "timeout"),
+    ("busy_ignoring_sigterm", None, "timeout"),
+    ("allocate_fast", {"bytes": 1024 * 2**20}, "memory_limit"),
+    ("unencodable", None, "result_not_serializable"),
+    ("too_large", {"size": 5000}, "result_too_large"),
+    ("raise_value_error", 1, "exception"),
+    ("no_such_function", None, "unknown_function"),
+]
+
+
+def test_every_misbehaving_job_gets_one_answer_and_later_jobs_are_unaffected(
+        runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path):
+        for function, query, kind in CASES:
+            bad = runtime.submit(function, query)
+            good = runtime.submit("echo", function)
+            assert answer(runtime, bad)[0] == kind, function
+            assert answer(runtime, good) == ("ok", {"echo": function, "job": good})
+
+
+def test_malformed_queries_are_answered(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path):
+        kind, _payload = answer(runtime, runtime.submit("", None))
+        assert kind in ("invalid_input", "unknown_function")
+
+
+def test_admission_never_holds_more_jobs_than_workers(tmp_path: Path) -> None:
+    with EmbeddedRuntime(long_poll=1.0, cap=False) as rt, serving(rt, tmp_path, workers=2):
+        ids = [rt.submit("neighbour", {"sleep": 0.05, "n": i}) for i in range(50)]
+        for i, job_id in enumerate(ids):
+            assert answer(rt, job_id) == ("ok", {"neighbour": i})
+        assert rt.record.max_held(0) <= 2
+
+
+def test_refused_connections_at_start_and_5xx_bursts_lose_nothing(runtime: EmbeddedRuntime,
+                                                                  tmp_path: Path) -> None:
+    runtime.refuse_connections(2.0)
+    runtime.fail_next_gets(3, 503)
+    runtime.fail_next_results(3, 502)
+    with serving(runtime, tmp_path):
+        ids = [runtime.submit("echo", i) for i in range(10)]
+        for i, job_id in enumerate(ids):
+            assert answer(runtime, job_id)[1]["echo"] == i
+
+
+def test_connection_dropped_mid_post_is_retried_and_answered_once(runtime: EmbeddedRuntime,
+                                                                 tmp_path: Path) -> None:
+    runtime.drop_next_result()
+    with serving(runtime, tmp_path):
+        job = runtime.submit("echo", "dropped")
+        assert answer(runtime, job)[1]["echo"] == "dropped"
+        posts = runtime.record.result_posts(job)
+        assert any(p.status == 0 for p in posts), posts  # the drop really happened
+
+
+def test_runtime_restart_mid_job_loses_nothing(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path):
+        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 5})
+        _wait_held(runtime, job)
+        runtime.restart()
+        assert answer(runtime, job) == ("ok", {"neighbour": 5})
+        assert answer(runtime, runtime.submit("echo", "after"))[1]["echo"] == "after"
+
+
+def test_hostile_requests_ca_bundle_is_ignored(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    bogus = tmp_path / "other-ca.pem"
+    bogus.write_text("-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
+    with serving(runtime, tmp_path, env={"REQUESTS_CA_BUNDLE": str(bogus), "CURL_CA_BUNDLE": str(bogus)}):
+        assert answer(runtime, runtime.submit("echo", 1))[0] == "ok"
+
+
+def test_wrong_token_is_a_clear_fatal_error(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    token = tmp_path / "wrong-token"
+    token.write_text("not-the-token\n")
+    with serving(runtime, tmp_path, env={"MODULE_AUTH_TOKEN": str(token)}) as proc:
+        assert proc.wait(WAIT) != 0
+    log = (tmp_path / "run.log").read_text()
+    assert "401" in log and str(token) in log
+
+
+def test_sigterm_drains_running_jobs_then_exits_0(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path) as proc:
+        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 3})
+        _wait_held(runtime, job)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        assert answer(runtime, job) == ("ok", {"neighbour": 3})
+
+
+def test_a_job_outliving_the_shutdown_grace_is_answered_shutdown(runtime: EmbeddedRuntime,
+                                                                 tmp_path: Path) -> None:
+    with serving(runtime, tmp_path, top_level='shutdown_grace = "500ms"\n') as proc:
+        job = runtime.submit("neighbour", {"sleep": 30, "n": 1})
+        _wait_held(runtime, job)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        kind, payload = answer(runtime, job)
+        assert kind == "shutdown" and "neighbour" in payload["error"]
+
+
+def test_a_second_signal_stops_without_waiting_for_the_grace(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path, top_level='shutdown_grace = "5m"\n') as proc:
+        job = runtime.submit("neighbour", {"sleep": 40, "n": 1})
+        _wait_held(runtime, job)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0  # well before the job's 40 s, let alone the 5 min grace
+        assert answer(runtime, job)[0] == "shutdown"
+
+
+def test_sigkill_then_restart_reports_exactly_the_jobs_in_flight(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path) as proc:
+        jobs = [runtime.submit("neighbour", {"sleep": 30, "n": i}) for i in range(2)]
+        for job in jobs:
+            _wait_held(runtime, job)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(WAIT)
+    with serving(runtime, tmp_path):
+        later = runtime.submit("echo", "fresh start")
+        assert answer(runtime, later)[1]["echo"] == "fresh start"
+    assert runtime.record.restart_notifications(0)[-1] == sorted(jobs) or \
+        sorted(runtime.record.restart_notifications(0)[-1]) == sorted(jobs)
+    for job in jobs:
+        snap = runtime.record.job(job)
+        assert snap is not None and snap.status == "dropped"
+
+
+def test_a_mixed_run_of_2000_jobs_is_answered_exactly_once(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    mix = [("echo", 1, "ok")] * 14 + [("raise_value_error", 2, "exception"), ("exit3", None, "worker_died"),
+                                      ("sleep_forever", None, "timeout"), ("echo", 3, "ok"),
+                                      ("segfault", None, "worker_died"), ("echo", 4, "ok")]
+    with serving(runtime, tmp_path, workers=2):
+        expected = {}
+        client = runtime.client()
+        calls = [mix[i % len(mix)] for i in range(2000)]
+        for (_function, _query, kind), job_id in zip(calls, client.batch_run([(f, q) for f, q, _ in calls]),
+                                                   strict=True):
+            expected[job_id] = kind
+        for job_id, kind in expected.items():
+            assert answer(runtime, job_id, timeout=180)[0] == kind
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
+def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
+    script = tmp_path / "as_pid1.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        exec {sys.executable} -m cmworker run {os.path.join(APPS, 'misbehave.py')} --workers 2 \\
+            --config {tmp_path / 'cmworker.toml'}
+        """))
+    (tmp_path / "cmworker.toml").write_text(CONFIG)
+    script.chmod(0o755)
+    log = open(tmp_path / "pid1.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", str(script)],
+                            env={**os.environ, **runtime.env(0)}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        pidfile = tmp_path / "gc.pid"
+        assert answer(runtime, runtime.submit("pid"))[1] > 1
+        assert answer(runtime, runtime.submit("grandchild_sleeps", {"pidfile": str(pidfile)}))[0] == "ok"
+        assert answer(runtime, runtime.submit("segfault"))[0] == "worker_died"
+        assert answer(runtime, runtime.submit("echo", "alive"))[1]["echo"] == "alive"
+        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 9})
+        _wait_held(runtime, job)
+        # unshare does not forward signals: signal the namespace's PID 1 (unshare's child) directly.
+        [pid1] = psutil.Process(proc.pid).children()
+        pid1.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        assert answer(runtime, job) == ("ok", {"neighbour": 9})
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait_held(rt: EmbeddedRuntime, job_id: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while job_id not in rt.record.held(0):
+        assert time.monotonic() < deadline, f"job {job_id} was never taken"
+        time.sleep(0.01)
+
+
+def _raw_answer(rt: EmbeddedRuntime, job_id: str) -> bytes:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        snap = rt.record.job(job_id)
+        if snap is not None and snap.answer is not None:
+            assert rt.record.accepted(job_id) == 1
+            return snap.answer
+        time.sleep(0.01)
+    raise AssertionError(f"job {job_id} was not answered")
+
+
+def test_streaming_function_posts_one_chunked_answer(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    with serving(runtime, tmp_path):
+        body = _raw_answer(runtime, runtime.submit("stream", {"n": 4}))
+        assert body == b"".join(json.dumps({"i": i}).encode() for i in range(4))
+        failed = _raw_answer(runtime, runtime.submit("stream", {"n": 2, "fail": True}))
+        items = failed.split(b"}{")
+        assert len(items) == 3 and b'"kind": "stream_failed"' in items[-1]
