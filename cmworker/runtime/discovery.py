@@ -1,0 +1,116 @@
+"""How a running embedded runtime announces itself, so that ``cmworker call`` and ``Client()`` find it.
+
+The runtime (``cmworker runtime`` or ``cmworker dev``) writes one small JSON file, readable only by
+its user because it carries the caller token::
+
+    $CMWORKER_STATE_DIR/runtime.json      (default: ${XDG_CACHE_HOME:-~/.cache}/cmworker/runtime.json)
+    {"pid": 1234, "url": "https://127.0.0.1:PORT", "token": "...", "ca": "/path/ca.pem",
+     "stateDir": "/path", "replicas": [{"GET_JOB_URI": ..., ...}, ...]}
+
+and removes it on a clean exit. A file left behind by a killed runtime is recognised by its dead pid.
+When two runtimes run at once, the last one started is the one found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cmworker.errors import RuntimeUnavailable
+
+if TYPE_CHECKING:
+    from cmworker.runtime.embedded import EmbeddedRuntime
+
+DISCOVERY_FILE = "runtime.json"
+_HINT = "start one with `cmworker runtime` (or `cmworker dev app.py`)"
+
+
+def state_home(override: str | os.PathLike[str] | None = None) -> Path:
+    """The directory of cmworker's local state: ``override``, ``$CMWORKER_STATE_DIR``, or the cache."""
+    if override is not None:
+        return Path(override)
+    if os.environ.get("CMWORKER_STATE_DIR"):
+        return Path(os.environ["CMWORKER_STATE_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "cmworker"
+
+
+def discovery_path(home: str | os.PathLike[str] | None = None) -> Path:
+    return state_home(home) / DISCOVERY_FILE
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a running runtime published about itself."""
+
+    url: str
+    token: str
+    ca: str
+    pid: int
+    state_dir: str
+    replicas: list[dict[str, str]]
+
+
+def publish(runtime: EmbeddedRuntime, home: str | os.PathLike[str] | None = None) -> Path:
+    """Announce ``runtime`` (atomically: readers never see half a file); return the file's path."""
+    path = discovery_path(home)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "url": runtime.query_url, "token": runtime.caller_token,
+            "ca": str(runtime.ca_path), "stateDir": str(runtime.state_dir),
+            "replicas": [runtime.env(i) for i in range(runtime.replicas)]}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=2)
+    os.replace(temporary, path)
+    return path
+
+
+def withdraw(path: Path) -> None:
+    """Remove the discovery file if it still announces this process (a newer runtime may own it)."""
+    try:
+        if _read(path).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def find_runtime(home: str | os.PathLike[str] | None = None) -> RuntimeInfo:
+    """The running runtime's announcement; ``RuntimeUnavailable`` when none is running."""
+    path = discovery_path(home)
+    try:
+        data = _read(path)
+    except FileNotFoundError:
+        raise RuntimeUnavailable(f"no embedded runtime is running (no {path}): {_HINT}") from None
+    except (OSError, ValueError) as exc:
+        raise RuntimeUnavailable(f"cannot read {path}: {exc}") from None
+    try:
+        info = RuntimeInfo(url=data["url"], token=data["token"], ca=data["ca"], pid=int(data["pid"]),
+                           state_dir=data.get("stateDir", ""), replicas=data.get("replicas", []))
+    except (KeyError, TypeError, ValueError):
+        raise RuntimeUnavailable(f"{path} is not a runtime announcement") from None
+    if not _alive(info.pid):
+        raise RuntimeUnavailable(f"no embedded runtime is running (the one in {path}, pid {info.pid}, "
+                                 f"has exited): {_HINT}")
+    return info
+
+
+def _read(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True

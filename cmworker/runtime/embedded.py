@@ -1,0 +1,308 @@
+"""``EmbeddedRuntime``: a faithful emulator of Foundry's compute-module runtime, in background threads.
+
+What a replica sees is what Foundry gives it: an HTTPS endpoint of its own (its own port, token,
+session id and ``MAX_CONCURRENT_TASKS``), a CA bundle, a token *file*, the legacy
+``CONNECTION_TO_RUNTIME`` file, and the environment variables naming them. All replicas draw from
+one FIFO queue. Callers use a separate query API with its own token (docs/runtime.md), or
+``runtime.client()``.
+
+State directory layout (a fresh temporary directory unless ``state_dir`` is given)::
+
+    ca.pem  server.pem  server-key.pem  caller-token
+    replica-0/module-auth-token  replica-0/connection-to-runtime.json  replica-0/env.sh
+    replica-1/...
+
+Fault injection covers what the poller must survive: 5xx answers, a hanging GET, a connection cut
+in the middle of a result POST, connections refused for a while, and a restart. A restart keeps the
+job state (queue, running jobs, answers), as a restart of Foundry's runtime keeps its queue: replicas
+reconnect and post the results of the jobs they hold as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from cmworker.runtime.faults import Fault, FaultPlan
+from cmworker.runtime.server import JOB_PATH, RESTART_PATH, RESULTS_PATH, SCHEMAS_PATH, ModuleApp, QueryApp
+from cmworker.runtime.state import JobStore, Record, ReplicaState
+from cmworker.runtime.tls import TlsFiles, write_tls_files
+from cmworker.runtime.wire import Listener
+
+if TYPE_CHECKING:
+    from cmworker.client import Client
+
+DEFAULT_USER_ID = "00000000-0000-0000-0000-000000000000"
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+class EmbeddedRuntime:
+    """The emulated runtime: ``replicas`` module endpoints sharing one queue, plus the query API.
+
+    ``long_poll``: how long a GET job waits for work before answering 204. ``max_result_size``:
+    result bodies above it get 413. ``cap``: hold a GET while its replica already holds
+    ``max_concurrent_tasks`` jobs (switch off to test a client's own admission control).
+    ``max_concurrent_tasks``: one number for every replica, or one per replica. ``port``: the first
+    replica's port (replica i gets ``port + i``); 0 picks free ports.
+    """
+
+    def __init__(self, replicas: int = 1, *, long_poll: float = 5.0, max_result_size: int = 32 * 2**20,
+                 cap: bool = True, max_concurrent_tasks: int | Sequence[int] = 1,
+                 state_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
+                 port: int = 0, query_port: int = 0) -> None:
+        caps = _per_replica(max_concurrent_tasks, replicas)
+        if long_poll < 0 or max_result_size < 0:
+            raise ValueError("long_poll and max_result_size must be >= 0")
+        self.host = host
+        self.advertised_host = _WILDCARDS.get(host, host)
+        self.long_poll = long_poll
+        self.max_result_size = max_result_size
+        self.caller_token = secrets.token_urlsafe(32)
+        self._base_port = port
+        self._query_port = query_port
+        self._requested_state_dir = Path(state_dir) if state_dir is not None else None
+        self._state_dir: Path | None = None
+        self.store = JobStore([ReplicaState(i, secrets.token_urlsafe(32), str(uuid.uuid4()), caps[i])
+                               for i in range(replicas)], cap=cap)
+        self.record = Record(self.store)
+        self._faults = FaultPlan()
+        self._modules: list[Listener] = []
+        self._query: Listener | None = None
+        self._tls: TlsFiles | None = None
+        self._stopping = threading.Event()
+        self._lifecycle = threading.Lock()  # a delayed re-open never races stop()
+        self._timers: list[threading.Thread] = []
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedRuntime:
+        """Mint the certificates, bind every port, write the state files. Returns ``self``."""
+        if self._started:
+            raise RuntimeError("this EmbeddedRuntime was already started")
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        state_dir = self._make_state_dir()
+        hosts = [self.advertised_host, "127.0.0.1", "localhost"]
+        self._tls = write_tls_files(state_dir, hosts + ([self.host] if self.host not in _WILDCARDS else []))
+        context = self._tls.server_context()
+        job_extras = {"temporaryCredentialsAuthToken": secrets.token_urlsafe(16),
+                      "authHeader": f"Bearer {secrets.token_urlsafe(24)}"}
+        for replica in self.store.replicas:
+            port = self._base_port + replica.index if self._base_port else 0
+            app = ModuleApp(replica.index, self.store, self._faults, self.long_poll, self.max_result_size,
+                            job_extras)
+            self._modules.append(Listener(f"replica-{replica.index}", self.host, port, context, app,
+                                          self.store.wake))
+        self._query = Listener("query-api", self.host, self._query_port, context,
+                               QueryApp(self.store, self.caller_token, DEFAULT_USER_ID), self.store.wake)
+        for listener in [*self._modules, self._query]:
+            listener.open()
+        self._write_state_files(state_dir)
+
+    def stop(self) -> None:
+        """Stop serving, release every waiter and remove a temporary state directory. Idempotent."""
+        with self._lifecycle:
+            self._stopping.set()
+        self.store.close()
+        for listener in [*self._modules, *([self._query] if self._query else [])]:
+            listener.close()
+        for timer in self._timers:
+            timer.join(5.0)
+        if self._requested_state_dir is None and self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRuntime:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- addresses and environment -------------------------------------------------------------
+
+    @property
+    def replicas(self) -> int:
+        return len(self.store.replicas)
+
+    @property
+    def state_dir(self) -> Path:
+        if self._state_dir is None:
+            raise RuntimeError("the runtime is not started")
+        return self._state_dir
+
+    @property
+    def ca_path(self) -> Path:
+        return self.state_dir / "ca.pem"
+
+    @property
+    def ports(self) -> list[int]:
+        """The module port of each replica."""
+        return [listener.port for listener in self._modules]
+
+    @property
+    def query_url(self) -> str:
+        """Base URL of the query API (``https://host:port``)."""
+        if self._query is None:
+            raise RuntimeError("the runtime is not started")
+        return f"https://{_url_host(self.advertised_host)}:{self._query.port}"
+
+    def token_path(self, replica: int = 0) -> Path:
+        return self.state_dir / f"replica-{replica}" / "module-auth-token"
+
+    def env(self, replica: int = 0) -> dict[str, str]:
+        """The environment Foundry would inject into ``replica``'s container."""
+        state = self.store.replicas[replica]
+        base = f"https://{_url_host(self.advertised_host)}:{self.ports[replica]}"
+        ca = str(self.ca_path)
+        return {
+            "GET_JOB_URI": base + JOB_PATH,
+            "POST_RESULT_URI": base + RESULTS_PATH,
+            "POST_SCHEMA_URI": base + SCHEMAS_PATH,
+            "RESTART_NOTIFICATION_URI": base + RESTART_PATH,
+            "RUNTIME_HOST": self.advertised_host,
+            "RUNTIME_PORT": str(self.ports[replica]),
+            "MODULE_AUTH_TOKEN": str(self.token_path(replica)),
+            "CONNECTIONS_TO_OTHER_PODS_CA_PATH": ca,
+            "DEFAULT_CA_PATH": ca,
+            "MAX_CONCURRENT_TASKS": str(state.max_concurrent_tasks),
+            "COMPUTE_SESSION_ID": state.session_id,
+            "CONNECTION_TO_RUNTIME": str(self.state_dir / f"replica-{replica}" / "connection-to-runtime.json"),
+        }
+
+    def env_exports(self, replica: int = 0) -> str:
+        """``env(replica)`` as shell ``export`` lines."""
+        return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in self.env(replica).items())
+
+    def client(self) -> Client:
+        """A ``cmworker.Client`` for this runtime's query API."""
+        from cmworker.client import Client
+
+        return Client(self.query_url, token=self.caller_token, ca=self.ca_path)
+
+    def submit(self, query_type: str, query: Any = None, *, user_id: str = DEFAULT_USER_ID) -> str:
+        """Queue one query in-process (no HTTP); return its job id. ``query`` must be JSON-encodable."""
+        query = {} if query is None else query
+        json.dumps(query)  # fail here, not later in a GET that has already taken the job
+        return self.store.submit([(query_type, query, user_id)])[0]
+
+    # -- fault injection (module endpoints only; the query API is never disturbed) -------------
+
+    def fail_next_gets(self, count: int = 1, status: int = 503, *, replica: int | None = None) -> None:
+        """Answer the next ``count`` GET job requests with ``status`` (no job is handed out)."""
+        self._faults.arm(Fault("get_status", replica, _status(status)), count)
+
+    def fail_next_results(self, count: int = 1, status: int = 503, *, replica: int | None = None) -> None:
+        """Answer the next ``count`` result POSTs with ``status``; their results are not recorded."""
+        self._faults.arm(Fault("result_status", replica, _status(status)), count)
+
+    def hang_next_get(self, seconds: float, *, replica: int | None = None) -> None:
+        """Hold the next GET ``seconds`` before it even starts its long poll."""
+        self._faults.arm(Fault("get_hang", replica, seconds=seconds))
+
+    def drop_next_result(self, *, replica: int | None = None) -> None:
+        """Cut the connection halfway through the next result POST, without answering it."""
+        self._faults.arm(Fault("result_drop", replica))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def refuse_connections(self, seconds: float, *, replica: int | None = None) -> None:
+        """Stop listening (connections refused, open ones cut) for ``seconds``, then listen again
+        on the same port(s). Returns at once."""
+        listeners = self._modules if replica is None else [self._modules[replica]]
+        for listener in listeners:
+            listener.close()
+        timer = threading.Thread(target=self._reopen_after, args=(listeners, seconds),
+                                 name="runtime-reopen", daemon=True)
+        self._timers.append(timer)
+        timer.start()
+
+    def restart(self) -> None:
+        """Stop and restart every module endpoint on the same ports. Jobs, holds and answers survive."""
+        for listener in self._modules:
+            listener.close()
+        for listener in self._modules:
+            listener.open()
+
+    def _reopen_after(self, listeners: list[Listener], seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            return
+        with self._lifecycle:
+            if self._stopping.is_set():
+                return
+            for listener in listeners:
+                listener.open()
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _make_state_dir(self) -> Path:
+        if self._requested_state_dir is None:
+            self._state_dir = Path(tempfile.mkdtemp(prefix="cmworker-runtime-"))
+        else:
+            self._state_dir = self._requested_state_dir
+            self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self._state_dir
+
+    def _write_state_files(self, state_dir: Path) -> None:
+        _write_private(state_dir / "caller-token", self.caller_token)
+        for replica in self.store.replicas:
+            directory = state_dir / f"replica-{replica.index}"
+            directory.mkdir(mode=0o700, exist_ok=True)
+            # Foundry's token file has no trailing newline, and the official SDK does not strip it.
+            _write_private(self.token_path(replica.index), replica.token)
+            connection = {"host": self.advertised_host, "port": self.ports[replica.index],
+                          "getJobPath": JOB_PATH, "postResultPath": RESULTS_PATH,
+                          "moduleAuthToken": replica.token, "trustStorePath": str(self.ca_path)}
+            _write_private(directory / "connection-to-runtime.json", json.dumps(connection, indent=2))
+            _write_private(directory / "env.sh", self.env_exports(replica.index))
+
+    def __repr__(self) -> str:
+        where = f"query API {self.query_url}, replicas on {self.ports}" if self._query else "not started"
+        return f"<EmbeddedRuntime {where}>"
+
+
+def _per_replica(value: int | Sequence[int], replicas: int) -> list[int]:
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    caps = [value] * replicas if isinstance(value, int) else list(value)
+    if len(caps) != replicas or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in caps):
+        raise ValueError(f"max_concurrent_tasks must be an int >= 1 or one per replica, got {value!r}")
+    return caps
+
+
+def _status(status: int) -> int:
+    if not 100 <= status <= 599:
+        raise ValueError(f"not an HTTP status: {status}")
+    return status
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)

@@ -1,0 +1,1 @@
+"""Tests of the embedded runtime, the query client and their command line."""
