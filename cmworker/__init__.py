@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
 from cmworker.app import function
+from cmworker.context import Context
 from cmworker.errors import (
     AppLoadError,
     CmworkerError,
@@ -38,6 +39,7 @@ __all__ = [
     "Client",
     "CmworkerError",
     "ConfigError",
+    "Context",
     "InvalidInput",
     "JobDropped",
     "JobError",

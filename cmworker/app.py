@@ -3,19 +3,28 @@
 An app is a module (``app``), a ``module:attribute`` (the attribute is a function, or a dict or list of
 functions), or the path of a ``.py`` file (its directory goes on ``sys.path``). Importing it runs the
 ``@function`` decorators, which fill the registry the workers dispatch on.
+
+Each function's type hints are read once (``FunctionSpec.call_types``, see ``cmworker.schema``): at
+decoration, or — for an annotation naming a class defined further down the module — when ``load_app``
+finishes. ``load_app`` runs in the worker template, so every forked worker inherits the analysis and
+``prepare`` only applies it: for an untyped function that is one dict merge per job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar, overload
 
-from cmworker.errors import AppLoadError
+from cmworker.context import job_context
+from cmworker.errors import AppLoadError, InvalidInput
+from cmworker.schema import CallTypes, UnsupportedType, analyse_call
 from cmworker.units import parse_duration, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,12 +41,28 @@ class FunctionSpec:
     soft_timeout: float | None = None
     memory_limit: int | None = None
 
+    @cached_property
+    def call_types(self) -> CallTypes:
+        """How the function's context and event arguments are built, as its type hints say (read once)."""
+        return analyse_call(self.fn, self.name)
+
     def prepare(self, context: dict[str, Any], query: Any) -> tuple[Any, Any]:
         """The ``(context, event)`` arguments for one call, built in the worker from the job.
 
-        Raises ``InvalidInput`` (naming the field) when the query does not fit the function's types.
+        ``context`` is the job's ``jobId``/``userId``/``authHeader``/``tempCredsAuthToken``; the SDK's
+        extras (sources, client credentials) are added here. Raises ``InvalidInput`` (naming the field)
+        when the query does not fit the function's types, and never anything else.
         """
-        return context, query
+        try:
+            call = self.call_types
+        except Exception as exc:
+            # load_app reports this at start-up; a registry used without it must still answer the job
+            # rather than let the exception kill the worker.
+            raise InvalidInput(f"function {self.name!r} cannot take jobs: its type hints cannot be used: "
+                               f"{exc}", function=self.name) from None
+        full = job_context(context)
+        return (full if call.context is None else call.context(full),
+                query if call.event is None else call.event.build(query))
 
 
 _registry: dict[str, FunctionSpec] = {}
@@ -74,6 +99,10 @@ def function(
             soft_timeout=None if soft_timeout is None else parse_duration(soft_timeout),
             memory_limit=None if memory_limit is None else parse_size(memory_limit),
         )
+        # Read the hints now, so that a bad one fails the import as in the SDK. A NameError is a class
+        # defined further down the module: load_app reads the hints again once it exists.
+        with contextlib.suppress(NameError):
+            spec.call_types  # noqa: B018
         _registry[spec.name] = spec
         return f
 
@@ -102,10 +131,28 @@ def load_app(spec: str) -> Mapping[str, FunctionSpec]:
             raise AppLoadError(f"app module {module_name!r} has no attribute {attribute!r}") from None
         for fn in _functions_in(target, spec):
             if not any(s.fn is fn for s in _registry.values()):
-                function(fn)
+                try:
+                    function(fn)
+                except UnsupportedType as exc:
+                    raise AppLoadError(f"app {spec!r}: {exc}") from None
     if not _registry:
         raise AppLoadError(f"app {spec!r} registers no functions: decorate them with @cmworker.function")
+    _check_type_hints(spec)
     return _registry
+
+
+def _check_type_hints(app: str) -> None:
+    """Read every function's hints now, in the template, so a bad one stops the app before any job."""
+    problems = []
+    for spec in _registry.values():
+        try:
+            spec.call_types  # noqa: B018 - cached for the workers forked from this process
+        except UnsupportedType as exc:
+            problems.append(str(exc))
+        except Exception as exc:
+            problems.append(f"function {spec.name!r}: {type(exc).__name__}: {exc}")
+    if problems:
+        raise AppLoadError(f"app {app!r} has type hints cmworker cannot use:\n  " + "\n  ".join(problems))
 
 
 def _functions_in(target: Any, spec: str) -> Iterable[Callable[..., Any]]:
