@@ -30,6 +30,7 @@ from cmworker.errors import (
     UnknownFunction,
     WorkerDied,
 )
+from cmworker.logs import get_logger
 
 if TYPE_CHECKING:
     from cmworker.client import Client
@@ -56,6 +57,7 @@ __all__ = [
     "WorkerDied",
     "__version__",
     "function",
+    "get_logger",
 ]
 
 

@@ -364,11 +364,18 @@ LOG_LEVEL: Setting[str] = _setting(
     _show_str, "INFO",
     attr="log_level", flag="--log-level", env="CMWORKER_LOG_LEVEL", metavar="LEVEL",
 )
+STATS_INTERVAL: Setting[float | None] = _setting(
+    "logging.stats_interval", "duration or \"none\"",
+    "How often a `stats` line reports jobs by outcome, workers alive, respawns, jobs held and the parent's "
+    'memory. "none" turns it off.',
+    _or_none(_duration(positive=True)), _show_duration, "1m",
+    attr="stats_interval", env="CMWORKER_STATS_INTERVAL", metavar="DURATION",
+)
 
 SETTINGS: tuple[Setting[Any], ...] = (
     APP, WORKERS, SHUTDOWN_GRACE,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
-    LOG_FORMAT, LOG_LEVEL,
+    LOG_FORMAT, LOG_LEVEL, STATS_INTERVAL,
 )
 _BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
 _SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))
@@ -420,6 +427,7 @@ class Config:
     max_jobs_per_worker: int             # 0 = never recycle
     log_format: str                      # "auto", "sls" or "console"
     log_level: str                       # an SLS level name
+    stats_interval: float | None         # seconds between `stats` lines; None: never
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -698,6 +706,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         max_jobs_per_worker=get(MAX_JOBS_PER_WORKER),
         log_format=get(LOG_FORMAT),
         log_level=get(LOG_LEVEL),
+        stats_interval=get(STATS_INTERVAL),
         functions=MappingProxyType(functions),
         sources=MappingProxyType(dict(sources)),
         file=located[0] if located else None,

@@ -16,6 +16,7 @@ recognised by the runtime's ``409`` as already delivered.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -29,13 +30,21 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
+from cmworker import logs
 from cmworker.app import FunctionSpec
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
 from cmworker.service import Connection, Reply, Service, TransportError, backoff
-from cmworker.supervisor import Answer, Job, Pool, StreamItem
+from cmworker.supervisor import Answer, Job, OutputLine, Pool, StreamItem
 
 log = logging.getLogger("cmworker.poller")
+events = logs.get_logger("cmworker.poller")
+job_output = logs.get_logger("cmworker.job")
+_SLS_PREFIX = '{"type": "service.1"'
+_PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error",
+              "FATAL": "critical"}
 
 _END = object()   # closes a stream's item queue
 
@@ -102,6 +111,8 @@ class Settings:
     kill_grace: float = 0.05
     max_jobs_per_worker: int = 0
     posters: int = 2
+    log_level: str = "INFO"
+    stats_interval: float | None = 60.0
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
     schemas: list[dict[str, Any]] | None = None
 
@@ -116,8 +127,12 @@ class Poller:
         self.settings = settings
         self.ledger = Ledger()
         self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
-                         on_state_change=self._poke, kill_grace=settings.kill_grace,
-                         max_jobs_per_worker=settings.max_jobs_per_worker)
+                         on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
+                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self._next_stats = float("inf")
+        logs.add_secret(service.endpoints.token)
+        logs.add_secret(os.environ.get("CLIENT_SECRET"))
         self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
@@ -132,6 +147,8 @@ class Poller:
 
     def run(self) -> int:
         self._install_signals()
+        if self.settings.stats_interval:
+            self._next_stats = time.monotonic() + self.settings.stats_interval
         self.pool.start()
         self._learn_functions()
         conn = self.service.connection()
@@ -150,6 +167,14 @@ class Poller:
             log.error("stopping: %s", self._fatal)
             return 1
         return self.exit_code
+
+    def _log_stats(self) -> None:
+        assert self.settings.stats_interval
+        self._next_stats = time.monotonic() + self.settings.stats_interval
+        events.info("stats", jobs_by_outcome=dict(self.outcomes), jobs=sum(self.outcomes.values()),
+                    workers_alive=len(self.pool.worker_pids()), respawns=self.pool.respawns,
+                    held=len(self.ledger), parent_rss_bytes=psutil.Process().memory_info().rss,
+                    interval_s=self.settings.stats_interval)
 
     def _learn_functions(self) -> None:
         """Declared limits and schemas, as the template reported them: the parent never imports the app."""
@@ -251,9 +276,14 @@ class Poller:
         self._signals.append(signum)
 
     def _wait_main(self) -> None:
-        """Sleep until a signal arrives or another thread pokes us (fatal error, pool state change)."""
+        """Sleep until a signal, a poke from another thread (fatal error, pool state change), or stats time."""
+        timeout = None
+        if self._next_stats != float("inf"):
+            timeout = max(0.0, self._next_stats - time.monotonic())
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r], [], [])
+            select.select([self._wake_r], [], [], timeout)
+        if time.monotonic() >= self._next_stats:
+            self._log_stats()
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
 
@@ -339,6 +369,10 @@ class Poller:
             log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
             return
         function = v1.get("queryType") if isinstance(v1, dict) else None
+        if isinstance(v1, dict):
+            for key in ("authHeader", "temporaryCredentialsAuthToken"):
+                value = v1.get(key)
+                logs.add_secret(value.removeprefix("Bearer ") if isinstance(value, str) else None)
         held = self.ledger.accept(job_id, str(function))
         if held is None:
             log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
@@ -356,11 +390,41 @@ class Poller:
             self.pool.submit(Job(job_id, function, body, limits))
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
+        self.outcomes[error.kind] += 1
+        events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
         self._answers.put((job_id, error.to_bytes(), error.kind))
+
+    def _on_output(self, line: OutputLine) -> None:
+        """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
+        context = {"job_id": line.job_id, "function": line.function, "pid": line.pid}
+        if line.dropped:
+            job_output.warning("output_dropped", dropped_lines=line.dropped, **context)
+            return
+        if line.text.startswith(_SLS_PREFIX):
+            try:
+                record = json.loads(line.text)
+                params = {**record.get("params", {}), **{k: v for k, v in context.items() if v is not None}}
+                unsafe = record.get("unsafeParams", {})
+                method = _PY_METHOD.get(record.get("level"), "info")
+                getattr(job_output, method)(record.get("message", ""), **params, **unsafe, unsafe=list(unsafe),
+                                            origin=record.get("origin", "cmworker.job"),
+                                            safe=record.get("safe", False),
+                                            stack=record.get("stacktrace"))
+                return
+            except (ValueError, TypeError, AttributeError):
+                pass
+        emit = job_output.info if line.stream == "stdout" else job_output.warning
+        emit(line.text, stream=line.stream, safe=False, **context)
 
     # -- answers (pool thread -> posters) -------------------------------------------------------
 
     def _on_answer(self, answer: Answer) -> None:
+        self.outcomes[answer.kind] += 1
+        job = answer.job
+        (events.info if answer.kind == "ok" else events.warning)(
+            "job_finished", job_id=job.id, function=job.function, kind=answer.kind, worker_pid=answer.pid,
+            queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6), cpu_s=round(answer.cpu, 6),
+            peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
         held = self.ledger.get(answer.job.id)
         if held is not None and held.stream is not None:
             if answer.body:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from cmworker import logs
 from cmworker.config import Config, add_config_flags, flags_from_args, load_config
 from cmworker.errors import CmworkerError
 
@@ -42,39 +43,51 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     endpoints = discover(environ)
     service = Service(endpoints)
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
-                        max_jobs_per_worker=config.max_jobs_per_worker,
-                        shutdown_grace=config.shutdown_grace)
+                        max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
+                        log_level=config.log_level, stats_interval=config.stats_interval)
     poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
     return poller.run()
 
 
+def _configure_logs(config: Config, dev: bool) -> None:
+    fmt = config.log_format
+    if fmt == "auto":
+        fmt = "console" if dev and sys.stderr.isatty() else "sls"
+    logs.configure(fmt, config.log_level, stream=sys.stderr if fmt == "console" else sys.stdout)
+
+
+def _fatal(exc: BaseException) -> int:
+    logging.getLogger("cmworker").critical("%s", exc)
+    return 2
+
+
 def run_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("sls", "INFO")  # until the configuration is read: even its errors are SLS lines
     try:
-        return serve(_load(args))
+        config = _load(args)
+        _configure_logs(config, dev=False)
+        return serve(config)
     except CmworkerError as exc:
-        print(f"cmworker: {exc}", file=sys.stderr)
-        return 2
+        return _fatal(exc)
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("console", "INFO", stream=sys.stderr)
     from cmworker.runtime.discovery import publish, withdraw
     from cmworker.runtime.embedded import EmbeddedRuntime
 
     try:
         config = _load(args)
+        _configure_logs(config, dev=True)
         with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers) as runtime:
             announcement = publish(runtime)
             try:
                 env = {**os.environ, **runtime.env(0)}
-                print(f"cmworker dev: embedded runtime at {runtime.query_url}; in another terminal try: "
-                      "cmworker call FUNCTION '{...}'", file=sys.stderr, flush=True)
+                logging.getLogger("cmworker").info(
+                    "embedded runtime at %s; in another terminal try: cmworker call FUNCTION '{...}'",
+                    runtime.query_url)
                 return serve(config, env)
             finally:
                 withdraw(announcement)
     except CmworkerError as exc:
-        print(f"cmworker: {exc}", file=sys.stderr)
-        return 2
+        return _fatal(exc)

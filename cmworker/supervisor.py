@@ -75,6 +75,10 @@ log = logging.getLogger("cmworker.supervisor")
 _READ_SIZE = 256 * 1024
 _OUTPUT_LINES_KEPT = 20
 _MAX_LINE = 16 * 1024
+# A job may print this many lines at once, then this many a second; beyond that lines are counted and
+# dropped from the logs (not from the job's last-lines record), so a flood never blocks the job (the
+# pipe is always drained) and never grows the parent's memory.
+_LINE_BURST, _LINE_RATE = 2000.0, 1000.0
 # Memory is sampled more often the closer a job is to its limit: the next sample is due when a job
 # growing at this rate could reach the limit, bounded to [_SAMPLE_MIN, _SAMPLE_MAX] seconds.
 _ASSUMED_GROWTH = 4 * 2**30
@@ -126,10 +130,14 @@ class StreamItem:
 
 @dataclass(frozen=True)
 class OutputLine:
+    """A line a worker (or the template) wrote to stdout/stderr; ``dropped`` counts lines a flood cost."""
+
     job_id: str | None
     pid: int | None
     stream: str        # "stdout" or "stderr"
     text: str
+    function: str | None = None
+    dropped: int = 0
 
 
 class _Timer:
@@ -165,6 +173,9 @@ class _Slot:
     partial: dict[int, bytes] = field(default_factory=dict)
     timers: list[_Timer] = field(default_factory=list)
     oom_count: int | None = None
+    line_tokens: float = _LINE_BURST
+    line_clock: float = 0.0
+    dropped: int = 0
 
 
 def _default_output(line: OutputLine) -> None:
@@ -190,6 +201,7 @@ class Pool:
         on_output: Callable[[OutputLine], None] | None = None,
         on_state_change: Callable[[], None] | None = None,
         preload: Sequence[str] = (),
+        log_level: str = "INFO",
         kill_grace: float = 0.05,
         max_jobs_per_worker: int = 0,
         startup_timeout: float = 120.0,
@@ -205,6 +217,7 @@ class Pool:
         self.on_output = on_output or _default_output
         self.on_state_change = on_state_change or (lambda: None)
         self.preload = list(preload)
+        self.log_level = log_level
         self.kill_grace = kill_grace
         self.max_jobs_per_worker = max_jobs_per_worker
         self.startup_timeout = startup_timeout
@@ -235,6 +248,7 @@ class Pool:
         os.set_blocking(self._wake_w, False)
         self._woken = False
         self._template: subprocess.Popen[bytes] | None = None
+        self._template_partial: dict[int, bytes] = {}
         self._control: socket.socket | None = None
         self._template_state = "none"  # none, starting, ready
         self._startup_failures = 0
@@ -432,12 +446,18 @@ class Pool:
     def _start_template(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         options = {"control_fd": child_end.fileno(), "app": self.app, "preload": self.preload,
+                   "log_level": self.log_level,
                    "sys_path": [p or os.getcwd() for p in sys.path]}
         self._template = subprocess.Popen(
             [self.python, "-m", "cmworker.template", json.dumps(options)],
-            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL,
+            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         child_end.close()
+        # What the app prints while it is imported reaches the logs like any worker's output.
+        for pipe, stream in ((self._template.stdout, "stdout"), (self._template.stderr, "stderr")):
+            assert pipe is not None
+            self._watch_template_pipe(pipe.fileno(), stream)
         parent_end.setblocking(False)
         self._control = parent_end
         self._template_state = "starting"
@@ -456,6 +476,15 @@ class Pool:
                 self._on_template_died()
                 return
             self._handle(None, unpack_packet(packet))
+
+    def _watch_template_pipe(self, fd: int, stream: str) -> None:
+        os.set_blocking(fd, False)
+        self._selector.register(fd, selectors.EVENT_READ, lambda mask: self._read_template(fd, stream))
+
+    def _read_template(self, fd: int, stream: str) -> None:
+        pid = self._template.pid if self._template is not None else None
+        for raw in self._read_lines(fd, self._template_partial):
+            self._call(self.on_output, OutputLine(None, pid, stream, raw.decode(errors="replace")))
 
     def _on_template_died(self) -> None:
         assert self._control is not None and self._template is not None
@@ -624,6 +653,8 @@ class Pool:
         if job is None or slot.answered:
             return
         slot.answered = True
+        self._drain_output(slot)
+        self._report_dropped(slot)
         for timer in slot.timers:
             timer.cancelled = True
         slot.timers.clear()
@@ -896,42 +927,61 @@ class Pool:
             if len(data) < _READ_SIZE:
                 return
 
-    def _read_output(self, slot: _Slot, fd: int) -> None:
+    def _read_lines(self, fd: int, partial: dict[int, bytes]) -> list[bytes]:
+        """Whole lines from a non-blocking pipe; a partial line waits for its end (or EOF, or 16 KiB)."""
         try:
             data = os.read(fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            return []
         except OSError:
             data = b""
         if not data:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
-            rest = slot.partial.pop(fd, b"")
-            if rest:
-                self._emit_line(slot, fd, rest)
-            return
-        data = slot.partial.pop(fd, b"") + data
-        lines = data.split(b"\n")
+            rest = partial.pop(fd, b"")
+            return [rest] if rest else []
+        lines = (partial.pop(fd, b"") + data).split(b"\n")
         tail = lines.pop()
         if len(tail) > _MAX_LINE:
             lines.append(tail)
-            tail = b""
-        if tail:
-            slot.partial[fd] = tail
-        for line in lines:
-            self._emit_line(slot, fd, line)
+        elif tail:
+            partial[fd] = tail
+        return lines
+
+    def _read_output(self, slot: _Slot, fd: int) -> None:
+        for raw in self._read_lines(fd, slot.partial):
+            self._emit_line(slot, fd, raw)
 
     def _emit_line(self, slot: _Slot, fd: int, raw: bytes) -> None:
         text = raw.decode(errors="replace")
         slot.output.append(text)
+        now = self.clock()
+        slot.line_tokens = min(_LINE_BURST, slot.line_tokens + (now - slot.line_clock) * _LINE_RATE)
+        slot.line_clock = now
+        if slot.line_tokens < 1:
+            slot.dropped += 1
+            return
+        slot.line_tokens -= 1
         stream = "stdout" if fd == slot.out_fd else "stderr"
-        job_id = slot.job.id if slot.job is not None else None
-        self._call(self.on_output, OutputLine(job_id, slot.pid, stream, text))
+        job = slot.job
+        self._call(self.on_output, OutputLine(job.id if job else None, slot.pid, stream, text,
+                                              job.function if job else None))
+
+    def _report_dropped(self, slot: _Slot) -> None:
+        if slot.dropped:
+            job = slot.job
+            self._call(self.on_output, OutputLine(job.id if job else None, slot.pid, "stderr", "",
+                                                  job.function if job else None, dropped=slot.dropped))
+            slot.dropped = 0
 
     def _drain(self, slot: _Slot) -> None:
         """Read everything a dead worker left in its socket and pipes."""
         if slot.sock.fileno() >= 0:
             self._read_socket(slot)
+        self._drain_output(slot)
+
+    def _drain_output(self, slot: _Slot) -> None:
+        """Read what is already in a worker's output pipes, so a job's lines are logged before its answer."""
         for fd in (slot.out_fd, slot.err_fd):
             for _ in range(64):
                 before = len(slot.output)
@@ -994,6 +1044,11 @@ class Pool:
             except subprocess.TimeoutExpired:
                 self._template.kill()
                 self._template.wait()
+            for pipe in (self._template.stdout, self._template.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._selector.unregister(pipe.fileno())
+                    pipe.close()
         self._deliver()
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):

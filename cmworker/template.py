@@ -69,11 +69,12 @@ def main(argv: list[str]) -> NoReturn:
     # so that a worker's first collection does not touch (and copy) every page of the app.
     gc.collect()
     gc.freeze()
-    Template(control, functions).run()
+    Template(control, functions, options.get("log_level", "INFO")).run()
 
 
 class Template:
-    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec]) -> None:
+    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], log_level: str) -> None:
+        self.log_level = log_level
         self.control = control
         self.functions = functions
         self.workers: set[int] = set()
@@ -141,6 +142,10 @@ class Template:
             os.close(err_fd)
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "wb") as f:
                 f.write(_WORKER_OOM_SCORE_ADJ)
+            # Workers log SLS JSON on stderr; the parent adds the job's context and re-emits each line.
+            from cmworker import logs
+
+            logs.configure("sls", self.log_level, stream=sys.stderr)
             from cmworker.worker import serve
 
             serve(socket.socket(fileno=sock_fd), self.functions)

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import cloudpickle
+import structlog
 
 from cmworker.app import FunctionSpec
 from cmworker.encoding import encode_result
@@ -77,7 +78,10 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoRetur
 
 def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> None:
     cpu_start = time.process_time()
-    reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
+    try:
+        reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
+    finally:
+        structlog.contextvars.clear_contextvars()
     _kill_leftovers()
     _flush_output()
     cpu = time.process_time() - cpu_start
@@ -100,6 +104,7 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
     except ValueError as exc:
         return _failure(InvalidInput(f"the job is not valid JSON: {exc}"))
     query, context = _query_and_context(job)
+    structlog.contextvars.bind_contextvars(job_id=context["jobId"], function=run.function)
     try:
         context_arg, event = spec.prepare(context, query)
     except InvalidInput as exc:

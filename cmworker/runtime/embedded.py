@@ -68,12 +68,12 @@ class EmbeddedRuntime:
         self.advertised_host = _WILDCARDS.get(host, host)
         self.long_poll = long_poll
         self.max_result_size = max_result_size
-        self.caller_token = secrets.token_urlsafe(32)
+        self.caller_token = _token(32)
         self._base_port = port
         self._query_port = query_port
         self._requested_state_dir = Path(state_dir) if state_dir is not None else None
         self._state_dir: Path | None = None
-        self.store = JobStore([ReplicaState(i, secrets.token_urlsafe(32), str(uuid.uuid4()), caps[i])
+        self.store = JobStore([ReplicaState(i, _token(32), str(uuid.uuid4()), caps[i])
                                for i in range(replicas)], cap=cap)
         self.record = Record(self.store)
         self._faults = FaultPlan()
@@ -104,8 +104,8 @@ class EmbeddedRuntime:
         hosts = [self.advertised_host, "127.0.0.1", "localhost"]
         self._tls = write_tls_files(state_dir, hosts + ([self.host] if self.host not in _WILDCARDS else []))
         context = self._tls.server_context()
-        job_extras = {"temporaryCredentialsAuthToken": secrets.token_urlsafe(16),
-                      "authHeader": f"Bearer {secrets.token_urlsafe(24)}"}
+        job_extras = {"temporaryCredentialsAuthToken": _token(16),
+                      "authHeader": f"Bearer {_token(24)}"}
         for replica in self.store.replicas:
             port = self._base_port + replica.index if self._base_port else 0
             app = ModuleApp(replica.index, self.store, self._faults, self.long_poll, self.max_result_size,
@@ -278,6 +278,14 @@ class EmbeddedRuntime:
     def __repr__(self) -> str:
         where = f"query API {self.query_url}, replicas on {self.ports}" if self._query else "not started"
         return f"<EmbeddedRuntime {where}>"
+
+
+def _token(nbytes: int) -> str:
+    """A random URL-safe token that never starts with "-", so it can follow a flag on a command line."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
 
 
 def _per_replica(value: int | Sequence[int], replicas: int) -> list[int]:

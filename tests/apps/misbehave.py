@@ -143,3 +143,31 @@ def stream(context, event):
         yield {"i": i}
     if event.get("fail"):
         raise RuntimeError("stream broke")
+
+
+@cmworker.function
+def print_lines(context, event):
+    for i in range(event["n"]):
+        print(f"line {i}")
+    return event["n"]
+
+
+@cmworker.function
+def leak_credentials(context, event):
+    """Careless user code printing the job's credentials; the logs must not carry them."""
+    print("auth:", context["authHeader"], "creds:", context["tempCredsAuthToken"])
+    return "printed"
+
+
+@cmworker.function
+def log_things(context, event):
+    import logging
+
+    cmworker.get_logger("app.audit").info("order_checked", order=event["order"])
+    logging.getLogger("app.legacy").warning("legacy warning about %s", event["order"])
+    return "logged"
+
+
+@cmworker.function
+def my_credentials(context, event):
+    return {"authHeader": context["authHeader"], "tempCredsAuthToken": context["tempCredsAuthToken"]}

@@ -178,7 +178,7 @@ def test_call_without_a_running_runtime_says_so(tmp_path: Path) -> None:
 
 def test_call_with_an_explicit_url_token_and_ca(served: RuntimeProcess, tmp_path: Path) -> None:
     announcement = json.loads((served.state_dir / "runtime.json").read_text())
-    result = call(tmp_path, "echo", "1", "--url", announcement["url"], "--token", announcement["token"],
+    result = call(tmp_path, "echo", "1", "--url", announcement["url"], f"--token={announcement['token']}",
                   "--ca", announcement["ca"])
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"echo": 1}

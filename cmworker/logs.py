@@ -1,0 +1,207 @@
+"""Logging, configured in one place: SLS ``service.1`` JSON lines for the Foundry Logs tab, or console text.
+
+One structlog pipeline serves the parent, the template and the workers (each configures it again after
+it starts or forks). Standard-library ``logging`` records — from cmworker's own modules, from libraries
+and from user code — are routed through the same processors, so every line has the same shape.
+
+An SLS line::
+
+    {"type": "service.1", "level": "INFO", "time": "2026-11-22T10:00:00.123456Z", "origin": "cmworker.poller",
+     "thread": "MainThread", "message": "job_finished", "safe": true,
+     "params": {"session_id": ..., "process_id": 12, "job_id": ..., "function": ..., ...},
+     "unsafeParams": {...}, "stacktrace": "..."}
+
+``params`` carry the fields cmworker itself chose and vouches for; values that came from user code (the
+text a job printed, fields a job logged through ``get_logger``) go to ``unsafeParams`` and the line is
+marked ``"safe": false``. Secrets (the module token, each job's credentials, source credentials,
+``CLIENT_SECRET``) are registered with ``add_secret`` and replaced by ``<redacted>`` wherever they would
+appear in a line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, MutableMapping
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+import structlog
+
+# SLS knows these six levels only; Python's WARNING and CRITICAL must be renamed, never passed through.
+SLS_LEVELS = {"trace": "TRACE", "debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN",
+              "error": "ERROR", "critical": "FATAL", "fatal": "FATAL", "exception": "ERROR"}
+_PY_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+              "WARNING": logging.WARNING, "ERROR": logging.ERROR, "FATAL": logging.CRITICAL,
+              "CRITICAL": logging.CRITICAL}
+# Fields cmworker sets itself; anything else a caller passes lands in unsafeParams unless marked safe.
+SAFE_PARAMS = frozenset({
+    "session_id", "process_id", "job_id", "function", "kind", "pid", "worker_pid", "stream", "queued_s",
+    "wall_s", "cpu_s", "peak_rss_bytes", "result_bytes", "jobs", "workers", "respawns", "held",
+    "parent_rss_bytes", "dropped_lines", "status", "attempt", "signal", "exit_code", "timeout_s",
+    "limit_bytes", "rss_bytes", "count", "jobs_by_outcome", "workers_alive", "interval_s", "path",
+})
+REDACTED = "<redacted>"
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_format = "sls"
+
+
+def add_secret(value: str | None) -> None:
+    """Never print ``value``: every rendered line has it replaced by ``<redacted>``."""
+    if value and len(value) >= 4:  # shorter strings would redact ordinary words
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def remove_secret(value: str | None) -> None:
+    if value:
+        with _secrets_lock:
+            _secrets.discard(value)
+
+
+def redact(text: str) -> str:
+    if not _secrets:
+        return text
+    for secret in tuple(_secrets):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _session_and_process(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event.setdefault("session_id", os.environ.get("COMPUTE_SESSION_ID"))
+    event.setdefault("process_id", os.getpid())
+    return event
+
+
+def _level(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    level = event.get("level") or method
+    event["level"] = SLS_LEVELS.get(str(level).lower(), "INFO")
+    return event
+
+
+def _origin(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if "origin" not in event:
+        event["origin"] = record.name if record is not None else "cmworker"
+    return event
+
+
+class SlsRenderer:
+    """Renders an event dict as one SLS ``service.1`` JSON line."""
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        message = str(event.pop("event", ""))
+        safe = bool(event.pop("safe", True))
+        line: dict[str, Any] = {
+            "type": "service.1",
+            "level": event.pop("level", "INFO"),
+            "time": _now(),
+            "origin": event.pop("origin", "cmworker"),
+            "thread": threading.current_thread().name,
+            "message": message,
+            "safe": safe,
+        }
+        stack = _stacktrace(event)
+        event.pop("_record", None)
+        event.pop("_from_structlog", None)
+        unsafe_keys = set(event.pop("unsafe", ()))
+        params = {k: v for k, v in event.items() if k in SAFE_PARAMS and k not in unsafe_keys}
+        unsafe = {k: v for k, v in event.items() if k not in params}
+        line["params"] = params
+        if unsafe:
+            line["unsafeParams"] = unsafe
+            line["safe"] = False
+        if stack:
+            line["stacktrace"] = stack
+        return redact(json.dumps(line, default=str))
+
+
+class ConsoleRenderer:
+    """Readable lines for a terminal: time, level, message, then the fields (coloured on a TTY)."""
+
+    _COLOURS = {"FATAL": "\x1b[31;1m", "ERROR": "\x1b[31m", "WARN": "\x1b[33m", "INFO": "\x1b[32m",
+                "DEBUG": "\x1b[2m", "TRACE": "\x1b[2m"}
+
+    def __init__(self, colours: bool) -> None:
+        self.colours = colours
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        message = str(event.pop("event", ""))
+        level = event.pop("level", "INFO")
+        stack = _stacktrace(event)
+        for key in ("_record", "_from_structlog", "origin", "session_id", "process_id", "safe", "unsafe"):
+            event.pop(key, None)
+        fields = " ".join(f"{k}={v}" for k, v in event.items() if v is not None)
+        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        tag = f"{level:<5}"
+        if self.colours:
+            tag = f"{self._COLOURS.get(level, '')}{tag}\x1b[0m"
+        text = f"{stamp} {tag} {message}" + (f"  {fields}" if fields else "")
+        if stack:
+            text += "\n" + stack.rstrip()
+        return redact(text)
+
+
+def _stacktrace(event: MutableMapping[str, Any]) -> str | None:
+    exc_info = event.pop("exc_info", None)
+    stack = event.pop("exception", None) or event.pop("stack", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if isinstance(exc_info, tuple) and exc_info[0] is not None:
+            return "".join(traceback.format_exception(*exc_info))
+    return str(stack) if stack else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _chain() -> list[Any]:
+    return [structlog.contextvars.merge_contextvars, _level, _origin, _session_and_process]
+
+
+def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None = None,
+              logger_levels: Iterable[tuple[str, str]] = ()) -> None:
+    """Configure structlog and stdlib logging for this process. ``format``: "sls" or "console"."""
+    global _format
+    _format = format
+    out = stream or sys.stdout
+    renderer: Any = SlsRenderer() if format == "sls" else ConsoleRenderer(colours=out.isatty())
+    threshold = _PY_LEVELS.get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[*_chain(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=_chain(),
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(threshold)
+    for name, logger_level in logger_levels:
+        logging.getLogger(name).setLevel(_PY_LEVELS.get(logger_level.upper(), logging.INFO))
+
+
+def current_format() -> str:
+    return _format
+
+
+def get_logger(name: str | None = None, **initial: Any) -> Any:
+    """A structlog logger; inside a job it carries the job's ``job_id`` and ``function``."""
+    # Initial values are applied when the logger is first used, so module-level loggers made before
+    # configure() still follow it; ``logger`` becomes the line's ``origin``.
+    return structlog.get_logger(name, origin=name or "cmworker.user", **initial)
