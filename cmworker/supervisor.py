@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,17 +68,12 @@ from cmworker.messages import (
     pack_packet,
     unpack_packet,
 )
+from cmworker.output import LineReader, WorkerOutput
 from cmworker.units import describe_size, format_duration, format_size
 
 log = logging.getLogger("cmworker.supervisor")
 
 _READ_SIZE = 256 * 1024
-_OUTPUT_LINES_KEPT = 20
-_MAX_LINE = 16 * 1024
-# A job may print this many lines at once, then this many a second; beyond that lines are counted and
-# dropped from the logs (not from the job's last-lines record), so a flood never blocks the job (the
-# pipe is always drained) and never grows the parent's memory.
-_LINE_BURST, _LINE_RATE = 2000.0, 1000.0
 # Memory is sampled more often the closer a job is to its limit: the next sample is due when a job
 # growing at this rate could reach the limit, bounded to [_SAMPLE_MIN, _SAMPLE_MAX] seconds.
 _ASSUMED_GROWTH = 4 * 2**30
@@ -153,8 +148,7 @@ class _Slot:
 
     id: int
     sock: socket.socket
-    out_fd: int
-    err_fd: int
+    output: WorkerOutput
     spawned_at: float
     pid: int | None = None
     state: str = "starting"
@@ -169,13 +163,8 @@ class _Slot:
     reader: FrameReader = field(default_factory=FrameReader)
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     writing: bool = False
-    output: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=_OUTPUT_LINES_KEPT))
-    partial: dict[int, bytes] = field(default_factory=dict)
     timers: list[_Timer] = field(default_factory=list)
     oom_count: int | None = None
-    line_tokens: float = _LINE_BURST
-    line_clock: float = 0.0
-    dropped: int = 0
 
 
 def _default_output(line: OutputLine) -> None:
@@ -248,7 +237,7 @@ class Pool:
         os.set_blocking(self._wake_w, False)
         self._woken = False
         self._template: subprocess.Popen[bytes] | None = None
-        self._template_partial: dict[int, bytes] = {}
+        self._template_lines = LineReader()
         self._control: socket.socket | None = None
         self._template_state = "none"  # none, starting, ready
         self._startup_failures = 0
@@ -483,7 +472,11 @@ class Pool:
 
     def _read_template(self, fd: int, stream: str) -> None:
         pid = self._template.pid if self._template is not None else None
-        for raw in self._read_lines(fd, self._template_partial):
+        lines, eof = self._template_lines.read(fd)
+        if eof:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+        for raw in lines:
             self._call(self.on_output, OutputLine(None, pid, stream, raw.decode(errors="replace")))
 
     def _on_template_died(self) -> None:
@@ -626,7 +619,7 @@ class Pool:
         now = self.clock()
         slot.state, slot.job, slot.dispatched_at = "busy", job, now
         slot.answered, slot.streamed, slot.killed_for, slot.peak_rss = False, False, None, 0
-        slot.output.clear()
+        slot.output.start_job()
         lim = job.limits
         earliest = float("inf")
         if lim.timeout:
@@ -654,7 +647,6 @@ class Pool:
             return
         slot.answered = True
         self._drain_output(slot)
-        self._report_dropped(slot)
         for timer in slot.timers:
             timer.cancelled = True
         slot.timers.clear()
@@ -748,7 +740,7 @@ class Pool:
         """Classify a worker death that nobody answered for (decoded once into ``exit``)."""
         job = slot.job
         name = job.function if job else "?"
-        output = "\n".join(slot.output)
+        output = "\n".join(slot.output.last)
         details: dict[str, Any] = {"pid": exit.pid, "output": output}
         if exit.signal is not None:
             details["signal"] = exit.signal_name
@@ -785,7 +777,8 @@ class Pool:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        slot = _Slot(next(self._slot_ids), parent_sock, out_r, err_r, spawned_at=self.clock())
+        slot = _Slot(next(self._slot_ids), parent_sock, WorkerOutput(out_r, err_r, self.clock),
+                     spawned_at=self.clock())
         self._slots[slot.id] = slot
         try:
             socket.send_fds(self._control, [pack_packet(Spawn(slot.id))],
@@ -798,8 +791,8 @@ class Pool:
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
         self._selector.register(parent_sock, selectors.EVENT_READ, lambda mask: self._on_socket(slot, mask))
-        self._selector.register(out_r, selectors.EVENT_READ, lambda mask: self._read_output(slot, out_r))
-        self._selector.register(err_r, selectors.EVENT_READ, lambda mask: self._read_output(slot, err_r))
+        for fd in (out_r, err_r):
+            self._selector.register(fd, selectors.EVENT_READ, lambda mask, fd=fd: self._read_output(slot, fd))
 
     def _retire(self, slot: _Slot) -> None:
         """Recycle a worker: closing its socket makes it exit; a replacement is spawned at once."""
@@ -820,11 +813,7 @@ class Pool:
             self._by_pid.pop(slot.pid, None)
         self._drain(slot)
         self._close_socket(slot)
-        for fd in (slot.out_fd, slot.err_fd):
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_output(slot)
         slot.state = "dead"
         del self._slots[slot.id]
         if was_live and not self._stopping:
@@ -927,52 +916,21 @@ class Pool:
             if len(data) < _READ_SIZE:
                 return
 
-    def _read_lines(self, fd: int, partial: dict[int, bytes]) -> list[bytes]:
-        """Whole lines from a non-blocking pipe; a partial line waits for its end (or EOF, or 16 KiB)."""
-        try:
-            data = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return []
-        except OSError:
-            data = b""
-        if not data:
+    def _read_output(self, slot: _Slot, fd: int) -> None:
+        lines, eof = slot.output.read(fd)
+        if eof:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
-            rest = partial.pop(fd, b"")
-            return [rest] if rest else []
-        lines = (partial.pop(fd, b"") + data).split(b"\n")
-        tail = lines.pop()
-        if len(tail) > _MAX_LINE:
-            lines.append(tail)
-        elif tail:
-            partial[fd] = tail
-        return lines
+        self._emit(slot, lines)
 
-    def _read_output(self, slot: _Slot, fd: int) -> None:
-        for raw in self._read_lines(fd, slot.partial):
-            self._emit_line(slot, fd, raw)
-
-    def _emit_line(self, slot: _Slot, fd: int, raw: bytes) -> None:
-        text = raw.decode(errors="replace")
-        slot.output.append(text)
-        now = self.clock()
-        slot.line_tokens = min(_LINE_BURST, slot.line_tokens + (now - slot.line_clock) * _LINE_RATE)
-        slot.line_clock = now
-        if slot.line_tokens < 1:
-            slot.dropped += 1
-            return
-        slot.line_tokens -= 1
-        stream = "stdout" if fd == slot.out_fd else "stderr"
+    def _emit(self, slot: _Slot, lines: Iterable[tuple[str, str]]) -> None:
         job = slot.job
-        self._call(self.on_output, OutputLine(job.id if job else None, slot.pid, stream, text,
-                                              job.function if job else None))
-
-    def _report_dropped(self, slot: _Slot) -> None:
-        if slot.dropped:
-            job = slot.job
-            self._call(self.on_output, OutputLine(job.id if job else None, slot.pid, "stderr", "",
-                                                  job.function if job else None, dropped=slot.dropped))
-            slot.dropped = 0
+        job_id, function = (job.id, job.function) if job else (None, None)
+        for stream, text in lines:
+            self._call(self.on_output, OutputLine(job_id, slot.pid, stream, text, function))
+        dropped = slot.output.take_dropped() if slot.answered or job is None else 0
+        if dropped:
+            self._call(self.on_output, OutputLine(job_id, slot.pid, "stderr", "", function, dropped=dropped))
 
     def _drain(self, slot: _Slot) -> None:
         """Read everything a dead worker left in its socket and pipes."""
@@ -981,16 +939,14 @@ class Pool:
         self._drain_output(slot)
 
     def _drain_output(self, slot: _Slot) -> None:
-        """Read what is already in a worker's output pipes, so a job's lines are logged before its answer."""
-        for fd in (slot.out_fd, slot.err_fd):
-            for _ in range(64):
-                before = len(slot.output)
-                try:
-                    self._read_output(slot, fd)
-                except OSError:
-                    break
-                if len(slot.output) == before and fd not in slot.partial:
-                    break
+        """Log what is already in a worker's pipes, so a job's lines come before its answer."""
+        self._emit(slot, list(slot.output.drain()))
+
+    def _close_output(self, slot: _Slot) -> None:
+        for fd in (slot.output.out_fd, slot.output.err_fd):
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+        slot.output.close()
 
     def _close_socket(self, slot: _Slot) -> None:
         if slot.sock.fileno() < 0:
@@ -1031,9 +987,7 @@ class Pool:
             if slot.pid is not None:
                 limits.kill_group(slot.pid, signal.SIGKILL)
             self._close_socket(slot)
-            for fd in (slot.out_fd, slot.err_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            self._close_output(slot)
         self._slots.clear()
         if self._control is not None:
             self._control.close()  # the template kills any worker left and exits
@@ -1062,7 +1016,7 @@ class Pool:
 
 
 def _last_lines(slot: _Slot) -> str:
-    if not slot.output:
+    if not slot.output.last:
         return ""
-    return "; its last output:\n" + "\n".join(slot.output)
+    return "; its last output:\n" + "\n".join(slot.output.last)
 

@@ -1,0 +1,99 @@
+"""What a worker writes to stdout and stderr, read by the parent a line at a time (parent side).
+
+Each worker's fds 1 and 2 are pipes into the parent, so output written by C extensions and
+subprocesses is caught too, and output of a worker that dies is not lost. The parent always drains the
+pipes, so a job can never block on a full pipe; a flood is rate-limited (a burst, then a steady rate)
+and the lines over the limit are only counted. The last lines are kept regardless, for the answer to a
+job whose worker died.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+READ_SIZE = 256 * 1024
+LAST_LINES = 20
+MAX_LINE = 16 * 1024            # a longer line without a newline is cut into pieces of this size
+LINE_BURST, LINE_RATE = 2000.0, 1000.0
+
+
+class LineReader:
+    """Whole lines from non-blocking pipes; a partial line waits for its newline, EOF, or MAX_LINE."""
+
+    def __init__(self) -> None:
+        self._partial: dict[int, bytes] = {}
+
+    def read(self, fd: int) -> tuple[list[bytes], bool]:
+        """The complete lines now readable on ``fd``, and whether it reached end of file."""
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return [], False
+        except OSError:
+            data = b""
+        if not data:
+            rest = self._partial.pop(fd, b"")
+            return ([rest] if rest else []), True
+        lines = (self._partial.pop(fd, b"") + data).split(b"\n")
+        tail = lines.pop()
+        if len(tail) > MAX_LINE:
+            lines.append(tail)
+        elif tail:
+            self._partial[fd] = tail
+        return lines, False
+
+
+class WorkerOutput:
+    """One worker's stdout and stderr pipes (read ends), its last lines, and its flood limit."""
+
+    def __init__(self, out_fd: int, err_fd: int, clock: Callable[[], float]) -> None:
+        self.out_fd, self.err_fd = out_fd, err_fd
+        self.clock = clock
+        self.last: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
+        self.dropped = 0
+        self._reader = LineReader()
+        self._tokens = LINE_BURST
+        self._refilled = clock()
+
+    def read(self, fd: int) -> tuple[list[tuple[str, str]], bool]:
+        """Lines to log as ``(stream, text)`` — flood-limited — and whether ``fd`` reached end of file."""
+        raw_lines, eof = self._reader.read(fd)
+        stream = "stdout" if fd == self.out_fd else "stderr"
+        return [(stream, text) for text in self._admit(raw_lines)], eof
+
+    def drain(self) -> Iterator[tuple[str, str]]:
+        """Everything already written to both pipes (a finished job's last lines, a dead worker's)."""
+        for fd in (self.out_fd, self.err_fd):
+            for _ in range(64):  # bounded: a grandchild still writing must not keep us here
+                lines, eof = self.read(fd)
+                yield from lines
+                if eof or not lines:
+                    break
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+    def start_job(self) -> None:
+        self.last.clear()
+
+    def close(self) -> None:
+        for fd in (self.out_fd, self.err_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _admit(self, raw_lines: list[bytes]) -> Iterator[str]:
+        for raw in raw_lines:
+            text = raw.decode(errors="replace")
+            self.last.append(text)
+            now = self.clock()
+            self._tokens = min(LINE_BURST, self._tokens + (now - self._refilled) * LINE_RATE)
+            self._refilled = now
+            if self._tokens < 1:
+                self.dropped += 1
+                continue
+            self._tokens -= 1
+            yield text
