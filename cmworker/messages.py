@@ -250,7 +250,7 @@ class FrameReader:
         self._buf = bytearray()
         self._need = HEADER.size
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | memoryview) -> list[Message]:
         buf = self._buf
         buf += data
         messages: list[Message] = []

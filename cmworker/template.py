@@ -65,6 +65,11 @@ def main(argv: list[str]) -> NoReturn:
         reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else traceback.format_exc()
         control.send(pack_packet(TemplateFailed(reason)))
         os._exit(1)
+    # Everything a worker runs is imported here, once: a respawn is then only a fork (importing the
+    # worker side after each fork cost ~20-30 ms per respawn, measured by scripts/bench_pool.py).
+    import cmworker.logs
+    import cmworker.worker  # noqa: F401
+
     # Objects that exist now are shared copy-on-write with every worker; keep the collector off them
     # so that a worker's first collection does not touch (and copy) every page of the app.
     gc.collect()
@@ -105,7 +110,10 @@ class Template:
         message = unpack_packet(data)
         if isinstance(message, Spawn) and len(fds) == 3:
             pid = self.fork_worker(fds)
-            self.control.send(pack_packet(Spawned(message.slot, pid)))
+            try:
+                self.control.send(pack_packet(Spawned(message.slot, pid)))
+            except OSError:  # the pool closed while this worker was being forked
+                self.shutdown()
         else:
             for fd in fds:
                 os.close(fd)

@@ -275,3 +275,12 @@ def test_a_queued_job_can_be_cancelled_and_a_running_one_cannot() -> None:
         assert h.wait(running).kind == "ok"
         assert h.run("echo", "next").kind == "ok"
         assert queued not in h.answers
+
+
+def test_closing_while_a_worker_is_being_respawned_leaves_nothing_behind() -> None:
+    for _ in range(5):
+        with running_pool(workers=1) as h:
+            h.pool.submit(Job("crash", "exit3", b"{}", JobLimits()))
+            h.wait("crash")
+            # close() now races the respawn of the worker that just died
+        # running_pool asserts that no process outlived the pool

@@ -243,7 +243,9 @@ def test_a_mixed_run_of_2000_jobs_is_answered_exactly_once(runtime: EmbeddedRunt
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed")
 def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    # --kill-child: if unshare itself dies (a failed test kills it), the namespace's PID 1 goes too.
+    unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create a PID namespace here: {probe.stderr.decode().strip()}")
     script = tmp_path / "as_pid1.sh"
@@ -255,7 +257,7 @@ def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path
     (tmp_path / "cmworker.toml").write_text(CONFIG)
     script.chmod(0o755)
     log = open(tmp_path / "pid1.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", str(script)],
+    proc = subprocess.Popen([*unshare, str(script)],
                             env={**os.environ, **runtime.env(0)}, stdout=log, stderr=subprocess.STDOUT)
     try:
         pidfile = tmp_path / "gc.pid"
@@ -272,6 +274,8 @@ def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path
         assert answer(runtime, job) == ("ok", {"neighbour": 9})
     finally:
         if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
             proc.kill()
             proc.wait()
         log.close()
