@@ -29,8 +29,9 @@ def main() -> int:
 
     state = tempfile.mkdtemp(prefix="cmworker-quickstart-")
     env = {**os.environ, "CMWORKER_STATE_DIR": state}
-    dev = subprocess.Popen([sys.executable, "-m", "cmworker", "dev"], cwd=EXAMPLE, env=env,
-                           stdout=subprocess.DEVNULL, stderr=open(Path(state) / "dev.log", "wb"))
+    with open(Path(state) / "dev.log", "wb") as log:
+        dev = subprocess.Popen([sys.executable, "-m", "cmworker", "dev"], cwd=EXAMPLE, env=env,
+                               stdout=subprocess.DEVNULL, stderr=log)
     try:
         client = _connect(Client, state, dev)
         print(f"cmworker dev is serving {EXAMPLE / 'app.py'}\n")
