@@ -305,6 +305,13 @@ SHUTDOWN_GRACE: Setting[float] = _setting(
     _duration(positive=False), _show_duration, "25s",
     attr="shutdown_grace", env="CMWORKER_SHUTDOWN_GRACE", metavar="DURATION",
 )
+POLL_TIMEOUT: Setting[float] = _setting(
+    "poll_timeout", "duration",
+    "How long one GET job may wait for the runtime's answer before it is abandoned and asked again. The "
+    "runtime holds a GET for about 5s when it has no job, so this must be well above that.",
+    _duration(positive=True), _show_duration, "30s",
+    attr="poll_timeout", env="CMWORKER_POLL_TIMEOUT", metavar="DURATION",
+)
 TIMEOUT: Setting[float | None] = _setting(
     "limits.timeout", "duration or \"none\"",
     "Hard wall-clock limit on one job, measured from dispatch to its worker. When it passes, the job's "
@@ -373,7 +380,7 @@ STATS_INTERVAL: Setting[float | None] = _setting(
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    APP, WORKERS, SHUTDOWN_GRACE,
+    APP, WORKERS, SHUTDOWN_GRACE, POLL_TIMEOUT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
     LOG_FORMAT, LOG_LEVEL, STATS_INTERVAL,
 )
@@ -422,6 +429,7 @@ class Config:
     app: str | None                      # None: not configured (`cmworker run` then requires it)
     workers: int
     shutdown_grace: float                # seconds running jobs get after SIGTERM
+    poll_timeout: float                  # seconds one GET job may take before it is retried
     limits: JobLimits                    # [limits], after flags and environment
     kill_grace: float                    # seconds between SIGTERM and SIGKILL
     max_jobs_per_worker: int             # 0 = never recycle
@@ -619,9 +627,11 @@ def _known_key(section: str, name: str, value: object, source: str) -> str:
 
 
 def _suggest_key(name: str, here: list[str]) -> str:
-    """"did you mean ...?" from the keys of the same table, else a setting of that name in another table."""
+    """"did you mean ...?": a setting of exactly that name in another table first (a key put in the
+    wrong table is the likeliest mistake), then a close key of this table, then one of another table."""
     leaves = {key.rpartition(".")[2].strip("[]"): key for key in here}
-    close = difflib.get_close_matches(name, list(leaves), n=1)
+    misplaced = next((s for s in SETTINGS if s.name == name and s.key not in here), None)
+    close = [] if misplaced else difflib.get_close_matches(name, list(leaves), n=1)
     if close:
         return f"; did you mean {leaves[close[0]]}?"
     elsewhere = difflib.get_close_matches(name, [s.name for s in SETTINGS], n=1)
@@ -700,6 +710,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         app=get(APP),
         workers=get(WORKERS),
         shutdown_grace=get(SHUTDOWN_GRACE),
+        poll_timeout=get(POLL_TIMEOUT),
         limits=JobLimits(timeout=get(TIMEOUT), soft_timeout=get(SOFT_TIMEOUT),
                          memory_limit=get(MEMORY_LIMIT), max_result_size=get(MAX_RESULT_SIZE)),
         kill_grace=get(KILL_GRACE),

@@ -41,7 +41,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     from cmworker.service import Service, discover
 
     endpoints = discover(environ)
-    service = Service(endpoints)
+    service = Service(endpoints, long_poll_timeout=config.poll_timeout)
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
                         max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
                         log_level=config.log_level, stats_interval=config.stats_interval)

@@ -394,7 +394,7 @@ def test_limits_for_rejects_a_declaration_of_another_function(tmp_path: Path) ->
 
 
 def test_a_config_built_in_code_resolves_limits() -> None:
-    config = Config(app="app", workers=1, shutdown_grace=1.0,
+    config = Config(app="app", workers=1, shutdown_grace=1.0, poll_timeout=30.0,
                     limits=JobLimits(timeout=60.0, soft_timeout=50.0), kill_grace=0.0, max_jobs_per_worker=0,
                     log_format="auto", log_level="INFO", stats_interval=None)
     assert config.limits_for("f", spec(memory_limit=GiB)) == JobLimits(60.0, 50.0, GiB)

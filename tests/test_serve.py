@@ -143,6 +143,16 @@ def test_refused_connections_at_start_and_5xx_bursts_lose_nothing(runtime: Embed
             assert answer(runtime, job_id)[1]["echo"] == i
 
 
+def test_a_get_that_hangs_past_its_timeout_is_abandoned_and_nothing_is_lost(runtime: EmbeddedRuntime,
+                                                                           tmp_path: Path) -> None:
+    runtime.hang_next_get(30.0)
+    with serving(runtime, tmp_path, top_level='poll_timeout = "1s"\n'):
+        ids = [runtime.submit("echo", i) for i in range(5)]
+        for i, job_id in enumerate(ids):  # answered long before the hung GET would have returned
+            assert answer(runtime, job_id, timeout=20)[1]["echo"] == i
+    assert "GET job failed" in (tmp_path / "run.log").read_text()
+
+
 def test_connection_dropped_mid_post_is_retried_and_answered_once(runtime: EmbeddedRuntime,
                                                                  tmp_path: Path) -> None:
     runtime.drop_next_result()

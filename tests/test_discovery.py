@@ -1,0 +1,112 @@
+"""Finding the runtime from every form of environment the platform injects (service.discover)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cmworker.errors import RuntimeUnavailable
+from cmworker.runtime.embedded import EmbeddedRuntime
+from cmworker.service import Service, discover
+
+
+def uris(tmp_path: Path, **extra: str) -> dict[str, str]:
+    token = tmp_path / "token"
+    token.write_text("  the-token\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    base = "https://runtime.local:8945/interactive-module/api/internal-query"
+    return {"GET_JOB_URI": f"{base}/job", "POST_RESULT_URI": f"{base}/results", "POST_SCHEMA_URI": f"{base}/schemas",
+            "RESTART_NOTIFICATION_URI": f"{base}/restart-notification", "MODULE_AUTH_TOKEN": str(token),
+            "CONNECTIONS_TO_OTHER_PODS_CA_PATH": str(ca), "DEFAULT_CA_PATH": str(tmp_path / "missing.pem"),
+            **extra}
+
+
+def test_uris_with_whitespace_around_the_token(tmp_path: Path) -> None:
+    found = discover(uris(tmp_path), wait=1)
+    assert (found.host, found.port, found.token) == ("runtime.local", 8945, "the-token")
+    assert found.job_path == "/interactive-module/api/internal-query/job"
+    assert found.result_url("a/b") == "/interactive-module/api/internal-query/results/a%2Fb"
+    assert found.ca_files == (str(tmp_path / "ca.pem"),)  # the CA that does not exist is skipped
+    assert "the-token" not in repr(found)
+
+
+def test_runtime_host_and_port_take_precedence_like_the_sdk(tmp_path: Path) -> None:
+    found = discover(uris(tmp_path, RUNTIME_HOST="localhost", RUNTIME_PORT="9999"), wait=1)
+    assert (found.host, found.port) == ("localhost", 9999)
+
+
+def test_both_ca_variables_are_trusted(tmp_path: Path) -> None:
+    other = tmp_path / "default.pem"
+    other.write_text("y")
+    found = discover(uris(tmp_path, DEFAULT_CA_PATH=str(other)), wait=1)
+    assert found.ca_files == (str(tmp_path / "ca.pem"), str(other))
+
+
+def test_older_runtimes_without_restart_or_schema_uris(tmp_path: Path) -> None:
+    env = uris(tmp_path)
+    del env["RESTART_NOTIFICATION_URI"], env["POST_SCHEMA_URI"]
+    found = discover(env, wait=1)
+    assert found.restart_path is None and found.schema_path is None
+
+
+def test_token_file_written_after_start_is_waited_for(tmp_path: Path) -> None:
+    env = uris(tmp_path, MODULE_AUTH_TOKEN=str(tmp_path / "late-token"))
+    timer = threading.Timer(0.3, lambda: (tmp_path / "late-token").write_text("late\n"))
+    timer.start()
+    try:
+        assert discover(env, wait=10).token == "late"
+    finally:
+        timer.cancel()
+
+
+def test_a_token_file_that_never_appears_is_a_clear_error(tmp_path: Path) -> None:
+    env = uris(tmp_path, MODULE_AUTH_TOKEN=str(tmp_path / "never"))
+    with pytest.raises(RuntimeUnavailable, match=r"token file \(MODULE_AUTH_TOKEN\) at .*never did not appear"):
+        discover(env, wait=0.3)
+
+
+def test_legacy_connection_file_written_late_and_half_written_first(tmp_path: Path) -> None:
+    path = tmp_path / "connection.json"
+    info = {"host": "localhost", "port": 8945, "getJobPath": "/api/v1/getJob",
+            "postResultPath": "/api/v1/postResult", "moduleAuthToken": "legacy-token",
+            "trustStorePath": str(tmp_path / "trust.pem")}
+
+    def write() -> None:
+        path.write_text('{"host": "local')  # caught mid-write first
+        time.sleep(0.3)
+        path.write_text(json.dumps(info))
+
+    timer = threading.Timer(0.2, write)
+    timer.start()
+    try:
+        found = discover({"CONNECTION_TO_RUNTIME": str(path)}, wait=10)
+    finally:
+        timer.cancel()
+    assert (found.host, found.port, found.token) == ("localhost", 8945, "legacy-token")
+    assert (found.job_path, found.result_path) == ("/api/v1/getJob", "/api/v1/postResult")
+    assert found.ca_files == (str(tmp_path / "trust.pem"),)
+
+
+def test_no_runtime_configured_says_what_to_do() -> None:
+    with pytest.raises(RuntimeUnavailable, match="cmworker dev"):
+        discover({}, wait=0)
+
+
+def test_the_legacy_file_of_the_embedded_runtime_reaches_it_over_https() -> None:
+    with EmbeddedRuntime(long_poll=0.2) as rt:
+        env = {"CONNECTION_TO_RUNTIME": rt.env(0)["CONNECTION_TO_RUNTIME"]}
+        service = Service(discover(env, wait=5))
+        conn = service.connection()
+        try:
+            job = rt.submit("echo", 1)
+            reply = service.get_job(conn)
+            assert reply.status == 200 and json.loads(reply.body)["computeModuleJobV1"]["jobId"] == job
+            assert service.post_result(conn, job, b'"done"').status == 204
+        finally:
+            conn.close()
+        assert rt.record.accepted(job) == 1
