@@ -194,6 +194,31 @@ def _choice(choices: Iterable[str], aliases: Mapping[str, str] | None = None) ->
     return validate
 
 
+_LEVEL = _choice(("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), {"warning": "warn", "critical": "fatal"})
+
+
+def _logger_levels(value: object) -> tuple[tuple[str, str], ...]:
+    """A table of logger name -> level; from the environment, ``name=LEVEL`` pairs separated by commas."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError("write logger=LEVEL pairs separated by commas, e.g. 'urllib3=WARN,app=DEBUG'")
+        value = {name.strip(): level.strip() for name, _, level in pairs}
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a table of logger name = level, e.g. { urllib3 = \"WARN\" }")
+    out = []
+    for name, level in value.items():
+        try:
+            out.append((str(name), _LEVEL(level)))
+        except ValueError as exc:
+            raise ValueError(f"logger {name!r}: {exc}") from None
+    return tuple(sorted(out))
+
+
+def _show_levels(value: tuple[tuple[str, str], ...]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(n)} = {json.dumps(lv)}" for n, lv in value) + " }" if value else "{}"
+
+
 # Show a typed value the way it is written in cmworker.toml (so `cmworker config` output is valid TOML).
 
 def _show_duration(value: float | None) -> str:
@@ -378,11 +403,19 @@ STATS_INTERVAL: Setting[float | None] = _setting(
     _or_none(_duration(positive=True)), _show_duration, "1m",
     attr="stats_interval", env="CMWORKER_STATS_INTERVAL", metavar="DURATION",
 )
+LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
+    "logging.logger_levels", "table of logger = level",
+    "Levels for single loggers, above or below `level`: for example `{ urllib3 = \"WARN\" }` quiets a "
+    "chatty library, `{ \"app.pricing\" = \"DEBUG\" }` opens up one module of the app. Applies in the "
+    "workers too.",
+    _logger_levels, _show_levels, {},
+    attr="logger_levels", env="CMWORKER_LOGGER_LEVELS", metavar="NAME=LEVEL,...",
+)
 
 SETTINGS: tuple[Setting[Any], ...] = (
     APP, WORKERS, SHUTDOWN_GRACE, POLL_TIMEOUT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
-    LOG_FORMAT, LOG_LEVEL, STATS_INTERVAL,
+    LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL,
 )
 _BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
 _SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))
@@ -436,6 +469,7 @@ class Config:
     log_format: str                      # "auto", "sls" or "console"
     log_level: str                       # an SLS level name
     stats_interval: float | None         # seconds between `stats` lines; None: never
+    logger_levels: tuple[tuple[str, str], ...] = ()  # (logger name, SLS level)
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -718,6 +752,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         log_format=get(LOG_FORMAT),
         log_level=get(LOG_LEVEL),
         stats_interval=get(STATS_INTERVAL),
+        logger_levels=get(LOGGER_LEVELS),
         functions=MappingProxyType(functions),
         sources=MappingProxyType(dict(sources)),
         file=located[0] if located else None,

@@ -49,6 +49,29 @@ _PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warni
 _END = object()   # closes a stream's item queue
 
 
+def _source_secrets(environ: Mapping[str, str]) -> list[str]:
+    """Every string in the sources' credentials file: none of them may reach a log line."""
+    from cmworker.context import SOURCE_CREDENTIALS_ENV
+
+    path = environ.get(SOURCE_CREDENTIALS_ENV)
+    try:
+        with open(path or "", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    found: list[str] = []
+    todo: list[Any] = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return found
+
+
 def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
 
@@ -112,6 +135,7 @@ class Settings:
     max_jobs_per_worker: int = 0
     posters: int = 2
     log_level: str = "INFO"
+    logger_levels: tuple[tuple[str, str], ...] = ()
     stats_interval: float | None = 60.0
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
     schemas: list[dict[str, Any]] | None = None
@@ -128,11 +152,14 @@ class Poller:
         self.ledger = Ledger()
         self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
                          on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
+                         logger_levels=settings.logger_levels,
                          kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
         self.outcomes: collections.Counter[str] = collections.Counter()
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
+        for secret in _source_secrets(os.environ):
+            logs.add_secret(secret)
         self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None

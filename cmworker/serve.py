@@ -44,7 +44,8 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
                         max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
-                        log_level=config.log_level, stats_interval=config.stats_interval)
+                        log_level=config.log_level, logger_levels=config.logger_levels,
+                        stats_interval=config.stats_interval)
     poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
     return poller.run()
 
@@ -53,7 +54,8 @@ def _configure_logs(config: Config, dev: bool) -> None:
     fmt = config.log_format
     if fmt == "auto":
         fmt = "console" if dev and sys.stderr.isatty() else "sls"
-    logs.configure(fmt, config.log_level, stream=sys.stderr if fmt == "console" else sys.stdout)
+    logs.configure(fmt, config.log_level, stream=sys.stderr if fmt == "console" else sys.stdout,
+                   logger_levels=config.logger_levels)
 
 
 def _fatal(exc: BaseException) -> int:

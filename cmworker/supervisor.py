@@ -193,6 +193,7 @@ class Pool:
         on_state_change: Callable[[], None] | None = None,
         preload: Sequence[str] = (),
         log_level: str = "INFO",
+        logger_levels: Sequence[tuple[str, str]] = (),
         kill_grace: float = 0.05,
         max_jobs_per_worker: int = 0,
         startup_timeout: float = 120.0,
@@ -209,6 +210,7 @@ class Pool:
         self.on_state_change = on_state_change or (lambda: None)
         self.preload = list(preload)
         self.log_level = log_level
+        self.logger_levels = list(logger_levels)
         self.kill_grace = kill_grace
         self.max_jobs_per_worker = max_jobs_per_worker
         self.startup_timeout = startup_timeout
@@ -438,7 +440,7 @@ class Pool:
     def _start_template(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         options = {"control_fd": child_end.fileno(), "app": self.app, "preload": self.preload,
-                   "log_level": self.log_level,
+                   "log_level": self.log_level, "logger_levels": self.logger_levels,
                    "sys_path": [p or os.getcwd() for p in sys.path]}
         self._template = subprocess.Popen(
             [self.python, "-m", "cmworker.template", json.dumps(options)],

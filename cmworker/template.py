@@ -74,12 +74,15 @@ def main(argv: list[str]) -> NoReturn:
     # so that a worker's first collection does not touch (and copy) every page of the app.
     gc.collect()
     gc.freeze()
-    Template(control, functions, options.get("log_level", "INFO")).run()
+    Template(control, functions, options.get("log_level", "INFO"),
+             [tuple(pair) for pair in options.get("logger_levels", [])]).run()
 
 
 class Template:
-    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], log_level: str) -> None:
+    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], log_level: str,
+                 logger_levels: list[tuple[str, str]]) -> None:
         self.log_level = log_level
+        self.logger_levels = logger_levels
         self.control = control
         self.functions = functions
         self.workers: set[int] = set()
@@ -153,7 +156,7 @@ class Template:
             # Workers log SLS JSON on stderr; the parent adds the job's context and re-emits each line.
             from cmworker import logs
 
-            logs.configure("sls", self.log_level, stream=sys.stderr)
+            logs.configure("sls", self.log_level, stream=sys.stderr, logger_levels=self.logger_levels)
             from cmworker.worker import serve
 
             serve(socket.socket(fileno=sock_fd), self.functions)

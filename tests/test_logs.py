@@ -143,12 +143,13 @@ def test_stats_line_reports_the_replica() -> None:
         thread = _run_in_thread(poller)
         job = rt.submit("echo", 1)
         _wait(lambda: rt.record.accepted(job))
-        _wait(lambda: any(e["event"] == "stats" and e["jobs"] == 1 for e in captured))
+        # A line may fall between the job's answer and its POST (still held); wait for one after both.
+        _wait(lambda: any(e["event"] == "stats" and e["jobs"] == 1 and e["held"] == 0 for e in captured))
         poller.stop()
         thread.join(30)
-    stats = next(e for e in captured if e["event"] == "stats" and e["jobs"] == 1)
+    stats = next(e for e in captured if e["event"] == "stats" and e["jobs"] == 1 and e["held"] == 0)
     assert stats["jobs_by_outcome"] == {"ok": 1} and stats["workers_alive"] == 1
-    assert stats["held"] == 0 and stats["parent_rss_bytes"] > 0 and stats["respawns"] == 0
+    assert stats["parent_rss_bytes"] > 0 and stats["respawns"] == 0
 
 
 # -- everything `cmworker run` prints, in every scenario ---------------------------------------------
@@ -236,3 +237,26 @@ def test_a_flood_of_output_neither_blocks_the_job_nor_grows_the_parent() -> None
     shown = [e for e in captured if e.get("job_id") == job and e["event"].startswith("line ")]
     assert dropped and dropped[0]["dropped_lines"] + len(shown) == 100_000
     assert after - before < 64 * 2**20
+
+
+def test_logger_levels_apply_inside_the_workers() -> None:
+    with EmbeddedRuntime(long_poll=0.5) as rt, capture_logs() as captured:
+        poller = _poller(rt, stats_interval=None, logger_levels=(("app.legacy", "ERROR"),))
+        thread = _run_in_thread(poller)
+        job = rt.submit("log_things", {"order": 8})
+        _wait(lambda: rt.record.accepted(job))
+        _wait(lambda: any(e["event"] == "job_finished" for e in captured))
+        poller.stop()
+        thread.join(30)
+    events = [e["event"] for e in captured]
+    assert "order_checked" in events  # app.audit still logs at INFO
+    assert not any("legacy warning" in e for e in events)  # app.legacy was raised to ERROR
+
+
+def test_source_credentials_are_registered_as_secrets(tmp_path: Path) -> None:
+    from cmworker.poller import _source_secrets
+
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"warehouse": {"password": "hunter2-long", "keys": ["k-123456"]}}))
+    assert sorted(_source_secrets({"SOURCE_CREDENTIALS": str(creds)})) == ["hunter2-long", "k-123456"]
+    assert _source_secrets({}) == []
