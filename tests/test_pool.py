@@ -284,3 +284,15 @@ def test_closing_while_a_worker_is_being_respawned_leaves_nothing_behind() -> No
             h.wait("crash")
             # close() now races the respawn of the worker that just died
         # running_pool asserts that no process outlived the pool
+
+
+def test_invalid_utf8_and_a_partial_last_line_of_a_dying_worker_are_kept() -> None:
+    with running_pool() as h:
+        job = h.submit("raw_bytes_then_die")
+        payload = h.payload(h.wait(job))
+        assert payload["exit_code"] == 5
+        assert "bad bytes \ufffd\ufffd here" in payload["output"]
+        assert payload["output"].endswith("no newline at the end")
+        texts = [(o.stream, o.text) for o in h.output if o.job_id == job]
+        assert ("stdout", "bad bytes \ufffd\ufffd here") in texts
+        assert ("stderr", "no newline at the end") in texts

@@ -171,3 +171,11 @@ def log_things(context, event):
 @cmworker.function
 def my_credentials(context, event):
     return {"authHeader": context["authHeader"], "tempCredsAuthToken": context["tempCredsAuthToken"]}
+
+
+@cmworker.function
+def raw_bytes_then_die(context, event):
+    """Invalid UTF-8 on fd 1, then a last line with no newline, then death."""
+    os.write(1, b"bad bytes \xff\xfe here\n")
+    os.write(2, b"no newline at the end")
+    os._exit(5)
