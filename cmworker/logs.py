@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable, MutableMapping
 from datetime import datetime, timezone
@@ -50,6 +51,9 @@ REDACTED = "<redacted>"
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _format = "sls"
+_session_id = os.environ.get("COMPUTE_SESSION_ID")
+_encoder = json.JSONEncoder(default=str)
+_second, _second_text = -1, ""
 
 
 def add_secret(value: str | None) -> None:
@@ -75,7 +79,7 @@ def redact(text: str) -> str:
 
 
 def _session_and_process(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event.setdefault("session_id", os.environ.get("COMPUTE_SESSION_ID"))
+    event.setdefault("session_id", _session_id)
     event.setdefault("process_id", os.getpid())
     return event
 
@@ -120,7 +124,7 @@ class SlsRenderer:
             line["safe"] = False
         if stack:
             line["stacktrace"] = stack
-        return redact(json.dumps(line, default=str))
+        return redact(_encoder.encode(line))
 
 
 class ConsoleRenderer:
@@ -163,7 +167,14 @@ def _stacktrace(event: MutableMapping[str, Any]) -> str | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO-8601 UTC with microseconds; the date and time part is formatted once per second (hot path)."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = second
+    return f"{_second_text}.{int((now - second) * 1e6):06d}Z"
 
 
 def _chain() -> list[Any]:
@@ -173,8 +184,9 @@ def _chain() -> list[Any]:
 def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None = None,
               logger_levels: Iterable[tuple[str, str]] = ()) -> None:
     """Configure structlog and stdlib logging for this process. ``format``: "sls" or "console"."""
-    global _format
+    global _format, _session_id
     _format = format
+    _session_id = os.environ.get("COMPUTE_SESSION_ID")
     out = stream or sys.stdout
     renderer: Any = SlsRenderer() if format == "sls" else ConsoleRenderer(colours=out.isatty())
     threshold = _PY_LEVELS.get(level.upper(), logging.INFO)

@@ -155,6 +155,10 @@ class Poller:
                          logger_levels=settings.logger_levels,
                          kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
         self.outcomes: collections.Counter[str] = collections.Counter()
+        # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
+        # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
+        self._events = events.bind()
+        self._job_output = job_output.bind()
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
@@ -198,7 +202,7 @@ class Poller:
     def _log_stats(self) -> None:
         assert self.settings.stats_interval
         self._next_stats = time.monotonic() + self.settings.stats_interval
-        events.info("stats", jobs_by_outcome=dict(self.outcomes), jobs=sum(self.outcomes.values()),
+        self._events.info("stats", jobs_by_outcome=dict(self.outcomes), jobs=sum(self.outcomes.values()),
                     workers_alive=len(self.pool.worker_pids()), respawns=self.pool.respawns,
                     held=len(self.ledger), parent_rss_bytes=psutil.Process().memory_info().rss,
                     interval_s=self.settings.stats_interval)
@@ -418,14 +422,14 @@ class Poller:
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
-        events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
+        self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
         self._answers.put((job_id, error.to_bytes(), error.kind))
 
     def _on_output(self, line: OutputLine) -> None:
         """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
         context = {"job_id": line.job_id, "function": line.function, "pid": line.pid}
         if line.dropped:
-            job_output.warning("output_dropped", dropped_lines=line.dropped, **context)
+            self._job_output.warning("output_dropped", dropped_lines=line.dropped, **context)
             return
         if line.text.startswith(_SLS_PREFIX):
             try:
@@ -433,14 +437,14 @@ class Poller:
                 params = {**record.get("params", {}), **{k: v for k, v in context.items() if v is not None}}
                 unsafe = record.get("unsafeParams", {})
                 method = _PY_METHOD.get(record.get("level"), "info")
-                getattr(job_output, method)(record.get("message", ""), **params, **unsafe, unsafe=list(unsafe),
+                getattr(self._job_output, method)(record.get("message", ""), **params, **unsafe, unsafe=list(unsafe),
                                             origin=record.get("origin", "cmworker.job"),
                                             safe=record.get("safe", False),
                                             stack=record.get("stacktrace"))
                 return
             except (ValueError, TypeError, AttributeError):
                 pass
-        emit = job_output.info if line.stream == "stdout" else job_output.warning
+        emit = self._job_output.info if line.stream == "stdout" else self._job_output.warning
         emit(line.text, stream=line.stream, safe=False, **context)
 
     # -- answers (pool thread -> posters) -------------------------------------------------------
@@ -448,7 +452,7 @@ class Poller:
     def _on_answer(self, answer: Answer) -> None:
         self.outcomes[answer.kind] += 1
         job = answer.job
-        (events.info if answer.kind == "ok" else events.warning)(
+        (self._events.info if answer.kind == "ok" else self._events.warning)(
             "job_finished", job_id=job.id, function=job.function, kind=answer.kind, worker_pid=answer.pid,
             queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6), cpu_s=round(answer.cpu, 6),
             peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
