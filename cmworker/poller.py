@@ -423,7 +423,7 @@ class Poller:
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
-        self._answers.put((job_id, error.to_bytes(), error.kind))
+        self._answers.put((job_id, error.to_bytes(), error.kind, None))
 
     def _on_output(self, line: OutputLine) -> None:
         """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
@@ -450,19 +450,24 @@ class Poller:
     # -- answers (pool thread -> posters) -------------------------------------------------------
 
     def _on_answer(self, answer: Answer) -> None:
+        """Runs on the pool's loop: hand the answer on and return; rendering the log line is the poster's job."""
         self.outcomes[answer.kind] += 1
+        held = self.ledger.get(answer.job.id)
+        if held is not None and held.stream is not None:
+            self._log_finished(answer)  # a streaming job's POST thread is busy with the chunks
+            if answer.body:
+                held.stream.put(answer.body)
+            held.stream.put(_END)
+            return
+        self._answers.put((answer.job.id, answer.body, answer.kind, answer))
+
+    def _log_finished(self, answer: Answer) -> None:
+        """The one canonical line per job."""
         job = answer.job
         (self._events.info if answer.kind == "ok" else self._events.warning)(
             "job_finished", job_id=job.id, function=job.function, kind=answer.kind, worker_pid=answer.pid,
             queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6), cpu_s=round(answer.cpu, 6),
             peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
-        held = self.ledger.get(answer.job.id)
-        if held is not None and held.stream is not None:
-            if answer.body:
-                held.stream.put(answer.body)
-            held.stream.put(_END)
-            return
-        self._answers.put((answer.job.id, answer.body, answer.kind))
 
     def _on_stream(self, item: StreamItem) -> None:
         held = self.ledger.get(item.job.id)
@@ -480,7 +485,9 @@ class Poller:
                 task = self._answers.get()
                 if task is None:
                     return
-                job_id, body, kind = task
+                job_id, body, kind, answer = task
+                if answer is not None:
+                    self._log_finished(answer)
                 self._post(conn, job_id, _constant(body), kind)
         finally:
             conn.close()

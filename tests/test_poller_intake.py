@@ -21,7 +21,7 @@ def poller(tmp_path: Path) -> Poller:
     settings = Settings(workers=1, limits_for=lambda name, spec: JobLimits())
     p = Poller(str(tmp_path / "unused.py"), Service(ENDPOINTS), settings)
     p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: p._answers.put((job.id, b"submitted", "ok"))  # type: ignore[method-assign]
+    p.pool.submit = lambda job: p._answers.put((job.id, b"submitted", "ok", None))  # type: ignore[method-assign]
     return p
 
 
@@ -29,7 +29,7 @@ def drained(p: Poller) -> list[tuple[str, Any, str]]:
     out = []
     while True:
         try:
-            job_id, body, kind = p._answers.get_nowait()
+            job_id, body, kind, _answer = p._answers.get_nowait()
         except queue.Empty:
             return out
         out.append((job_id, body if body == b"submitted" else json.loads(body), kind))
