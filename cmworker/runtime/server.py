@@ -134,7 +134,7 @@ class ModuleApp:
             self.store.record_post(self.replica, job_id, fault.status, len(body), exchange.chunked)
             raise HttpError(fault.status, f"injected fault: result POST answered {fault.status}")
         status, message = self.store.post_result(self.replica, job_id, body, failed=answer_failed(body),
-                                                 chunked=exchange.chunked)
+                                                 chunked=exchange.chunked, first_chunk_at=exchange.first_chunk_at)
         if status != 204:
             raise HttpError(status, message)
         exchange.reply(204)

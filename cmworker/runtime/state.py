@@ -92,6 +92,7 @@ class ResultPost:
     status: int
     size: int
     chunked: bool
+    first_chunk_at: float | None = None  # time.monotonic() the first chunk arrived (streaming latency)
 
 
 @dataclass
@@ -215,7 +216,7 @@ class JobStore:
             self._work.notify_all()
 
     def post_result(self, replica: int, job_id: str, body: bytes, *, failed: bool,
-                    chunked: bool) -> tuple[int, str]:
+                    chunked: bool, first_chunk_at: float | None = None) -> tuple[int, str]:
         """Record a result POST; return ``(status, message)``: 204 accepted, 404 or 409 rejected."""
         with self._lock:
             job = self._jobs.get(job_id)
@@ -228,7 +229,8 @@ class JobStore:
                 del self.replicas[replica].held[job_id]
                 job.answer = body
                 self._finish(job, "failed" if failed else "done")
-            self._posts.setdefault(job_id, []).append(ResultPost(replica, status, len(body), chunked))
+            self._posts.setdefault(job_id, []).append(
+                ResultPost(replica, status, len(body), chunked, first_chunk_at))
             return status, message
 
     def record_post(self, replica: int, job_id: str, status: int, size: int, chunked: bool) -> None:

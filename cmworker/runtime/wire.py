@@ -243,6 +243,7 @@ class Exchange:
         self._reader = reader
         self._body_read = False
         self._too_large = False
+        self.first_chunk_at: float | None = None  # time.monotonic() when a chunked body's first chunk came
         self._continue_sent = False
 
     @classmethod
@@ -376,6 +377,8 @@ class Exchange:
             data = self._reader.read(size)
             if len(data) < size:
                 raise Disconnected
+            if self.first_chunk_at is None:
+                self.first_chunk_at = time.monotonic()
             if total <= limit:
                 parts.append(data)
             if self._reader.readline(_MAX_LINE) != b"\r\n":
