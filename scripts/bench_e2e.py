@@ -1,305 +1,645 @@
+#!/usr/bin/env python3
 """cmworker against the official SDK on the same embedded runtime, in one run, rounds interleaved.
 
-Measures (each client a real subprocess serving the same no-op function over HTTPS):
-  - no-op burst throughput and client CPU per job (user + system CPU of the client's whole process
-    tree, read from psutil before and after the burst);
-  - idle latency (one call at a time);
-  - cmworker's logging overhead: the same burst with INFO logs (one job_finished line per job) vs WARN;
-  - the transport: CPU per keep-alive request with requests, urllib3 and http.client.
-  - CPU-bound efficiency against a bare multiprocessing.Pool, a 20 MB payload in and out, and the time
-    1,000 streamed items add over an empty stream.
-  - how soon the first streamed item reaches the runtime after the generator yields it (the runtime
-    records when a chunked body's first chunk arrives; both sides use the system-wide monotonic clock).
+Both clients serve the same four functions (scripts/bench_apps/e2e_cmworker.py and e2e_sdk.py, whose
+work lives in e2e_work.py) as real subprocesses, ``W`` workers each (``cmworker run APP --workers W`` /
+the SDK app with ``MAX_CONCURRENT_TASKS=W``), each session against a fresh ``EmbeddedRuntime`` running
+in this process (``max_concurrent_tasks=W``). Jobs are queued in-process (``runtime.store.submit``) and
+their answers awaited on the runtime's own event (``store.wait_finished``), so no caller HTTP stack is
+inside any measured time: what is timed is queue -> client -> answer recorded by the runtime.
 
-    .venv/bin/python scripts/bench_e2e.py [--quick] [--rounds N] [--jobs N] [--json FILE]
+Measured per session, and rounds alternate the order of the clients:
+  1. no-op burst: jobs/s and client CPU per job. Client CPU is user + system time of the client's whole
+     process tree: every process in the tree is sampled before and after the burst, each sample being
+     its own time plus its reaped children's (``children_user/system``); the CPU of the burst is
+     sum(after) - sum(before). A process that starts during the burst counts in full, one that exits is
+     reaped by a tree member whose ``children_*`` then carry its time, so nothing is lost or counted twice.
+     psutil reads /proc in clock ticks (10 ms per process), so a 2,000-job burst is accurate to ~1 %.
+     The emulator's own CPU (this process minus the waiting main thread) is reported beside it.
+  2. idle latency: one no-op at a time, queued -> answer recorded, median;
+  3. CPU-bound efficiency: N jobs of ~50 ms of pure-Python work, against the same work in a bare
+     ``multiprocessing.Pool(W)`` (fork) in this process, run in the same round with nothing else running;
+  4. a large payload (20 MB string) echoed: time per job;
+  5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
+     ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
+     records when the first chunk of the chunked POST arrived (``ResultPost.first_chunk_at``), and this
+     process notes when the whole answer was recorded. CLOCK_MONOTONIC is system-wide, so the three
+     processes' clocks agree.
+Once, after the rounds: CPU per GET job + POST result cycle (keep-alive, TLS) with requests, urllib3,
+http.client and cmworker's own Service, in this process against a fresh emulator: the calling thread's CPU
+(``time.thread_time``: the client alone) and the process's (``time.process_time``: client + emulator).
+
+    .venv/bin/python scripts/bench_e2e.py [--quick] [--rounds N] [--workers W] [--json FILE] [--strict]
+
+Exits 0 whether or not the targets are met (``--strict``: 1 on a miss); non-zero when the benchmark
+itself fails. Client subprocesses are always stopped: SIGTERM, then SIGKILL for whatever is left.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import datetime
 import http.client
 import json
+import multiprocessing
 import os
+import platform
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
 import urllib3
 
-from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import discover
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "scripts" / "bench_apps"
+sys.path.insert(0, str(APPS))
 
-SDK_APP = """\
-from compute_modules.annotations import function
-from compute_modules.startup import start_compute_module
+import e2e_work  # noqa: E402
 
+from cmworker.client import decode_answer  # noqa: E402
+from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime  # noqa: E402
+from cmworker.service import Service, discover, ssl_context  # noqa: E402
 
-@function
-def noop(context, event):
-    return event
-
-
-if __name__ == "__main__":
-    start_compute_module()
-"""
-CMWORKER_APP = """\
-import cmworker
+CLIENTS = {"sdk": "official SDK 0.34.0", "cmworker": "cmworker", "cmworker_warn": "cmworker, WARN logs"}
+STOP_GRACE = 15.0
+STARTED: list[tuple[int, float]] = []  # (pid, create time) of every client process seen: --json lists them
+WAIT = 600.0
 
 
-@cmworker.function
-def noop(context, event):
-    return event
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int
+    burst: int            # no-op jobs in one burst
+    latency_calls: int    # one-at-a-time no-op calls
+    cpu_jobs: int         # CPU-bound jobs of ~job_ms each
+    job_ms: float
+    payload_mb: int
+    payload_reps: int
+    stream_items: int
+    stream_reps: int      # 1,000-item streams per session
+    paced_reps: int       # paced streams per session (first item on the wire)
+    transport_cycles: int  # GET+POST cycles per stack and round
+    warn_session: bool    # an extra cmworker burst with WARN logs: the cost of the per-job log line
 
 
-@cmworker.function
-def spin(context, event):
-    return spin_work(event)
+FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, job_ms=50, payload_mb=20, payload_reps=3,
+             stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True)
+QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, job_ms=50, payload_mb=2, payload_reps=1,
+              stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=False)
 
 
-def spin_work(n):
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@cmworker.function(streaming=True)
-def items(context, event):
-    for i in range(event):
-        yield {"i": i}
+# -- the client under test: a subprocess tree -------------------------------------------------------
 
 
-@cmworker.function(streaming=True)
-def first_then_wait(context, event):
-    import time
+class Tree:
+    """CPU accounting for a client's process tree (see the module docstring for why this is exact)."""
 
-    with open(event, "w") as f:
-        f.write(repr(time.monotonic()))  # the moment the first item is yielded
-    yield {"i": 0}
-    time.sleep(0.2)
-    yield {"i": 1}
-"""
+    def __init__(self, root: psutil.Process, kind: str) -> None:
+        self.root = root
+        self.kind = kind
+
+    def role(self, depth: int) -> str:
+        if depth == 0:
+            return "parent"
+        return "template" if self.kind.startswith("cmworker") and depth == 1 else "workers"
+
+    def sample(self) -> dict[tuple[int, float], tuple[str, float]]:
+        out: dict[tuple[int, float], tuple[str, float]] = {}
+        todo = [(self.root, 0)]
+        while todo:
+            proc, depth = todo.pop()
+            try:
+                key = (proc.pid, proc.create_time())
+                t = proc.cpu_times()
+                out[key] = (self.role(depth), t.user + t.system + t.children_user + t.children_system)
+                todo.extend((child, depth + 1) for child in proc.children())
+            except psutil.Error:
+                continue
+        return out
+
+    @staticmethod
+    def used(before: dict[tuple[int, float], tuple[str, float]],
+             after: dict[tuple[int, float], tuple[str, float]]) -> dict[str, float]:
+        by_role: dict[str, float] = defaultdict(float)
+        for role, cpu in after.values():
+            by_role[role] += cpu
+        for role, cpu in before.values():
+            by_role[role] -= cpu
+        by_role["total"] = sum(by_role.values())
+        return dict(by_role)
 
 
-def spin_work(n: int) -> int:
-    """The CPU-bound job, the same code as in the app, for the bare multiprocessing.Pool."""
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
+class Meter:
+    """Wall time, client tree CPU and the emulator's CPU (this process, minus the waiting main thread)."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+
+    def __enter__(self) -> Meter:
+        self._before = self.tree.sample()
+        self._proc, self._thread = time.process_time(), time.thread_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.runtime_cpu = (time.process_time() - self._proc) - (time.thread_time() - self._thread)
+        self.cpu = Tree.used(self._before, self.tree.sample())
 
 
-def tree_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-@contextmanager
-def serving(kind: str, rt: EmbeddedRuntime, apps: Path, log_level: str = "INFO") -> Iterator[psutil.Process]:
-    env = {**os.environ, **rt.env(0), "MAX_CONCURRENT_TASKS": "2"}
+@contextlib.contextmanager
+def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: str) -> Iterator[Tree]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
+    env.update(rt.env(0))
+    env["MAX_CONCURRENT_TASKS"] = str(workers)
     if kind == "sdk":
-        cmd = [sys.executable, str(apps / "sdk_app.py")]
+        cmd = [sys.executable, str(APPS / "e2e_sdk.py")]
     else:
-        cmd = [sys.executable, "-m", "cmworker", "run", str(apps / "cm_app.py"), "--workers", "2",
-               "--log-level", log_level]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        rt.client().call("noop", 0, timeout=120)  # up and warm
-        yield psutil.Process(proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        cmd = [sys.executable, "-m", "cmworker", "run", str(APPS / "e2e_cmworker.py"), "--workers", str(workers),
+               "--log-level", "WARN" if kind == "cmworker_warn" else "INFO"]
+    log_path = workdir / f"{tag}.log"
+    with open(log_path, "wb") as log:
+        # Its own session: the SDK's pool workers outlive a parent killed by SIGTERM unless signalled too.
+        proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            ready = rt.submit("noop", None)
+            deadline = time.monotonic() + 120
+            while rt.store.wait_finished([ready], 0.2)[0].status != "done":  # type: ignore[union-attr]
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{kind} did not come up (exit {proc.poll()}); its output ends:\n{tail}")
+            yield Tree(psutil.Process(proc.pid), kind)
+        finally:
+            stop(proc, kind)
 
 
-def burst(kind: str, apps: Path, jobs: int, log_level: str = "INFO") -> dict[str, float]:
-    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
-            serving(kind, rt, apps, log_level) as proc:
-        client = rt.client()
-        time.sleep(0.3)
-        cpu0, t0 = tree_cpu(proc), time.perf_counter()
-        results = client.get_batch_result(client.batch_run([("noop", i) for i in range(jobs)]), timeout=600)
-        wall, cpu = time.perf_counter() - t0, tree_cpu(proc) - cpu0
-        if results != list(range(jobs)):
-            raise SystemExit(f"{kind}: wrong answers in the burst")
+def stop(proc: subprocess.Popen[bytes], kind: str) -> None:
+    """SIGTERM (cmworker: its parent, as the platform does; the SDK: its process group), then SIGKILL
+    for every process of the tree still there after the grace. Only processes this run started."""
+    try:
+        parent = psutil.Process(proc.pid)
+        members = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        members = []
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            STARTED.append((member.pid, member.create_time()))
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if kind == "sdk":
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_GRACE)
+    if proc.poll() is None:  # not reaped yet, so its process group id is still ours
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, alive = psutil.wait_procs(members, timeout=5)
+    for member in alive:
+        with contextlib.suppress(psutil.Error):
+            member.kill()  # psutil refuses a pid that was reused by another process
+    if alive:
+        progress(f"warning: {len(alive)} process(es) of {kind} outlived SIGTERM and were killed")
+
+
+# -- measurements inside one client session ---------------------------------------------------------
+
+
+def run_jobs(rt: EmbeddedRuntime, calls: list[tuple[str, Any]]) -> list[bytes]:
+    """Queue the calls at once and wait until the runtime has every answer; each must be a success."""
+    ids = rt.store.submit([(function, query, DEFAULT_USER_ID) for function, query in calls])
+    snaps = rt.store.wait_finished(ids, WAIT)
+    answers = []
+    for snap in snaps:
+        if snap is None or snap.status != "done" or snap.answer is None:
+            status = None if snap is None else (snap.status, (snap.answer or b"")[:300])
+            raise RuntimeError(f"a {calls[0][0]} job did not succeed: {status}")
+        answers.append(snap.answer)
+    return answers
+
+
+class SlotLog:
+    """When the emulator hands each job out and when its answer is recorded (wraps the store's methods in
+    this process; the client is untouched). From it: how long each job held its slot, and how long a
+    slot stayed empty between an answer and the next hand-out while work was queued."""
+
+    def __init__(self, rt: EmbeddedRuntime) -> None:
+        self.taken: dict[str, float] = {}
+        self.posted: dict[str, float] = {}
+        store = rt.store
+        take, post_result = store.take, store.post_result
+
+        def timed_take(*args: Any, **kwargs: Any) -> Any:
+            job = take(*args, **kwargs)
+            if job is not None:
+                self.taken[job.id] = time.monotonic()
+            return job
+
+        def timed_post(replica: int, job_id: str, *args: Any, **kwargs: Any) -> tuple[int, str]:
+            result = post_result(replica, job_id, *args, **kwargs)
+            if result[0] == 204:
+                self.posted[job_id] = time.monotonic()
+            return result
+
+        store.take = timed_take  # type: ignore[method-assign]
+        store.post_result = timed_post  # type: ignore[method-assign]
+
+    def clear(self) -> None:
+        self.taken.clear()
+        self.posted.clear()
+
+    def summary(self) -> dict[str, float]:
+        takes = sorted(self.taken.values())
+        held = [self.posted[j] - t for j, t in self.taken.items() if j in self.posted]
+        gaps = []
+        for posted in sorted(self.posted.values()):
+            later = [t for t in takes if t >= posted]
+            if later:
+                gaps.append(later[0] - posted)
+        return {"held_ms": statistics.median(held) * 1e3 if held else float("nan"),
+                "turnaround_ms": statistics.median(gaps) * 1e3 if gaps else float("nan")}
+
+
+def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, workdir: Path,
+            tag: str, burst_only: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
+            serving(kind, rt, workers, workdir, tag) as tree:
+        slots = SlotLog(rt)
+        run_jobs(rt, [("noop", None)] * 50 + [("spin", 1000)] * 4 + [("echo", "warm")] * 4
+                 + [("stream", {"n": 10})] * 2)
+        time.sleep(0.2)
+        with Meter(tree) as m:
+            answers = run_jobs(rt, [("noop", None)] * sizes.burst)
+        if any(a != b"null" for a in answers):
+            raise RuntimeError(f"{kind}: a no-op answered something else than null")
+        out["burst"] = {"wall_s": m.wall, "jobs_per_s": sizes.burst / m.wall,
+                        "cpu_us_per_job": {k: v / sizes.burst * 1e6 for k, v in m.cpu.items()},
+                        "runtime_cpu_us_per_job": m.runtime_cpu / sizes.burst * 1e6}
+        if burst_only:
+            return out
+
         latencies = []
-        for i in range(min(100, jobs)):
+        for _ in range(sizes.latency_calls):
+            time.sleep(0.005)  # every thread of the client back to waiting
             t = time.perf_counter()
-            client.call("noop", i, timeout=60)
+            run_jobs(rt, [("noop", None)])
             latencies.append(time.perf_counter() - t)
-    return {"jobs_per_s": jobs / wall, "cpu_us_per_job": cpu / jobs * 1e6,
-            "idle_latency_ms": statistics.median(latencies) * 1e3}
+        out["latency_ms"] = [x * 1e3 for x in latencies]
 
+        slots.clear()
+        with Meter(tree) as m:
+            run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
+        out["cpu_bound"] = {"wall_s": m.wall, "client_cpu_s": m.cpu, "runtime_cpu_s": m.runtime_cpu,
+                            **slots.summary()}
 
-def workloads(apps: Path, cpu_jobs: int, spin_n: int) -> dict[str, float]:
-    """CPU-bound efficiency against a bare pool, a 20 MB payload in and out, and 1,000 streamed items."""
-    import multiprocessing
-
-    out: dict[str, float] = {}
-    with multiprocessing.get_context("fork").Pool(2) as bare:
-        bare.map(spin_work, [1000] * 4)
-        t = time.perf_counter()
-        bare.map(spin_work, [spin_n] * cpu_jobs, chunksize=1)
-        out["bare_pool_s"] = time.perf_counter() - t
-    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2, max_result_size=64 * 2**20) as rt, \
-            serving("cmworker", rt, apps):
-        client = rt.client()
-        t = time.perf_counter()
-        client.get_batch_result(client.batch_run([("spin", spin_n)] * cpu_jobs), timeout=600)
-        out["cmworker_cpu_bound_s"] = time.perf_counter() - t
-        big = "x" * (20 * 2**20)
+        expected = json.dumps(payload).encode()
         times = []
-        for _ in range(3):
+        for _ in range(sizes.payload_reps):
             t = time.perf_counter()
-            if client.call("noop", big, timeout=120) != big:
-                raise SystemExit("the 20 MB payload came back wrong")
+            if run_jobs(rt, [("echo", payload)])[0] != expected:
+                raise RuntimeError(f"{kind}: the large payload came back changed")
             times.append(time.perf_counter() - t)
-        out["payload_20mb_s"] = statistics.median(times)
-        base, streamed = [], []
-        for _ in range(5):
-            t = time.perf_counter()
-            client.call("items", 0, timeout=60)
-            base.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            got = client.call("items", 1000, timeout=60)
-            streamed.append(time.perf_counter() - t)
-            if got != [{"i": i} for i in range(1000)]:
-                raise SystemExit("the stream came back wrong")
-        out["stream_1000_extra_ms"] = (statistics.median(streamed) - statistics.median(base)) * 1e3
-        firsts = []
-        stamp = apps / "first-item.stamp"
-        for _ in range(10):
-            job_id = client.run("first_then_wait", str(stamp))
-            client.get_result(job_id, timeout=60)
-            arrived = rt.record.result_posts(job_id)[-1].first_chunk_at
-            if arrived is None:
-                raise SystemExit("the stream was not posted chunked")
-            firsts.append(arrived - float(stamp.read_text()))
-        out["stream_first_item_ms"] = statistics.median(firsts) * 1e3
-    out["cpu_bound_efficiency"] = out["bare_pool_s"] / out["cmworker_cpu_bound_s"]
+        out["payload_s"] = times
+
+        out["paced"] = [stream_once(rt, workdir, n=3, gap=0.05) for _ in range(sizes.paced_reps)]
+        out["flood"] = [stream_once(rt, workdir, n=sizes.stream_items) for _ in range(sizes.stream_reps)]
     return out
 
 
-def transport(requests_count: int) -> dict[str, float]:
-    """CPU per keep-alive GET job (answered 204 at once) through three HTTP stacks, in this process."""
-    with EmbeddedRuntime(long_poll=0.0) as rt:
+def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) -> dict[str, float]:
+    stamp = workdir / "stream.stamp"
+    stamp.unlink(missing_ok=True)
+    job_id = rt.store.submit([("stream", {"n": n, "gap": gap, "stamp": str(stamp)}, DEFAULT_USER_ID)])[0]
+    snap = rt.store.wait_finished([job_id], WAIT)[0]
+    done = time.monotonic()
+    if snap is None or snap.status != "done" or snap.answer is None:
+        raise RuntimeError(f"a stream of {n} items did not succeed: {snap}")
+    if decode_answer(snap.answer) != [{"i": i} for i in range(n)]:
+        raise RuntimeError(f"a stream of {n} items came back wrong: {snap.answer[:200]!r}")
+    posts = [p for p in rt.record.result_posts(job_id) if p.status == 204]
+    if not posts or not posts[-1].chunked or posts[-1].first_chunk_at is None:
+        raise RuntimeError(f"the stream of {n} items was not posted as a chunked body: {posts}")
+    at = json.loads(stamp.read_text())
+    return {"first_on_wire_ms": (posts[-1].first_chunk_at - at["first"]) * 1e3,
+            "generator_ms": (at["end"] - at["start"]) * 1e3,  # inside the client, as it pulled the items
+            "total_ms": (done - at["start"]) * 1e3,           # generator start -> runtime has the answer
+            "tail_ms": (done - at["end"]) * 1e3}
+
+
+def bare_pool(workers: int, jobs: int, spin_n: int) -> dict[str, float]:
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(e2e_work.spin, [1000] * (2 * workers), chunksize=1)
+        tree = Tree(psutil.Process(), "bare")
+        with Meter(tree) as m:
+            pool.map(e2e_work.spin, [spin_n] * jobs, chunksize=1)
+        return {"wall_s": m.wall, "workers_cpu_s": m.cpu.get("workers", 0.0)}
+
+
+def generator_own_ms(n: int) -> float:
+    """The generator's own time: the same items drained in this process, with no transport at all."""
+    times = []
+    for _ in range(21):
+        t = time.perf_counter()
+        for _item in e2e_work.items(n):
+            pass
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def calibrate(job_ms: float) -> int:
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        e2e_work.spin(200_000)
+        times.append(time.perf_counter() - t)
+    return int(200_000 * job_ms / 1e3 / min(times))
+
+
+# -- the transport microbenchmark -------------------------------------------------------------------
+
+
+def transport(cycles: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """CPU per keep-alive GET job (200, a job) + POST result (204), four HTTP stacks, this process."""
+    with EmbeddedRuntime(long_poll=0.0, max_concurrent_tasks=1) as rt:
         ep = discover(rt.env(0))
-        url = f"https://{ep.host}:{ep.port}{ep.job_path}"
-        headers = {"Module-Auth-Token": ep.token}
-        context = ssl.create_default_context(cafile=ep.ca_files[0])
-        session = requests.Session()
-        session.trust_env = False
-        pool = urllib3.HTTPSConnectionPool(ep.host, ep.port, ssl_context=context, maxsize=1)
+        ca = ep.ca_files[0]
+        context = ssl_context(ep.ca_files)
+        base = f"https://{ep.host}:{ep.port}"
+        get_headers = {"Module-Auth-Token": ep.token}
+        post_headers = {**get_headers, "Content-Type": "application/octet-stream"}
+
+        def job_id(body: bytes) -> str:
+            return str(json.loads(body)["computeModuleJobV1"]["jobId"])
+
+        session = requests.Session()  # as the SDK uses it: a default Session, verify= the CA on every call
+
+        def with_requests() -> None:
+            with session.request("GET", base + ep.job_path, headers=get_headers, verify=ca) as r:
+                assert r.status_code == 200, r.status_code
+                jid = job_id(r.content)
+            with session.request("POST", base + ep.result_url(jid), headers=post_headers, data=b"null",
+                                 verify=ca) as r:
+                assert r.status_code == 204, r.status_code
+
+        pool = urllib3.HTTPSConnectionPool(ep.host, ep.port, ssl_context=context, maxsize=1, retries=False)
+
+        def with_urllib3() -> None:
+            r = pool.request("GET", ep.job_path, headers=get_headers)
+            assert r.status == 200, r.status
+            r = pool.request("POST", ep.result_url(job_id(r.data)), body=b"null", headers=post_headers)
+            assert r.status == 204, r.status
+
         conn = http.client.HTTPSConnection(ep.host, ep.port, context=context)
 
-        def with_requests() -> int:
-            return session.get(url, headers=headers, verify=ep.ca_files[0]).status_code
+        def with_http_client() -> None:
+            conn.request("GET", ep.job_path, headers=get_headers)
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, r.status
+            conn.request("POST", ep.result_url(job_id(body)), body=b"null", headers=post_headers)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 204, r.status
 
-        def with_urllib3() -> int:
-            return pool.request("GET", ep.job_path, headers=headers).status
+        service = Service(ep)
+        service_conn = service.connection()
 
-        def with_http_client() -> int:
-            conn.request("GET", ep.job_path, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            return response.status
+        def with_service() -> None:
+            reply = service.get_job(service_conn)
+            assert reply.status == 200, reply.status
+            reply = service.post_result(service_conn, job_id(reply.body), b"null")
+            assert reply.status == 204, reply.status
 
-        stacks: dict[str, Callable[[], int]] = {"requests.Session": with_requests,
-                                                "urllib3": with_urllib3, "http.client": with_http_client}
-        out = {}
-        for name, call in stacks.items():
-            for _ in range(50):
-                assert call() == 204
-            t = time.process_time()
-            for _ in range(requests_count):
-                call()
-            out[name] = (time.process_time() - t) / requests_count * 1e6  # includes the server's share
+        def with_new_connection() -> None:
+            fresh = http.client.HTTPSConnection(ep.host, ep.port, context=context)
+            fresh.request("GET", ep.job_path, headers=get_headers)
+            r = fresh.getresponse()
+            body = r.read()
+            assert r.status == 200, r.status
+            fresh.request("POST", ep.result_url(job_id(body)), body=b"null", headers=post_headers)
+            r = fresh.getresponse()
+            r.read()
+            assert r.status == 204, r.status
+            fresh.close()
+
+        stacks: dict[str, Callable[[], None]] = {
+            "requests.Session (as the SDK calls it)": with_requests,
+            "urllib3.HTTPSConnectionPool": with_urllib3,
+            "http.client.HTTPSConnection": with_http_client,
+            "cmworker.service.Connection (http.client)": with_service,
+            "http.client, a new TLS connection per cycle": with_new_connection,
+        }
+        out: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in stacks}
+        names = list(stacks)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                call = stacks[name]
+                rt.store.submit([("noop", None, DEFAULT_USER_ID)] * (cycles + 30))
+                for _ in range(30):
+                    call()
+                thread, proc, wall = time.thread_time(), time.process_time(), time.perf_counter()
+                for _ in range(cycles):
+                    call()
+                out[name]["client_cpu_us"].append((time.thread_time() - thread) / cycles * 1e6)
+                out[name]["process_cpu_us"].append((time.process_time() - proc) / cycles * 1e6)
+                out[name]["wall_us"].append((time.perf_counter() - wall) / cycles * 1e6)
+        session.close()
+        pool.close()
         conn.close()
-        return out
+        service_conn.close()
+        return {name: dict(values) for name, values in out.items()}
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """The median, and the range over rounds when there is more than one."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(med(values))} ({fmt.format(min(values))}\u2013{fmt.format(max(values))})"
+
+
+def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, bool, str]]:
+    rounds = raw["rounds"]
+
+    def series(kind: str, get: Callable[[dict[str, Any]], float]) -> list[float]:
+        return [get(r[kind]) for r in rounds if kind in r]
+
+    kinds = [k for k in CLIENTS if any(k in r for r in rounds)]
+    n = len(rounds)
+    print(f"\n### No-op burst: {sizes.burst:,} jobs, {workers} workers, median (range) of {n} interleaved "
+          f"round(s)\n")
+    print("| client | jobs/s | client CPU µs/job | parent | template | workers | emulator CPU µs/job |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in kinds:
+        cpu = [r[kind]["burst"]["cpu_us_per_job"] for r in rounds if kind in r]
+        roles = [spread([c.get(role, 0.0) for c in cpu]) if kind.startswith("cmworker") or role != "template"
+                 else "—" for role in ("parent", "template", "workers")]
+        print(f"| {CLIENTS[kind]} | {spread(series(kind, lambda s: s['burst']['jobs_per_s']))} | "
+              f"{spread([c['total'] for c in cpu])} | {' | '.join(roles)} | "
+              f"{spread(series(kind, lambda s: s['burst']['runtime_cpu_us_per_job']))} |")
+    sdk_t = med(series("sdk", lambda s: s["burst"]["jobs_per_s"]))
+    cm_t = med(series("cmworker", lambda s: s["burst"]["jobs_per_s"]))
+    sdk_c = med(series("sdk", lambda s: s["burst"]["cpu_us_per_job"]["total"]))
+    cm_c = med(series("cmworker", lambda s: s["burst"]["cpu_us_per_job"]["total"]))
+    per_round_t = [r["cmworker"]["burst"]["jobs_per_s"] / r["sdk"]["burst"]["jobs_per_s"] for r in rounds]
+    per_round_c = [r["cmworker"]["burst"]["cpu_us_per_job"]["total"] / r["sdk"]["burst"]["cpu_us_per_job"]["total"]
+                   for r in rounds]
+    print(f"\ncmworker / SDK: throughput {cm_t / sdk_t:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_t)}),"
+          f" client CPU per job {cm_c / sdk_c:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_c)})")
+
+    print(f"\n### Idle latency: one no-op at a time, queued -> answer recorded, {sizes.latency_calls} calls per "
+          "round\n")
+    print("| client | median ms | p90 ms |\n|---|---|---|")
+    for kind in ("sdk", "cmworker"):
+        lat = [r[kind]["latency_ms"] for r in rounds]
+        print(f"| {CLIENTS[kind]} | {spread([med(x) for x in lat], '{:.2f}')} | "
+              f"{spread([statistics.quantiles(x, n=10)[-1] for x in lat], '{:.2f}')} |")
+
+    print(f"\n### CPU-bound: {sizes.cpu_jobs} jobs of ~{sizes.job_ms:.0f} ms pure-Python work, {workers} workers\n")
+    print("| | wall s | efficiency (bare / it) | workers' CPU s | rest of the client's CPU s | emulator CPU s | "
+          "job holds its slot, ms | slot empty between answer and next job, ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    bare = [r["bare"]["wall_s"] for r in rounds]
+    print(f"| bare multiprocessing.Pool({workers}), in the bench process | {spread(bare, '{:.3f}')} | 1 | "
+          f"{spread([r['bare']['workers_cpu_s'] for r in rounds], '{:.2f}')} | | | | |")
+    eff: dict[str, list[float]] = {}
+    for kind in ("cmworker", "sdk"):
+        walls = [r[kind]["cpu_bound"]["wall_s"] for r in rounds]
+        eff[kind] = [r["bare"]["wall_s"] / r[kind]["cpu_bound"]["wall_s"] for r in rounds]
+        cpu = [r[kind]["cpu_bound"]["client_cpu_s"] for r in rounds]
+        print(f"| {CLIENTS[kind]} through the runtime | {spread(walls, '{:.3f}')} | {spread(eff[kind], '{:.3f}')} | "
+              f"{spread([c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
+              f"{spread([c['total'] - c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
+              f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
+              f"{spread(series(kind, lambda s: s['cpu_bound']['held_ms']), '{:.1f}')} | "
+              f"{spread(series(kind, lambda s: s['cpu_bound']['turnaround_ms']), '{:.2f}')} |")
+    print(f"\nOne job's work alone: {raw['spin_job_s'] * 1e3:.1f} ms (median of 5 in this process); "
+          f"{sizes.cpu_jobs} jobs on {workers} workers: {raw['spin_job_s'] * sizes.cpu_jobs / workers:.3f} s at best.")
+
+    print(f"\n### {sizes.payload_mb} MB payload echoed (in and out), per job\n")
+    print("| client | ms per job |\n|---|---|")
+    for kind in ("sdk", "cmworker"):
+        print(f"| {CLIENTS[kind]} | {spread([med(r[kind]['payload_s']) * 1e3 for r in rounds])} |")
+
+    own = raw["generator_own_ms"]
+    print(f"\n### Streaming (generator's own time for {sizes.stream_items:,} items, drained in-process: "
+          f"{own:.2f} ms)\n")
+    print("| client | first item yielded -> its chunk at the runtime, paced stream, ms | same, inside the "
+          f"{sizes.stream_items:,}-item stream, ms | {sizes.stream_items:,} items: generator start -> answer "
+          "recorded, ms | of which the generator inside the client, ms | added over the generator's own "
+          "time, ms |")
+    print("|---|---|---|---|---|---|")
+    stream_stats: dict[str, dict[str, float]] = {}
+    for kind in ("sdk", "cmworker"):
+        paced = [s["first_on_wire_ms"] for r in rounds for s in r[kind]["paced"]]
+        flood = [s for r in rounds for s in r[kind]["flood"]]
+        total = med([s["total_ms"] for s in flood])
+        stream_stats[kind] = {"first": med(paced), "added": total - own}
+        print(f"| {CLIENTS[kind]} | {med(paced):.2f} (max {max(paced):.2f}) | "
+              f"{med([s['first_on_wire_ms'] for s in flood]):.2f} | {total:.1f} | "
+              f"{med([s['generator_ms'] for s in flood]):.1f} | {total - own:.1f} |")
+
+    wire = raw["transport"]
+    print(f"\n### Transport: one keep-alive GET job (200) + POST result (204) over TLS, {sizes.transport_cycles:,} "
+          f"cycles x {len(next(iter(wire.values()))['client_cpu_us'])} round(s) per stack, median µs\n")
+    print("| stack | client CPU (calling thread) | process CPU (client + emulator) | wall |\n|---|---|---|---|")
+    for name, v in wire.items():
+        print(f"| {name} | {med(v['client_cpu_us']):,.0f} | {med(v['process_cpu_us']):,.0f} | "
+              f"{med(v['wall_us']):,.0f} |")
+
+    eff_cm = med(eff["cmworker"])
+    return [
+        ("no-op throughput >= 2x the SDK", cm_t / sdk_t >= 2, f"{cm_t / sdk_t:.2f}x"),
+        ("client CPU per no-op job <= 0.4x the SDK", cm_c / sdk_c <= 0.4, f"{cm_c / sdk_c:.2f}x"),
+        ("CPU-bound efficiency >= 0.95 of a bare pool", eff_cm >= 0.95, f"{eff_cm:.3f}"),
+        ("first streamed item on the wire <= 5 ms after it is yielded", stream_stats["cmworker"]["first"] <= 5,
+         f"{stream_stats['cmworker']['first']:.2f} ms"),
+        (f"{sizes.stream_items:,} streamed items add <= 100 ms to the generator's own time",
+         stream_stats["cmworker"]["added"] <= 100, f"{stream_stats['cmworker']['added']:.1f} ms"),
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=None)
-    parser.add_argument("--json", metavar="FILE")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run (< 60 s)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="workers per client (default 2)")
+    parser.add_argument("--json", metavar="FILE", help="write every raw number to FILE")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-    rounds = args.rounds or (1 if args.quick else 3)
-    jobs = args.jobs or (100 if args.quick else 2000)
-    apps = Path(tempfile.mkdtemp(prefix="cmworker-bench-e2e-"))
-    (apps / "sdk_app.py").write_text(SDK_APP)
-    (apps / "cm_app.py").write_text(CMWORKER_APP)
-
-    raw: dict[str, list[dict[str, float]]] = {"sdk": [], "cmworker": [], "cmworker_warn": []}
-    for r in range(rounds):
-        for kind in (("sdk", "cmworker") if r % 2 == 0 else ("cmworker", "sdk")):
-            raw[kind].append(burst(kind, apps, jobs))
-        raw["cmworker_warn"].append(burst("cmworker", apps, jobs, log_level="WARN"))
-        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
-    wire = transport(200 if args.quick else 2000)
-    # ~50 ms of pure-Python work per job on this machine (spin_work(500_000) measured 45-55 ms).
-    loads = workloads(apps, cpu_jobs=4 if args.quick else 40, spin_n=500_000)
-
-    def med(kind: str, key: str) -> float:
-        return statistics.median(x[key] for x in raw[kind])
-
-    sdk_t, cm_t, warn_t = med("sdk", "jobs_per_s"), med("cmworker", "jobs_per_s"), med("cmworker_warn", "jobs_per_s")
-    sdk_c, cm_c = med("sdk", "cpu_us_per_job"), med("cmworker", "cpu_us_per_job")
-    print(f"\n### No-op burst, {jobs} jobs, 2 workers, median of {rounds} interleaved rounds\n")
-    print("| client | jobs/s | client CPU µs/job | idle latency ms |\n|---|---|---|---|")
-    for kind, label in (("sdk", "official SDK 0.34.0"), ("cmworker", "cmworker (INFO logs)"),
-                        ("cmworker_warn", "cmworker (WARN logs)")):
-        print(f"| {label} | {med(kind, 'jobs_per_s'):,.0f} | {med(kind, 'cpu_us_per_job'):,.0f} | "
-              f"{med(kind, 'idle_latency_ms'):.2f} |")
-    print("\n### Transport: CPU per keep-alive GET (client and in-process server together)\n")
-    print("| stack | CPU µs/request |\n|---|---|")
-    for name, cpu in wire.items():
-        print(f"| {name} | {cpu:,.0f} |")
-    print("\n### Workloads (cmworker, 2 workers)\n")
-    print("| measure | value |\n|---|---|")
-    print(f"| CPU-bound jobs, bare multiprocessing.Pool(2) | {loads['bare_pool_s']:.2f} s |")
-    print(f"| the same jobs through cmworker and the runtime | {loads['cmworker_cpu_bound_s']:.2f} s |")
-    print(f"| 20 MB payload in and out, per job | {loads['payload_20mb_s'] * 1e3:.0f} ms |")
-    print(f"| 1,000 streamed items, time added over an empty stream | {loads['stream_1000_extra_ms']:.0f} ms |")
-    print(f"| first streamed item: yielded -> its chunk at the runtime (median of 10) | "
-          f"{loads['stream_first_item_ms']:.1f} ms |")
-    overhead = (warn_t - cm_t) / warn_t
-    checks = [
-        ("no-op throughput >= 2x the SDK", cm_t / sdk_t >= 2, f"{cm_t / sdk_t:.2f}x"),
-        ("client CPU per job <= 0.4x the SDK", cm_c / sdk_c <= 0.4, f"{cm_c / sdk_c:.2f}x"),
-        ("INFO logging costs < 10 % of no-op throughput", overhead < 0.10, f"{overhead * 100:.1f} %"),
-        ("CPU-bound efficiency >= 0.95 of a bare pool", loads["cpu_bound_efficiency"] >= 0.95,
-         f"{loads['cpu_bound_efficiency']:.3f}"),
-        ("1,000 streamed items add <= 100 ms", loads["stream_1000_extra_ms"] <= 100,
-         f"{loads['stream_1000_extra_ms']:.0f} ms"),
-        ("first streamed item on the wire <= 5 ms after it is yielded", loads["stream_first_item_ms"] <= 5,
-         f"{loads['stream_first_item_ms']:.1f} ms"),
-    ]
+    sizes = QUICK if args.quick else FULL
+    if args.rounds:
+        sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run every finally: stop the clients
+    started = time.monotonic()
+    spin_n = calibrate(sizes.job_ms)
+    payload = base64.b64encode(os.urandom(sizes.payload_mb * 10**6 * 3 // 4)).decode()
+    raw: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "workers": args.workers, "sizes": asdict(sizes), "spin_n": spin_n, "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp:
+        workdir = Path(tmp)
+        for r in range(sizes.rounds):
+            order = ["sdk", "cmworker", "bare"] if r % 2 == 0 else ["bare", "cmworker", "sdk"]
+            if sizes.warn_session:
+                order.insert(order.index("cmworker") + 1, "cmworker_warn")
+            results: dict[str, Any] = {"order": order}
+            for kind in order:
+                progress(f"round {r + 1}/{sizes.rounds}: {kind}")
+                if kind == "bare":
+                    results[kind] = bare_pool(args.workers, sizes.cpu_jobs, spin_n)
+                else:
+                    results[kind] = session(kind, sizes, args.workers, spin_n, payload, workdir,
+                                            tag=f"r{r + 1}-{kind}", burst_only=kind == "cmworker_warn")
+            raw["rounds"].append(results)
+        progress("transport microbenchmark")
+        raw["transport"] = transport(sizes.transport_cycles, sizes.rounds)
+    raw["generator_own_ms"] = generator_own_ms(sizes.stream_items)
+    spins = []
+    for _ in range(5):
+        t = time.perf_counter()
+        e2e_work.spin(spin_n)
+        spins.append(time.perf_counter() - t)
+    raw["spin_job_s"] = statistics.median(spins)
+    checks = report(raw, sizes, args.workers)
     print("\n### Targets\n\n| | target | measured |\n|---|---|---|")
     for name, ok, measured in checks:
         print(f"| {'PASS' if ok else 'FAIL'} | {name} | {measured} |")
+    raw["targets"] = [{"target": name, "pass": ok, "measured": measured} for name, ok, measured in checks]
+    raw["elapsed_s"] = time.monotonic() - started
+    raw["client_processes"] = STARTED
+    print(f"\n{raw['when']}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{raw['elapsed_s']:.0f} s", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"bursts": raw, "transport": wire, "workloads": loads}, indent=1))
-    return 0
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return 1 if args.strict and not all(ok for _, ok, _ in checks) else 0
 
 
 if __name__ == "__main__":
