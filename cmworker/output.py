@@ -25,15 +25,21 @@ class LineReader:
 
     def __init__(self) -> None:
         self._partial: dict[int, bytes] = {}
+        self._full: set[int] = set()  # fds whose last read filled its buffer: more may be waiting
 
     def read(self, fd: int) -> tuple[list[bytes], bool]:
         """The complete lines now readable on ``fd``, and whether it reached end of file."""
         try:
             data = os.read(fd, READ_SIZE)
         except BlockingIOError:
+            self._full.discard(fd)
             return [], False
         except OSError:
             data = b""
+        if len(data) == READ_SIZE:
+            self._full.add(fd)
+        else:
+            self._full.discard(fd)
         if not data:
             rest = self._partial.pop(fd, b"")
             return ([rest] if rest else []), True
@@ -44,6 +50,11 @@ class LineReader:
         elif tail:
             self._partial[fd] = tail
         return lines, False
+
+    @property
+    def unread(self) -> bool:
+        """Whether the last read of some pipe filled its buffer, so that output may be left in it."""
+        return bool(self._full)
 
 
 class WorkerOutput:
@@ -72,6 +83,11 @@ class WorkerOutput:
                 yield from lines
                 if eof or not lines:
                     break
+
+    @property
+    def unread(self) -> bool:
+        """Whether the last read of a pipe may have left output behind in it."""
+        return self._reader.unread
 
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0

@@ -394,8 +394,15 @@ class Pool:
                 wake_at = min(wake_at, self._stop_deadline)
             self._planned_wake = wake_at
         timeout = None if wake_at == float("inf") else max(0.0, wake_at - self.clock())
-        for key, mask in self._selector.select(timeout):
-            key.data(mask)
+        events = self._selector.select(timeout)
+        # Output pipes before sockets. A worker flushes its output before it sends its answer, so
+        # when the answer is in this batch its output is too; read first, it needs no drain (_finish).
+        for key, mask in events:
+            if not isinstance(key.fileobj, socket.socket):
+                key.data(mask)
+        for key, mask in events:
+            if isinstance(key.fileobj, socket.socket):
+                key.data(mask)
 
     def _finished(self) -> bool:
         return self._stopping and not any(s.state == "busy" for s in self._slots.values()) \
@@ -567,12 +574,12 @@ class Pool:
 
     def _on_result(self, slot: _Slot | None, message: Result) -> None:
         assert slot is not None
-        self._finish(slot, bytes(message.body), "ok", cpu=message.cpu)
+        self._finish(slot, bytes(message.body), "ok", cpu=message.cpu, from_worker=True)
         self._job_done(slot)
 
     def _on_failure(self, slot: _Slot | None, message: Failure) -> None:
         assert slot is not None
-        self._finish(slot, bytes(message.body), message.kind, cpu=message.cpu)
+        self._finish(slot, bytes(message.body), message.kind, cpu=message.cpu, from_worker=True)
         self._job_done(slot)
 
     def _on_chunk(self, slot: _Slot | None, message: Chunk) -> None:
@@ -583,7 +590,7 @@ class Pool:
 
     def _on_stream_end(self, slot: _Slot | None, message: StreamEnd) -> None:
         assert slot is not None
-        self._finish(slot, b"", "ok", cpu=message.cpu)
+        self._finish(slot, b"", "ok", cpu=message.cpu, from_worker=True)
         self._job_done(slot)
 
     def _on_exited(self, message: Exited) -> None:
@@ -646,13 +653,21 @@ class Pool:
                                     lim.max_result_size or 0))
 
     def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
-                cpu: float = 0.0) -> None:
-        """Answer the slot's job — the only place an answer is made, at most once per job."""
+                cpu: float = 0.0, from_worker: bool = False) -> None:
+        """Answer the slot's job — the only place an answer is made, at most once per job.
+
+        The job's output is logged before its answer. An answer the worker sent came in the same batch
+        of events as that output, which was read first (``_wait_for_events``): the pipes need reading
+        again only when that read may have left some behind.
+        """
         job = slot.job
         if job is None or slot.answered:
             return
         slot.answered = True
-        self._drain_output(slot)
+        if not from_worker or slot.output.unread:
+            self._drain_output(slot)
+        else:
+            self._emit(slot, ())  # only the count of lines the flood limit dropped, if any
         for timer in slot.timers:
             timer.cancelled = True
         slot.timers.clear()

@@ -24,6 +24,7 @@ class Harness:
         self.answers: dict[str, list[Answer]] = {}
         self.items: dict[str, list[bytes]] = {}
         self.output: list[OutputLine] = []
+        self.output_before: dict[str, int] = {}  # job id -> len(output) when its answer arrived
         self.cond = threading.Condition()
         self.ids = iter(range(10**9))
         self.pool = Pool(on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
@@ -31,6 +32,7 @@ class Harness:
 
     def _on_answer(self, answer: Answer) -> None:
         with self.cond:
+            self.output_before.setdefault(answer.job.id, len(self.output))
             self.answers.setdefault(answer.job.id, []).append(answer)
             self.cond.notify_all()
 

@@ -199,6 +199,17 @@ def test_job_output_is_captured_with_its_job_id() -> None:
         assert (job, "stderr", "last words") in lines
 
 
+@pytest.mark.parametrize("lines", [3, 60_000])  # 60,000 lines fill the parent's 256 KiB read twice over
+def test_every_line_a_job_prints_is_accounted_for_before_its_answer(lines: int) -> None:
+    with running_pool() as h:
+        job = h.submit("print_lines", {"n": lines})
+        assert h.wait(job).kind == "ok"
+        before = [o for o in h.output[:h.output_before[job]] if o.job_id == job]
+        logged = [int(o.text.removeprefix("line ")) for o in before if not o.dropped]
+        assert logged[:3] == [0, 1, 2] and logged == sorted(set(logged))  # in order; a flood drops some
+        assert len(logged) + sum(o.dropped for o in before) == lines
+
+
 def test_large_payload_in_and_out() -> None:
     with running_pool() as h:
         big = "y" * (20 * MiB)
