@@ -19,8 +19,11 @@ TABLES = ("### No-op burst", "### Idle latency", "### CPU-bound", "payload echoe
 @pytest.mark.timeout(120)
 def test_bench_e2e_quick_run_prints_its_tables(tmp_path: Path) -> None:
     raw = tmp_path / "raw.json"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--quick", "--json", str(raw)],
-                          capture_output=True, text=True, timeout=110)
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nwritten by hand\n\n<!-- bench_e2e.py --report: begin -->\nan older run\n"
+                    "<!-- bench_e2e.py --report: end -->\n\nalso by hand\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2e.py"), "--quick", "--json", str(raw),
+                           "--report", str(tmp_path)], capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr[-3000:]
     for heading in TABLES:
         assert heading in done.stdout, heading
@@ -28,12 +31,16 @@ def test_bench_e2e_quick_run_prints_its_tables(tmp_path: Path) -> None:
                 "urllib3.HTTPSConnectionPool", "http.client.HTTPSConnection"):
         assert row in done.stdout, row
     verdicts = [line for line in done.stdout.splitlines() if line.startswith(("| PASS |", "| FAIL |"))]
-    assert len(verdicts) == 5, done.stdout
+    assert len(verdicts) == 6, done.stdout
     data = json.loads(raw.read_text())
     assert len(data["rounds"]) == 1 and {"sdk", "cmworker", "bare"} <= data["rounds"][0].keys()
-    assert len(data["targets"]) == 5
+    assert len(data["targets"]) == 6
     assert data["client_processes"], "the script saw no client process"
     assert not [pid for pid, created in data["client_processes"] if _running(pid, created)]
+    report = page.read_text()
+    assert "written by hand" in report and "also by hand" in report and "an older run" not in report
+    assert "### Targets" in report and "![cmworker against the official SDK](e2e-comparison.png)" in report
+    assert (tmp_path / "e2e-comparison.png").read_bytes().startswith(b"\x89PNG")
 
 
 def _running(pid: int, created: float) -> bool:
