@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import random
+import select
 import socket
 import ssl
 import time
@@ -187,6 +188,8 @@ class Connection:
         return Reply(response.status, data)
 
     def _connect(self) -> http.client.HTTPSConnection:
+        if self._conn is not None and _dropped(self._conn):
+            self.close()  # the runtime closed it while it was idle (a restart, an idle timeout)
         if self._conn is None:
             self._conn = http.client.HTTPSConnection(self.endpoints.host, self.endpoints.port,
                                                      timeout=self.timeout, context=self.context)
@@ -197,6 +200,23 @@ class Connection:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle keep-alive connection was closed by the other end.
+
+    Between requests nothing may arrive on it; if its socket is readable, what is there is the end of
+    the stream (or a TLS close alert), and a request sent on it would fail after the wait for a reply.
+    """
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def backoff(attempt: int) -> float:

@@ -110,3 +110,17 @@ def test_the_legacy_file_of_the_embedded_runtime_reaches_it_over_https() -> None
         finally:
             conn.close()
         assert rt.record.accepted(job) == 1
+
+
+def test_a_keep_alive_connection_the_runtime_closed_is_replaced_before_it_is_used() -> None:
+    with EmbeddedRuntime() as rt:
+        service = Service(discover(rt.env(0), wait=1), long_poll_timeout=5)
+        conn = service.connection()
+        first = rt.submit("first")
+        assert service.get_job(conn).status == 200
+        assert service.post_result(conn, first, b"1").status == 204
+        rt.restart()  # every open connection is cut while this one sits idle
+        rt.submit("second")
+        reply = service.get_job(conn)  # a reused dead connection would raise TransportError here
+        assert reply.status == 200 and b'"second"' in reply.body
+        conn.close()
