@@ -533,7 +533,30 @@ def _field_hints(cls: type) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise UnsupportedType(f"the annotations of {cls.__qualname__} cannot be read: {exc}") from exc
+    if sys.version_info < (3, 11):  # 3.10 leaves `list["Node"]` and typing_extensions.NotRequired as they are
+        module = sys.modules.get(cls.__module__)
+        scope = ({} if module is None else vars(module), {**vars(cls), cls.__name__: cls})
+        hints = {name: _resolve_names(hint, *scope) for name, hint in hints.items()}
     return {name: hint for name, hint in hints.items() if typing.get_origin(hint) is not typing.ClassVar}
+
+
+def _resolve_names(hint: Any, globalns: dict[str, Any], localns: dict[str, Any]) -> Any:
+    """``hint`` with the forward references left inside built-in generics evaluated, as 3.11 does."""
+    if getattr(typing.get_origin(hint), "_name", None) in ("Required", "NotRequired"):
+        return _resolve_names(typing.get_args(hint)[0], globalns, localns)  # typing_extensions' TypedDict
+    if isinstance(hint, str | typing.ForwardRef):
+        name = hint if isinstance(hint, str) else hint.__forward_arg__
+        try:
+            return eval(name, globalns, localns)  # what typing.get_type_hints does with a string
+        except Exception as exc:
+            raise UnsupportedType(f"the annotation {name!r} cannot be resolved: {exc}") from exc
+    if isinstance(hint, types.GenericAlias):
+        args = tuple(_resolve_names(arg, globalns, localns) for arg in hint.__args__)
+        return hint if args == hint.__args__ else types.GenericAlias(hint.__origin__, args)  # type: ignore[arg-type]
+    if _is_union(hint):
+        args = tuple(_resolve_names(arg, globalns, localns) for arg in typing.get_args(hint))
+        return hint if args == typing.get_args(hint) else typing.Union[args]  # noqa: UP007 - built from a tuple
+    return hint
 
 
 def _strip_annotated(hint: Any) -> Any:

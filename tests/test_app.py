@@ -35,6 +35,10 @@ from cmworker.errors import AppLoadError
 from cmworker.schema import UnsupportedType
 from tests.pool_harness import running_pool
 
+# The official SDK's own inference and conversion differ on Python 3.10 (it rejects typing.Any and
+# typing_extensions.NotRequired, and accepts hints it refuses on 3.11+): comparisons with it run on 3.11+.
+SDK_PARITY = pytest.mark.skipif(sys.version_info < (3, 11), reason="the SDK behaves differently on Python 3.10")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TYPED_APP = os.path.join(ROOT, "tests", "apps", "typed_app.py")
 JOB = {"jobId": "job-1", "tempCredsAuthToken": "temp-secret", "authHeader": "Bearer user-secret", "userId": "u-1"}
@@ -245,6 +249,7 @@ AGREED: list[tuple[str, Any]] = [
 ]
 
 
+@SDK_PARITY
 @pytest.mark.parametrize(("function", "query"), AGREED, ids=[f"{f}-{i}" for i, (f, _) in enumerate(AGREED)])
 def test_coercion_agrees_with_the_sdks_convert_payload(typed: dict[str, FunctionSpec], function: str,
                                                        query: Any) -> None:
@@ -286,6 +291,7 @@ DIFFERENT: list[tuple[str, str, Any, Callable[[Any], Any] | None, Any, Any]] = [
 ]
 
 
+@SDK_PARITY
 @pytest.mark.parametrize(("why", "function", "query", "pick", "sdk", "cmworker"), DIFFERENT,
                          ids=[d[0] for d in DIFFERENT])
 def test_coercion_differs_from_the_sdk_only_on_purpose(typed: dict[str, FunctionSpec], why: str, function: str,

@@ -29,6 +29,10 @@ from cmworker import app as app_module
 from cmworker.app import FunctionSpec, load_app
 from cmworker.schema import Long, UnsupportedType, app_schemas, infer_schema, output_data_type
 
+# The official SDK's own inference and conversion differ on Python 3.10 (it rejects typing.Any and
+# typing_extensions.NotRequired, and accepts hints it refuses on 3.11+): comparisons with it run on 3.11+.
+SDK_PARITY = pytest.mark.skipif(sys.version_info < (3, 11), reason="the SDK behaves differently on Python 3.10")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TYPED_APP = os.path.join(ROOT, "tests", "apps", "typed_app.py")
 
@@ -65,6 +69,7 @@ TYPED_FUNCTIONS = ["untyped", "returns_int", "returns_none", "returns_any_map", 
                    "filters", "distance", "bag", "no_fields", "count", "whoami", "echo_typed"]
 
 
+@SDK_PARITY
 @pytest.mark.parametrize("name", TYPED_FUNCTIONS)
 def test_schema_of_each_typed_app_function_is_the_sdks(typed_app: dict[str, FunctionSpec], name: str) -> None:
     spec = typed_app[name]
@@ -142,6 +147,7 @@ def _returning(hint: Any) -> Callable[..., Any]:
     return f
 
 
+@SDK_PARITY
 # The SDK's constructor check compares a dataclass's raw annotations with its resolved hints, so it
 # refuses a field annotated None (NoneType) or Annotated[...]; those two are compared as outputs only.
 @pytest.mark.parametrize("hint", [h for h in HINTS if h is not None and typing.get_origin(h) is not Annotated],
@@ -151,6 +157,7 @@ def test_input_field_data_type_is_the_sdks(hint: Any) -> None:
     assert json.dumps(ours(fn)) == json.dumps(sdk_schema(fn, "f"))
 
 
+@SDK_PARITY
 @pytest.mark.parametrize("hint", HINTS, ids=repr)
 def test_output_data_type_is_the_sdks(hint: Any) -> None:
     fn = _returning(hint)
@@ -212,15 +219,17 @@ ANY_MAP = {"type": "map", "map": {"keysType": {"type": "string", "string": {}},
 ], ids=repr)
 def test_hints_the_sdk_refuses_get_their_obvious_meaning(hint: Any, expected: dict[str, Any]) -> None:
     fn = _event_with(hint)
-    with pytest.raises((ValueError, IndexError)):
-        sdk_schema(fn, "f")
+    if sys.version_info >= (3, 11):
+        with pytest.raises((ValueError, IndexError)):
+            sdk_schema(fn, "f")
     assert ours(fn)["inputs"][0]["dataType"] == expected
 
 
 @pytest.mark.parametrize("hint", [Iterator[int], typing.Generator[int, None, None]], ids=repr)
 def test_a_generator_return_type_is_a_list_of_its_items(hint: Any) -> None:
-    with pytest.raises(ValueError):
-        sdk_schema(_returning(hint), "f")
+    if sys.version_info >= (3, 11):
+        with pytest.raises(ValueError):
+            sdk_schema(_returning(hint), "f")
     assert output_data_type(_returning(hint)) == LIST_INT
 
 

@@ -7,10 +7,16 @@ namespace, so only real (non-string) annotations let it infer these same functio
 
 import dataclasses
 import datetime
+import sys
 from collections.abc import Iterable
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Dict, List, NotRequired, Optional, Set, TypedDict
+from typing import Any, Dict, List, Optional, Set
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:
+    from typing_extensions import NotRequired, TypedDict
 
 import cmworker
 from cmworker import Context
