@@ -30,6 +30,7 @@ from cmworker.errors import (
     UnknownFunction,
     WorkerDied,
 )
+from cmworker.executor import Executor
 from cmworker.logs import get_logger
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "CmworkerError",
     "ConfigError",
     "Context",
+    "Executor",
     "InvalidInput",
     "JobDropped",
     "JobError",

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import cloudpickle
 import structlog
 
+from cmworker import pickled
 from cmworker.app import FunctionSpec
 from cmworker.encoding import encode_result
 from cmworker.errors import (
@@ -199,7 +200,9 @@ def _failure(error: JobError) -> Failure:
 def _run_pickled(run: Run) -> Result | Failure:
     """Executor jobs: a cloudpickled ``(fn, args, kwargs)`` in, a pickled result or exception out."""
     try:
-        fn, args, kwargs = cloudpickle.loads(run.body)
+        # The body's format lives in cmworker.pickled: a function sent by value comes as bytes plus a
+        # digest and is unpickled once per worker, so its module globals (a cache) persist across calls.
+        fn, args, kwargs = pickled.load_call(run.body)
         with _soft_limit(run.soft_timeout):
             value = fn(*args, **kwargs)
     except BaseException as exc:
