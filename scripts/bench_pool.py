@@ -16,7 +16,9 @@ One run measures, every pool at two workers, side by side:
 5. hard-timeout lateness (``JobLimits(timeout=0.2)``, a sleeping job and a busy one ignoring SIGTERM):
    deadline -> answer and deadline -> process exit (seen on a pidfd);
 6. memory overshoot (``JobLimits(memory_limit=512 MiB)``, a 2 GiB allocation): the RSS the pool sampled
-   and the kernel's own peak (``ru_maxrss`` of a per-trial process tree, read with ``wait4``).
+   and the kernel's own peak (``ru_maxrss`` of a per-trial process tree, read with ``wait4``);
+7. ``cmworker.Executor`` beside ProcessPoolExecutor, loky and pebble as executors: ``submit`` -> ``result``
+   round trip, one call at a time, and ``map`` throughput at chunksize 1 and a larger chunksize.
 
 The machine is usually a shared VM: compare pools inside one run, as ratios.
 
@@ -38,6 +40,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from poolbench.executors import ExecutorResults, measure_executors
 from poolbench.peers import WORKERS
 from poolbench.probes import leftover_processes
 from poolbench.report import evaluate, render
@@ -57,9 +60,10 @@ from poolbench.sections import (
 
 import cmworker
 
-SECTIONS = ("roundtrip", "throughput", "crash", "death", "timeout", "memory")
+SECTIONS = ("roundtrip", "throughput", "crash", "death", "timeout", "memory", "executor")
 TUNABLE = ("rounds", "calls", "placement_rounds", "placement_calls", "warmup", "jobs", "throughput_rounds", "window",
-           "crash_trials", "timeout_trials", "memory_trials")
+           "crash_trials", "timeout_trials", "memory_trials", "executor_rounds", "executor_calls", "map_calls",
+           "map_chunksize", "chunked_map_calls")
 
 
 def measure(sections: Sequence[str], sizes: Sizes, tmp: Path) -> dict[str, Any]:
@@ -70,6 +74,7 @@ def measure(sections: Sequence[str], sizes: Sizes, tmp: Path) -> dict[str, Any]:
         "death": lambda: measure_deaths(sizes, tmp),
         "timeout": lambda: measure_timeouts(sizes),
         "memory": lambda: measure_memory(sizes),
+        "executor": lambda: measure_executors(sizes),
     }
     return {name: steps[name]() for name in SECTIONS if name in sections}
 
@@ -86,6 +91,8 @@ def reap_leftovers() -> None:
 
 
 def to_json(value: Any) -> Any:
+    if isinstance(value, ExecutorResults):
+        return to_json(value.to_json())
     if isinstance(value, Series):
         return {"rounds": value.rounds, "costs": [asdict(c) for c in value.costs], "median": value.median,
                 "p99": value.p99}

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from poolbench import executors
+from poolbench.executors import ExecutorResults, MapSample
 from poolbench.peers import PEERS, CmworkerPeer
 from poolbench.probes import percentile
 from poolbench.sections import (
@@ -112,6 +114,22 @@ def _memory_targets(memory: dict[str, list[MemorySample]], sizes: Sizes) -> list
     ]
 
 
+def _executor_targets(results: ExecutorResults) -> list[Target]:
+    rt = results.round_trip
+    ours = rt[executors.OURS].median
+    best, name = min((s.median, n) for n, s in rt.items() if n != executors.OURS)
+    targets = [Target("Executor.submit round trip at least as fast as the fastest peer executor",
+                      f"{ms(ours)} ms; fastest peer {name} {ms(best)} ms = {best / ours:.2f}x cmworker", ">= 1.00x",
+                      ours <= best)]
+    for chunksize, by_name in results.throughput.items():
+        ours_rate = executors.median_rate(by_name[executors.OURS])
+        best_rate, name = max((executors.median_rate(v), n) for n, v in by_name.items() if n != executors.OURS)
+        targets.append(Target(f"Executor.map throughput, chunksize {chunksize}, within 10 % of the fastest peer",
+                              f"{ours_rate:,.0f}/s; fastest peer {name} {best_rate:,.0f}/s = "
+                              f"{ours_rate / best_rate:.2f}x", ">= 0.90x", ours_rate >= 0.9 * best_rate))
+    return targets
+
+
 def evaluate(results: dict[str, Any], sizes: Sizes) -> list[Target]:
     targets: list[Target] = []
     if "roundtrip" in results:
@@ -122,6 +140,8 @@ def evaluate(results: dict[str, Any], sizes: Sizes) -> list[Target]:
         targets += _kill_targets(results["timeout"])
     if "memory" in results:
         targets += _memory_targets(results["memory"], sizes)
+    if "executor" in results:
+        targets += _executor_targets(results["executor"])
     return targets
 
 
@@ -240,6 +260,40 @@ def memory_table(results: dict[str, list[MemorySample]], sizes: Sizes) -> str:
                      "kernel peak (ru_maxrss)", "growth GiB/s", "dispatch -> answer ms"], rows))
 
 
+def _cpu_us(samples: Sequence[MapSample], attr: str) -> str:
+    return f"{statistics.median(getattr(s, attr) for s in samples) * 1e6:.1f}"
+
+
+def executor_table(results: ExecutorResults, sizes: Sizes) -> str:
+    rt = results.round_trip
+    ours = rt[executors.OURS]
+    rows = [[name, ms(s.median), ms(s.p99), f"{ms(min(s.round_medians))} - {ms(max(s.round_medians))}",
+             f"{s.median / ours.median:.2f}x", "" if name == executors.OURS else _faster_rounds(ours, s),
+             us(statistics.median(c.caller + c.threads for c in s.costs)),
+             us(statistics.median(c.children for c in s.costs))]
+            for name, s in rt.items()]
+    text = (f"### Executors: submit -> result round trip\n\n{sizes.executor_rounds} interleaved rounds x "
+            f"{sizes.executor_calls} calls after {sizes.warmup} warm-up calls, {executors.WORKERS} workers each; "
+            "`submit(echo, None, i).result()` one at a time (pebble: `schedule`); median = median of the round "
+            "medians.\n\n"
+            + table(["executor", "median ms", "p99 ms", "round medians ms", "vs cmworker", "rounds cmworker faster",
+                     "CPU here us/call", "CPU in children us/call"], rows))
+    for chunksize, by_name in results.throughput.items():
+        ours_rate = executors.median_rate(by_name[executors.OURS])
+        rows = []
+        for name, samples in by_name.items():
+            rates = [s.calls_per_s for s in samples]
+            rows.append([name, f"{statistics.median(rates):,.0f}", f"{min(rates):,.0f} - {max(rates):,.0f}",
+                         f"{statistics.median(rates) / ours_rate:.2f}x", _cpu_us(samples, "parent_cpu"),
+                         _cpu_us(samples, "children_cpu")])
+        text += (f"\n\n### Executors: map throughput, chunksize {chunksize}\n\n`list(map(echo, [None] * n, range(n), "
+                 f"chunksize={chunksize}))`, n = {sizes.map_calls if chunksize == 1 else sizes.chunked_map_calls:,}, "
+                 "one map per executor per round (the same rounds).\n\n"
+                 + table(["executor", "calls/s (median)", "range", "vs cmworker", "CPU here us/call",
+                          "CPU in children us/call"], rows))
+    return text
+
+
 def targets_table(targets: list[Target]) -> str:
     return "### Targets\n\n" + table(["", "target", "measured", "limit"],
                                      [["PASS" if t.ok else "FAIL", t.what, t.measured, t.limit] for t in targets])
@@ -249,6 +303,6 @@ def render(results: dict[str, Any], sizes: Sizes, targets: list[Target]) -> str:
     tables: dict[str, Callable[[Any], str]] = {
         "roundtrip": lambda r: round_trip_table(r, sizes), "throughput": lambda r: throughput_table(r, sizes),
         "crash": crash_table, "death": death_table, "timeout": lambda r: timeout_table(r, sizes),
-        "memory": lambda r: memory_table(r, sizes)}
+        "memory": lambda r: memory_table(r, sizes), "executor": lambda r: executor_table(r, sizes)}
     parts = [make(results[name]) for name, make in tables.items() if name in results]
     return "\n\n".join([*parts, targets_table(targets)])

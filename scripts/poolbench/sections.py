@@ -55,11 +55,17 @@ class Sizes:
     allocation: int = 2 * GiB
     warm_up: int = 1 * GiB       # what the warm-up process allocates and frees before a "warmed" trial
     peer_crash_wait: float = 1.0  # how long to wait for a pool's answer to a dying task
+    executor_rounds: int = 5     # executors: interleaved rounds, each a round trip and two maps
+    executor_calls: int = 1500   # timed submit -> result round trips per executor per round
+    map_calls: int = 20000       # calls in one timed map at chunksize 1
+    map_chunksize: int = 100     # the larger chunksize
+    chunked_map_calls: int = 200000  # calls in one timed map at that chunksize (2,000 chunks)
 
 
 QUICK = Sizes(rounds=2, calls=200, placement_rounds=1, placement_calls=100, warmup=50, jobs=1000,
               throughput_rounds=1, crash_trials=3, timeout_trials=2, memory_trials=1, warm_up=256 * MiB,
-              peer_crash_wait=0.5)
+              peer_crash_wait=0.5, executor_rounds=1, executor_calls=200, map_calls=2000,
+              chunked_map_calls=20000)
 
 
 def progress(message: str) -> None:
