@@ -333,18 +333,24 @@ class Poller:
             log.warning("stopping now: killing running jobs and answering them `shutdown`")
             self.pool.close(grace=0.0, wait=False)
             return
+        self._stopping.set()  # first: once the line below is out, no job is started any more
         log.warning("stopping: finishing running jobs for up to %.0fs", self.settings.shutdown_grace)
-        self._stopping.set()
 
     handle_sigint = handle_sigterm
 
     def handle_sigchld(self) -> None:
-        """As PID 1, orphans are re-parented to us: reap them so they do not pile up as zombies."""
+        """As PID 1, orphans are re-parented to us: reap them so they do not pile up as zombies.
+
+        Every child but the worker template: the pool waits for that one itself, and must read its real
+        exit status (a ``waitpid(-1)`` here could take it first and leave the pool a made-up 0).
+        """
         if os.getpid() != 1:
             return
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
+        template = self.pool.template_pid
+        for child in psutil.Process().children():
+            if child.pid != template:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(child.pid, os.WNOHANG)
 
     # -- the poll loop (poll thread) --------------------------------------------------------------
 

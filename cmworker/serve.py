@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 
 from cmworker import logs
@@ -40,7 +42,16 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     from cmworker.poller import Poller, Settings
     from cmworker.service import Service, discover
 
-    endpoints = discover(environ)
+    # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
+    # until the poller installs its own, SIGTERM/SIGINT end the process: no job is held yet.
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, _stop_before_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        endpoints = discover(environ)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
                         max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
@@ -48,6 +59,12 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
                         stats_interval=config.stats_interval)
     poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
     return poller.run()
+
+
+def _stop_before_serving(signum: int, frame: object) -> None:
+    logging.getLogger("cmworker").warning("stopping on %s before connecting to the runtime; no job was held",
+                                          signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def _configure_logs(config: Config, dev: bool) -> None:

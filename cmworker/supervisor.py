@@ -331,6 +331,12 @@ class Pool:
         """Why the pool stopped respawning workers, or ``None`` while it is healthy."""
         return self._unhealthy
 
+    @property
+    def template_pid(self) -> int | None:
+        """The worker template's pid while it runs (the pool reaps it itself)."""
+        template = self._template
+        return template.pid if template is not None else None
+
     def worker_pids(self) -> list[int]:
         return [s.pid for s in list(self._slots.values()) if s.pid is not None and s.state != "dead"]
 

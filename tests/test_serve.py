@@ -188,6 +188,16 @@ def test_wrong_token_is_a_clear_fatal_error(runtime: EmbeddedRuntime, tmp_path: 
     assert "401" in log and str(token) in log
 
 
+def test_sigterm_while_waiting_for_the_token_file_exits_0_at_once(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    late = tmp_path / "token-not-written-yet"
+    with serving(runtime, tmp_path, env={"MODULE_AUTH_TOKEN": str(late)}) as proc:
+        time.sleep(1.0)  # discovery waits up to a minute for the file
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0  # as PID 1 an unhandled SIGTERM would be ignored until SIGKILL
+    assert "before connecting to the runtime" in (tmp_path / "run.log").read_text()
+
+
 def test_sigterm_drains_running_jobs_then_exits_0(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     with serving(runtime, tmp_path) as proc:
         job = runtime.submit("neighbour", {"sleep": 1.0, "n": 3})
