@@ -92,7 +92,9 @@ class _Future(concurrent.futures.Future[T]):
         self._job_id = job_id
 
     def cancel(self) -> bool:
-        if not self.done() and self._calls.withdraw(self._job_id):
+        # A job once sent to a worker stays running, also when it is queued again after that worker
+        # died before starting it: only a job that never left the queue can be withdrawn.
+        if not self.done() and not self.running() and self._calls.withdraw(self._job_id):
             # The job never reached a worker and never will: no answer comes. Cancel, then tell the
             # waiters of concurrent.futures.wait()/as_completed() at once, as an executor does when
             # it would have started the job.
@@ -189,6 +191,14 @@ class _Calls:
             self.pool.close(wait=False)
 
     # -- pool thread ----------------------------------------------------------------------------
+
+    def on_start(self, job: Job) -> None:
+        """The job was sent to a worker (to run now, or next after its current call): it is running."""
+        with self.lock:
+            future = self.futures.get(job.id)
+        if future is not None and not future.running():  # a job re-sent after its worker died: once
+            with contextlib.suppress(RuntimeError, concurrent.futures.InvalidStateError):
+                future.set_running_or_notify_cancel()
 
     def on_answer(self, answer: Answer) -> None:
         with self.lock:
@@ -324,7 +334,7 @@ class Executor(concurrent.futures.Executor):
         modules = [preload] if isinstance(preload, str) else list(preload)
         self._calls = calls = _Calls()
         pool = Pool(None, workers=workers, on_answer=calls.on_answer, on_state_change=calls.on_state_change,
-                    preload=modules, max_jobs_per_worker=recycle)
+                    on_start=calls.on_start, preload=modules, max_jobs_per_worker=recycle, prefetch=True)
         calls.pool = pool
         pool.start()  # raises AppLoadError when a preload module cannot be imported
         self._max_workers = workers

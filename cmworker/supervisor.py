@@ -167,6 +167,7 @@ class _Slot:
     writing: bool = False
     timers: list[_Timer] = field(default_factory=list)
     oom_count: int | None = None
+    next: Job | None = None  # prefetch: sent already, starts when ``job`` is answered
 
 
 def _default_output(line: OutputLine) -> None:
@@ -191,11 +192,13 @@ class Pool:
         on_stream: Callable[[StreamItem], None] | None = None,
         on_output: Callable[[OutputLine], None] | None = None,
         on_state_change: Callable[[], None] | None = None,
+        on_start: Callable[[Job], None] | None = None,
         preload: Sequence[str] = (),
         log_level: str = "INFO",
         logger_levels: Sequence[tuple[str, str]] = (),
         kill_grace: float = 0.05,
         max_jobs_per_worker: int = 0,
+        prefetch: bool = False,
         startup_timeout: float = 120.0,
         python: str = sys.executable,
         clock: Callable[[], float] = time.monotonic,
@@ -208,11 +211,13 @@ class Pool:
         self.on_stream = on_stream
         self.on_output = on_output or _default_output
         self.on_state_change = on_state_change or (lambda: None)
+        self.on_start = on_start
         self.preload = list(preload)
         self.log_level = log_level
         self.logger_levels = list(logger_levels)
         self.kill_grace = kill_grace
         self.max_jobs_per_worker = max_jobs_per_worker
+        self.prefetch = prefetch
         self.startup_timeout = startup_timeout
         self.python = python
         self.clock = clock
@@ -623,11 +628,35 @@ class Pool:
     def _dispatch(self) -> None:
         while True:
             with self._lock:
-                if not self._pending or not self._idle:
+                if not self._pending:
                     return
-                slot, job = self._idle.pop(), self._pending.popleft()
-                self._start_job(slot, job)
+                if self._idle:
+                    slot, job = self._idle.pop(), self._pending.popleft()
+                    self._start_job(slot, job)
+                else:
+                    busy = self._prefetch_slot()
+                    if busy is None:
+                        return
+                    slot, job = busy, self._pending.popleft()
+                    slot.next = job
             self._send_run(slot, job)
+
+    def _prefetch_slot(self) -> _Slot | None:
+        """With ``prefetch``, a busy worker that may be sent its next job already (caller holds the lock).
+
+        The job waits in the worker's socket and starts the moment the worker has sent its answer to the
+        current one, so the worker never waits for the parent between jobs. Its deadline and memory
+        watch start then (``_job_done``); if the worker dies or is killed first, it goes back to the
+        head of the queue, never having run. A prefetched job can no longer be cancelled.
+        """
+        if not self.prefetch or self._stopping:
+            return None
+        recycle = self.max_jobs_per_worker
+        for slot in self._slots.values():
+            if slot.state == "busy" and slot.next is None and not slot.answered \
+                    and (not recycle or slot.jobs_done + 2 <= recycle):
+                return slot
+        return None
 
     def _start_job(self, slot: _Slot, job: Job) -> bool:
         """Mark ``slot`` busy with ``job`` and arm its timers (caller holds the lock).
@@ -654,6 +683,8 @@ class Pool:
 
     def _send_run(self, slot: _Slot, job: Job) -> bool:
         """Send the job to its worker; True when the loop must finish a partial send."""
+        if self.on_start is not None:  # from here on it can no longer be withdrawn
+            self._call(self.on_start, job)
         lim = job.limits
         return self._send(slot, Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0,
                                     lim.max_result_size or 0))
@@ -700,6 +731,11 @@ class Pool:
             return
         slot.jobs_done += 1
         slot.job = None
+        if slot.next is not None:  # already in the worker's socket: it is running from now on
+            with self._lock:
+                job, slot.next = slot.next, None
+                self._start_job(slot, job)
+            return
         if self.max_jobs_per_worker and slot.jobs_done >= self.max_jobs_per_worker:
             self._retire(slot)
         else:
@@ -831,6 +867,10 @@ class Pool:
         if error is not None:
             self._fail(slot, error)
         with self._lock:
+            if slot.next is not None:  # sent but never started: first in line for another worker
+                self._pending.appendleft(slot.next)
+                slot.next = None
+                self._lock.notify_all()
             if slot in self._idle:
                 self._idle.remove(slot)
             was_live = slot.state in ("idle", "busy", "killing", "exited")
@@ -1014,6 +1054,10 @@ class Pool:
         for slot in list(self._slots.values()):
             if slot.job is not None and not slot.answered:
                 self._fail(slot, ShuttingDown("the pool stopped before this job finished", pid=slot.pid))
+            if slot.next is not None:
+                error = ShuttingDown("cmworker is shutting down; this job was never started")
+                self._answers.append(Answer(slot.next, error.to_bytes(), error.kind, error))
+                slot.next = None
         for slot in list(self._slots.values()):
             if slot.pid is not None:
                 limits.kill_group(slot.pid, signal.SIGKILL)

@@ -27,8 +27,19 @@ class Harness:
         self.output_before: dict[str, int] = {}  # job id -> len(output) when its answer arrived
         self.cond = threading.Condition()
         self.ids = iter(range(10**9))
+        self.started: list[str] = []  # job ids in the order they were sent to a worker
         self.pool = Pool(on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
-                         **pool_kwargs)
+                         on_start=self._on_start, **pool_kwargs)
+
+    def _on_start(self, job: Job) -> None:
+        with self.cond:
+            self.started.append(job.id)
+            self.cond.notify_all()
+
+    def wait_sent(self, job_id: str, timeout: float = WAIT) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: job_id in self.started, timeout):
+                raise AssertionError(f"{job_id} was not sent to a worker within {timeout}s")
 
     def _on_answer(self, answer: Answer) -> None:
         with self.cond:

@@ -307,3 +307,44 @@ def test_invalid_utf8_and_a_partial_last_line_of_a_dying_worker_are_kept() -> No
         texts = [(o.stream, o.text) for o in h.output if o.job_id == job]
         assert ("stdout", "bad bytes \ufffd\ufffd here") in texts
         assert ("stderr", "no newline at the end") in texts
+
+
+# -- prefetch (the executor's mode): a busy worker is sent its next job ahead ---------------------------
+
+
+def test_a_prefetched_job_of_a_worker_that_dies_runs_on_its_replacement() -> None:
+    with running_pool(workers=1, prefetch=True) as h:
+        crash = h.submit("segfault")
+        after = h.submit("pid")  # sent to the same worker while it runs the crash
+        assert h.wait(crash).kind == "worker_died"
+        answer = h.wait(after)
+        assert answer.kind == "ok"
+        assert h.payload(answer) == answer.pid != h.answers[crash][0].pid  # it ran on the replacement
+
+
+def test_a_prefetched_job_is_timed_from_its_start_not_from_when_it_was_sent() -> None:
+    with running_pool(workers=1, prefetch=True) as h:
+        first = h.submit("neighbour", {"sleep": 0.6, "n": 1})
+        second = h.submit("neighbour", {"sleep": 0.1, "n": 2}, timeout=0.5)  # waits 0.6 s in the socket
+        assert h.wait(first).kind == "ok"
+        assert (h.wait(second).kind, h.payload(h.answers[second][0])) == ("ok", {"neighbour": 2})
+
+
+def test_a_prefetched_job_cannot_be_cancelled_and_a_queued_one_still_can() -> None:
+    with running_pool(workers=1, prefetch=True) as h:
+        running = h.submit("neighbour", {"sleep": 0.3, "n": 1})
+        sent = h.submit("neighbour", {"sleep": 0.0, "n": 2})
+        queued = h.submit("neighbour", {"sleep": 0.0, "n": 3})
+        h.wait_sent(sent)
+        assert not h.pool.cancel(sent) and h.pool.cancel(queued)
+        assert h.wait(running).kind == h.wait(sent).kind == "ok"
+        assert queued not in h.answers
+
+
+def test_without_prefetch_a_busy_worker_is_sent_nothing() -> None:
+    with running_pool(workers=1) as h:
+        running = h.submit("neighbour", {"sleep": 0.3, "n": 1})
+        queued = h.submit("neighbour", {"sleep": 0.0, "n": 2})
+        time.sleep(0.1)
+        assert h.started == [running] and h.pool.cancel(queued)
+        assert h.wait(running).kind == "ok"
