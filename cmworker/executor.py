@@ -194,10 +194,10 @@ class _Calls:
 
     def on_start(self, job: Job) -> None:
         """The job was sent to a worker (to run now, or next after its current call): it is running."""
-        with self.lock:
-            future = self.futures.get(job.id)
-        if future is not None and not future.running():  # a job re-sent after its worker died: once
-            with contextlib.suppress(RuntimeError, concurrent.futures.InvalidStateError):
+        future = self.futures.get(job.id)  # one dict read: atomic, no lock needed
+        if future is not None:
+            # Raises RuntimeError for a job sent again after its worker died first: it is running already.
+            with contextlib.suppress(RuntimeError):
                 future.set_running_or_notify_cancel()
 
     def on_answer(self, answer: Answer) -> None:
