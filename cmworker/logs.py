@@ -20,6 +20,7 @@ appear in a line.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -48,7 +49,10 @@ SAFE_PARAMS = frozenset({
 })
 REDACTED = "<redacted>"
 
-_secrets: set[str] = set()
+# How many holders each secret has: a job's credentials are registered when it is accepted and released
+# when it has been answered, so the set stays as small as the jobs held (a user's token shared by two
+# running jobs stays redacted until both are done).
+_secrets: collections.Counter[str] = collections.Counter()
 _secrets_lock = threading.Lock()
 _format = "sls"
 _session_id = os.environ.get("COMPUTE_SESSION_ID")
@@ -60,13 +64,17 @@ def add_secret(value: str | None) -> None:
     """Never print ``value``: every rendered line has it replaced by ``<redacted>``."""
     if value and len(value) >= 4:  # shorter strings would redact ordinary words
         with _secrets_lock:
-            _secrets.add(value)
+            _secrets[value] += 1
 
 
 def remove_secret(value: str | None) -> None:
-    if value:
+    """Release one ``add_secret`` of ``value``; it is printed again once no holder is left."""
+    if value and len(value) >= 4:
         with _secrets_lock:
-            _secrets.discard(value)
+            if _secrets[value] > 1:
+                _secrets[value] -= 1
+            else:
+                _secrets.pop(value, None)
 
 
 def redact(text: str) -> str:

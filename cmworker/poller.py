@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import select
 import signal
 import threading
@@ -47,6 +48,8 @@ _PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warni
               "FATAL": "critical"}
 
 _END = object()   # closes a stream's item queue
+# The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
+_JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 
 
 def _source_secrets(environ: Mapping[str, str]) -> list[str]:
@@ -86,6 +89,7 @@ class _Held:
     function: str
     accepted: float
     stream: queue.SimpleQueue[Any] | None = None
+    secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
 
 
 class Ledger:
@@ -110,9 +114,12 @@ class Ledger:
 
     def release(self, job_id: str) -> None:
         with self._lock:
-            self._jobs.pop(job_id, None)
+            held = self._jobs.pop(job_id, None)
             self.posted += 1
             self._lock.notify_all()
+        if held is not None:
+            for secret in held.secrets:
+                logs.remove_secret(secret)
 
     def __len__(self) -> int:
         with self._lock:
@@ -396,9 +403,11 @@ class Poller:
         try:
             document = json.loads(body)
             v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
-        except (ValueError, KeyError):
+        except KeyError:
             v1 = None
-            document = None
+        except (ValueError, RecursionError) as exc:
+            self._answer_unreadable(body, exc)
+            return
         job_id = v1.get("jobId") if isinstance(v1, dict) else None
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
@@ -406,14 +415,21 @@ class Poller:
             log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
             return
         function = v1.get("queryType") if isinstance(v1, dict) else None
+        secrets = []
         if isinstance(v1, dict):
             for key in ("authHeader", "temporaryCredentialsAuthToken"):
                 value = v1.get(key)
-                logs.add_secret(value.removeprefix("Bearer ") if isinstance(value, str) else None)
+                if isinstance(value, str) and value:
+                    secrets.append(value.removeprefix("Bearer "))
+        for secret in secrets:
+            logs.add_secret(secret)
         held = self.ledger.accept(job_id, str(function))
         if held is None:
             log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
+            for secret in secrets:
+                logs.remove_secret(secret)
             return
+        held.secrets = secrets
         if not isinstance(function, str) or not function:
             self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
         elif self._stopping.is_set():
@@ -425,6 +441,25 @@ class Poller:
         else:
             limits = self.settings.limits_for(function, self.settings.functions.get(function))
             self.pool.submit(Job(job_id, function, body, limits))
+
+    def _answer_unreadable(self, body: bytes, exc: Exception) -> None:
+        """A body that is not JSON to Python may still name its job: answer it rather than leave it held.
+
+        A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
+        replica (found by tests/test_fuzz.py).
+        """
+        found = _JOB_ID.search(body)
+        job_id = found.group(1).decode("utf-8", "replace") if found else ""
+        if not job_id or self.ledger.accept(job_id, "") is None:
+            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
+            return
+        if isinstance(exc, RecursionError):
+            reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
+        elif isinstance(exc, UnicodeDecodeError):
+            reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
+        else:
+            reason = f"it is not valid JSON ({exc})"
+        self._answer_now(job_id, InvalidInput(f"the job cannot be read: {reason}"))
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
