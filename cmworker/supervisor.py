@@ -143,6 +143,16 @@ class _Timer:
     def __init__(self, when: float, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         self.when, self.callback, self.args, self.cancelled = when, callback, args, False
 
+    def cancel(self) -> None:
+        """Never fire; and drop the references now, not when ``when`` comes (a job's timeout may be an
+        hour away, and its timer holds the job, body included)."""
+        self.cancelled = True
+        self.callback, self.args = _never, ()
+
+
+def _never(*args: Any) -> None:
+    pass
+
 
 @dataclass(eq=False)
 class _Slot:
@@ -232,6 +242,7 @@ class Pool:
         self._slot_ids = itertools.count(1)
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_seq = itertools.count()
+        self._cancelled_timers = 0  # cancelled entries still in _timers
         # Guarded by _lock: the queue, the idle workers, the timer heap and the supervisor's planned
         # wake-up. A submitting thread may dispatch straight to an idle worker (one thread hop less per
         # job) and only wakes the loop when it adds a timer due before the loop means to wake anyway.
@@ -443,12 +454,28 @@ class Pool:
         heapq.heappush(self._timers, (when, next(self._timer_seq), timer))
         return timer
 
+    def _cancel_timers(self, timers: Iterable[_Timer]) -> None:
+        """Cancel; once most of the heap is cancelled entries, rebuild it without them (it would
+        otherwise grow by a job's timers until their deadlines pass)."""
+        with self._lock:
+            for timer in timers:
+                if not timer.cancelled:
+                    timer.cancel()
+                    self._cancelled_timers += 1
+            if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(self._timers):
+                self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+                heapq.heapify(self._timers)
+                self._cancelled_timers = 0
+
     def _fire_timers(self) -> None:
         now = self.clock()
         due = []
         with self._lock:
             while self._timers and self._timers[0][0] <= now:
-                due.append(heapq.heappop(self._timers)[2])
+                timer = heapq.heappop(self._timers)[2]
+                if timer.cancelled:
+                    self._cancelled_timers = max(0, self._cancelled_timers - 1)
+                due.append(timer)
         for timer in due:
             if not timer.cancelled:
                 timer.callback(*timer.args)
@@ -705,8 +732,7 @@ class Pool:
             self._drain_output(slot)
         else:
             self._emit(slot, ())  # only the count of lines the flood limit dropped, if any
-        for timer in slot.timers:
-            timer.cancelled = True
+        self._cancel_timers(slot.timers)
         slot.timers.clear()
         now = self.clock()
         self._answers.append(Answer(job, body, kind, error, slot.streamed, slot.pid,

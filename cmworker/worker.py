@@ -104,6 +104,8 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
         job = json.loads(bytes(run.body))
     except ValueError as exc:
         return _failure(InvalidInput(f"the job is not valid JSON: {exc}"))
+    except RecursionError:
+        return _failure(InvalidInput("the job is nested too deeply to be read"))
     query, context = _query_and_context(job)
     structlog.contextvars.bind_contextvars(job_id=context["jobId"], function=run.function)
     try:

@@ -348,3 +348,12 @@ def test_without_prefetch_a_busy_worker_is_sent_nothing() -> None:
         time.sleep(0.1)
         assert h.started == [running] and h.pool.cancel(queued)
         assert h.wait(running).kind == "ok"
+
+
+def test_finished_jobs_are_not_kept_alive_by_their_timers_until_the_deadline() -> None:
+    with running_pool(workers=2) as h:
+        for n in range(300):  # an hour's timeout and a memory watch each: two timers per job
+            assert h.run("echo", {"n": n, "pad": "x" * 1000}, timeout=3600, memory_limit=2**30).kind == "ok"
+        timers = [entry[2] for entry in h.pool._timers]
+        assert len(timers) < 300  # the cancelled ones are dropped in bulk, not kept for an hour
+        assert all(t.args == () for t in timers if t.cancelled)  # and hold no job meanwhile
