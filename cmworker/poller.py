@@ -179,6 +179,7 @@ class Poller:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
+        self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
         self.exit_code = 0
 
     # -- lifecycle (main thread) ----------------------------------------------------------------
@@ -439,7 +440,10 @@ class Poller:
             self._answer_now(job_id, UnknownFunction(f"no function named {function!r}; this app has: {known}",
                                                      function=function, known=sorted(self.pool.functions)))
         else:
-            limits = self.settings.limits_for(function, self.settings.functions.get(function))
+            limits = self._limits.get(function)
+            if limits is None:  # worked out once per function: the configuration does not change
+                limits = self._limits[function] = self.settings.limits_for(function,
+                                                                           self.settings.functions.get(function))
             self.pool.submit(Job(job_id, function, body, limits))
 
     def _answer_unreadable(self, body: bytes, exc: Exception) -> None:
@@ -527,9 +531,9 @@ class Poller:
                 if task is None:
                     return
                 job_id, body, kind, answer = task
-                if answer is not None:
-                    self._log_finished(answer)
                 self._post(conn, job_id, _constant(body), kind)
+                if answer is not None:  # after the POST: the runtime has the answer, and sooner
+                    self._log_finished(answer)
         finally:
             conn.close()
 
