@@ -513,7 +513,8 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
                    for r in rounds]
     print(f"\ncmworker / SDK: throughput {cm_t / sdk_t:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_t)}),"
           f" client CPU per job {cm_c / sdk_c:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_c)})")
-    # The INFO session and the WARN session run back to back in each round, so each round gives a pair.
+    # The INFO session and the WARN session run back to back in each round, so each round gives a pair;
+    # which of the two goes first alternates in pairs of rounds (the order itself moves the numbers).
     paired = [r for r in rounds if "cmworker_warn" in r]
     log_cost: float | None = None
     if paired:
@@ -711,8 +712,8 @@ def main() -> int:
         workdir = Path(tmp)
         for r in range(sizes.rounds):
             order = ["sdk", "cmworker", "bare"] if r % 2 == 0 else ["bare", "cmworker", "sdk"]
-            if sizes.warn_session:
-                order.insert(order.index("cmworker") + 1, "cmworker_warn")
+            if sizes.warn_session:  # beside the INFO session, before it in every other round: no order bias
+                order.insert(order.index("cmworker") + (r // 2 + 1) % 2, "cmworker_warn")
             results: dict[str, Any] = {"order": order}
             for kind in order:
                 progress(f"round {r + 1}/{sizes.rounds}: {kind}")
