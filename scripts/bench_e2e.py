@@ -348,7 +348,9 @@ def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) ->
 
 
 def bare_pool(workers: int, jobs: int, spin_n: int) -> dict[str, float]:
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # forkserver, not fork: this process has run the emulator's threads, and a child forked while one of
+    # them held a lock hangs on it for good (seen once in 8 rounds). Start-up is not timed either way.
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
         pool.map(e2e_work.spin, [1000] * (2 * workers), chunksize=1)
         tree = Tree(psutil.Process(), "bare")
         with Meter(tree) as m:
