@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from cmworker.errors import RuntimeUnavailable
@@ -154,6 +154,86 @@ class Reply:
     body: bytes
 
 
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+
+
+class _Headers(dict[str, str]):
+    """A response's headers by lower-case name: the little of ``email.message.Message`` that is used."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def get_all(self, name: str, default: Any = None) -> Any:
+        value = self.get(name)
+        return default if value is None else [value]
+
+
+class _Response(http.client.HTTPResponse):
+    """``HTTPResponse`` with a lean reader of the status line and headers.
+
+    The standard one hands the headers to the ``email`` package's parser, which costs ~20 µs per response:
+    with two requests per job, a tenth of the parent's work. Only the fields ``read()`` relies on are set
+    here (status, version, length, chunked, will_close); the body is read by the standard code.
+    """
+
+    def begin(self) -> None:
+        if cast(Any, self.headers) is not None:  # begun already
+            return
+        while True:
+            version, status, reason = self._status_line()
+            headers = self._header_lines()
+            if status != http.client.CONTINUE:
+                break
+        self.version, self.status, self.reason = version, status, reason
+        self.headers = self.msg = headers  # type: ignore[assignment]
+        self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self.chunk_left = None
+        length = headers.get("content-length")
+        try:
+            self.length = int(length) if length is not None and not self.chunked else None
+        except ValueError:
+            self.length = None
+        if self.length is not None and self.length < 0:
+            self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200 \
+                or getattr(self, "_method", None) == "HEAD":
+            self.length = 0
+        connection = headers.get("connection", "").lower()
+        self.will_close = "close" in connection or (version == 10 and "keep-alive" not in connection) \
+            or (not self.chunked and self.length is None)
+
+    def _status_line(self) -> tuple[int, int, str]:
+        line = self.fp.readline(_MAX_LINE + 1)
+        if not line:
+            raise http.client.RemoteDisconnected("Remote end closed connection without response")
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("status line")
+        parts = line.decode("iso-8859-1").rstrip("\r\n").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
+            raise http.client.BadStatusLine(line.decode("iso-8859-1", "replace"))
+        return (11 if parts[0] == "HTTP/1.1" else 10), int(parts[1]), parts[2] if len(parts) > 2 else ""
+
+    def _header_lines(self) -> _Headers:
+        headers = _Headers()
+        for _ in range(_MAX_HEADERS + 1):
+            line = self.fp.readline(_MAX_LINE + 1)
+            if len(line) > _MAX_LINE:
+                raise http.client.LineTooLong("header line")
+            if line in (b"\r\n", b"\n", b""):
+                return headers
+            name, sep, value = line.decode("iso-8859-1").partition(":")
+            if sep:
+                key = name.strip().lower()
+                value = value.strip()
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _Response
+
+
 class Connection:
     """One keep-alive HTTPS connection to the runtime. Not thread-safe: one per thread."""
 
@@ -191,8 +271,8 @@ class Connection:
         if self._conn is not None and _dropped(self._conn):
             self.close()  # the runtime closed it while it was idle (a restart, an idle timeout)
         if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self.endpoints.host, self.endpoints.port,
-                                                     timeout=self.timeout, context=self.context)
+            self._conn = _HTTPSConnection(self.endpoints.host, self.endpoints.port,
+                                          timeout=self.timeout, context=self.context)
         return self._conn
 
     def close(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import threading
 import time
@@ -11,7 +13,7 @@ import pytest
 
 from cmworker.errors import RuntimeUnavailable
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import Service, discover
+from cmworker.service import Service, _Response, discover
 
 
 def uris(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -124,3 +126,45 @@ def test_a_keep_alive_connection_the_runtime_closed_is_replaced_before_it_is_use
         reply = service.get_job(conn)  # a reused dead connection would raise TransportError here
         assert reply.status == 200 and b'"second"' in reply.body
         conn.close()
+
+
+class _Bytes:
+    """What ``HTTPResponse`` reads a reply from: the bytes of one recorded reply."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def _reply(data: bytes, method: str = "GET") -> tuple[_Response, bytes]:
+    response = _Response(_Bytes(data), method=method)  # type: ignore[arg-type]
+    response.begin()
+    return response, response.read()
+
+
+def test_the_lean_response_reader_reads_what_the_runtime_and_proxies_send() -> None:
+    response, body = _reply(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+                            b'{"a":1}extra')
+    assert (response.status, body, response.will_close) == (200, b'{"a":1}', False)
+    assert response.getheader("content-type") == "application/json"
+    response, body = _reply(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert (response.status, body, response.will_close) == (204, b"", False)
+    response, body = _reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    assert (response.status, body, response.will_close) == (200, b"abcde", False)
+    response, body = _reply(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy")
+    assert (response.status, body, response.will_close) == (503, b"busy", True)
+    response, body = _reply(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")  # no length: read to the close
+    assert (response.status, body, response.will_close) == (200, b"until the end", True)
+    response, body = _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", method="HEAD")
+    assert body == b""
+
+
+@pytest.mark.parametrize("data", [b"", b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n",
+                                  b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n"], ids=repr)
+def test_the_lean_response_reader_refuses_what_is_not_an_http_reply(data: bytes) -> None:
+    with pytest.raises(http.client.HTTPException):
+        _reply(data)
