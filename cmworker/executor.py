@@ -53,6 +53,7 @@ from cmworker.units import format_duration, parse_duration, parse_size
 __all__ = ["Executor"]
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 P = ParamSpec("P")
 
 
@@ -499,27 +500,24 @@ def _limits(timeout: float | str | None, soft_timeout: float | str | None,
 
 
 def _duration(name: str, value: float | str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    if seconds <= 0:
-        raise ValueError(f"{name}: {value!r} is not a limit: use more than 0 seconds, or None for no limit")
-    return seconds
+    return _limit(name, value, parse_duration, "seconds")
 
 
 def _size(name: str, value: int | str | None) -> int | None:
+    return _limit(name, value, parse_size, "bytes")
+
+
+def _limit(name: str, value: object, parse: Callable[[Any], N], unit: str) -> N | None:
+    """``value`` parsed (a number, or a string such as "5m" or "2GiB"); ``None`` means no limit."""
     if value is None:
         return None
     try:
-        size = parse_size(value)
+        parsed = parse(value)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
-    if size <= 0:
-        raise ValueError(f"{name}: {value!r} is not a limit: use more than 0 bytes, or None for no limit")
-    return size
+    if parsed <= 0:
+        raise ValueError(f"{name}: {value!r} is not a limit: use more than 0 {unit}, or None for no limit")
+    return parsed
 
 
 def _positive_int(name: str, value: object) -> int:
