@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -123,3 +125,14 @@ def running_pool(app: str = "misbehave.py", **kwargs: Any) -> Iterator[Harness]:
     finally:
         harness.pool.close()
         wait_gone(descendants() - before)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
+    """A served ``cmworker run`` (started in its own session): SIGTERM, then SIGKILL to its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -42,7 +41,7 @@ from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.server import JOB_PATH, QUERY_API, RESULTS_PATH, SCHEMAS_PATH
 from cmworker.runtime.wire import Exchange
-from tests.pool_harness import APPS
+from tests.pool_harness import APPS, stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,13 +143,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             yield Served(rt, raw, proc, tmp / "run.log", itertools.count())
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(WAIT)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process(proc, WAIT)
 
 
 def envelope(job_id: str, query_type: Any = "untyped", query: Any = None, **v1: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS
+from tests.pool_harness import APPS, stop_process
 
 pytestmark = pytest.mark.timeout(120)
 WAIT = 60.0
@@ -67,13 +67,7 @@ def serving(rt: EmbeddedRuntime, tmp: Path, *, workers: int = 2, app: str = "mis
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, WAIT)
         log.close()
 
 
