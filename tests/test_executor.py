@@ -346,6 +346,15 @@ def test_map_rejects_a_bad_chunksize(ex: cmworker.Executor) -> None:
 # -- cancel and shutdown -----------------------------------------------------------------------------
 
 
+def test_a_call_sent_ahead_to_a_worker_that_crashes_runs_on_its_replacement() -> None:
+    with cmworker.Executor(1) as one:
+        crash = one.submit(jobs.segfault)
+        after = one.submit(jobs.square, 3)  # sent to the same worker, behind the crash
+        with pytest.raises(cmworker.WorkerDied):
+            crash.result(timeout=WAIT)
+        assert after.result(timeout=WAIT) == 9
+
+
 def test_a_queued_future_can_be_cancelled_and_a_running_one_cannot(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     with cmworker.Executor(1) as one:

@@ -357,3 +357,13 @@ def test_finished_jobs_are_not_kept_alive_by_their_timers_until_the_deadline() -
         timers = [entry[2] for entry in h.pool._timers]
         assert len(timers) < 300  # the cancelled ones are dropped in bulk, not kept for an hour
         assert all(t.args == () for t in timers if t.cancelled)  # and hold no job meanwhile
+
+
+def test_closing_without_grace_answers_a_prefetched_job_once_as_shutdown() -> None:
+    with running_pool(workers=1, prefetch=True) as h:
+        running = h.submit("sleep_forever")
+        sent = h.submit("echo", 1)
+        h.wait_sent(sent)
+        h.pool.close(grace=0.0)
+        assert h.wait(running).kind == "shutdown"
+        assert h.wait(sent).kind == "shutdown"  # never started, and answered: exactly once (checked on exit)
