@@ -5,29 +5,29 @@ Discovery understands every form the platform uses (see DESIGN §2): the ``*_URI
 the legacy ``CONNECTION_TO_RUNTIME`` JSON file. Files the platform writes a little after start (the
 token file, the legacy connection file) are waited for, for a bounded time.
 
-The job loop runs on ``http.client`` over one keep-alive TLS connection per thread: measured on this
-kind of machine it costs a fraction of the CPU of ``requests`` for the same call (see
+Every call goes over one keep-alive TLS connection per thread (``cmworker.transport``): measured on
+this kind of machine it costs a fraction of the CPU of ``requests`` for the same call (see
 docs/benchmarks.md), and it never reads ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, so TLS is always
 verified against the runtime's own CA whatever the environment says.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import os
 import random
-import select
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cmworker.errors import RuntimeUnavailable
+from cmworker.transport import Connection, Reply, TransportError
+
+__all__ = ["Connection", "Endpoints", "Reply", "Service", "TransportError", "backoff", "discover", "ssl_context"]
 
 FILE_WAIT = 60.0          # how long to wait for files the platform writes late
 _RETRY_BASE, _RETRY_CAP = 0.1, 5.0
@@ -77,6 +77,7 @@ def _from_uris(env: Mapping[str, str], deadline: float, sleep: Callable[[float],
     if not token_file:
         raise RuntimeUnavailable("MODULE_AUTH_TOKEN (the path of the token file) is not set")
     token = _read_late(token_file, deadline, sleep, "the module auth token file (MODULE_AUTH_TOKEN)").strip()
+    _check_token(token, f"the token file {token_file}")
     return Endpoints(
         host=host, port=port,
         job_path=job.path,
@@ -103,6 +104,7 @@ def _from_connection_file(env: Mapping[str, str], deadline: float,
             sleep(0.1)
     try:
         token = str(info["moduleAuthToken"]).strip()
+        _check_token(token, f"moduleAuthToken in {path}")
         extra_ca = (info["trustStorePath"],) if info.get("trustStorePath") else ()
         return Endpoints(
             host=str(info["host"]), port=int(info["port"]), job_path=str(info["getJobPath"]),
@@ -112,6 +114,14 @@ def _from_connection_file(env: Mapping[str, str], deadline: float,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RuntimeUnavailable(f"the connection file {path} lacks or mangles {exc}") from None
+
+
+def _check_token(token: str, source: str) -> None:
+    """A token goes into a header line as it is: a line break or other control character would end it."""
+    bad = next((c for c in token if ord(c) < 0x20 or ord(c) == 0x7f), None)
+    if bad is not None or not token.isascii():
+        what = f"the control character {bad!r}" if bad is not None else "a character outside ASCII"
+        raise RuntimeUnavailable(f"the module auth token in {source} contains {what}")
 
 
 def _ca_files(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -144,161 +154,6 @@ def ssl_context(ca_files: Iterable[str]) -> ssl.SSLContext:
     return context
 
 
-class TransportError(Exception):
-    """The request may not have reached the runtime, or its answer was lost; safe to retry."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-
-
-_MAX_LINE = 65536
-_MAX_HEADERS = 100
-
-
-class _Headers(dict[str, str]):
-    """A response's headers by lower-case name: the little of ``email.message.Message`` that is used."""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name.lower(), default)
-
-    def get_all(self, name: str, default: Any = None) -> Any:
-        value = self.get(name)
-        return default if value is None else [value]
-
-
-class _Response(http.client.HTTPResponse):
-    """``HTTPResponse`` with a lean reader of the status line and headers.
-
-    The standard one hands the headers to the ``email`` package's parser, which costs ~20 µs per response:
-    with two requests per job, a tenth of the parent's work. Only the fields ``read()`` relies on are set
-    here (status, version, length, chunked, will_close); the body is read by the standard code.
-    """
-
-    def begin(self) -> None:
-        if cast(Any, self.headers) is not None:  # begun already
-            return
-        while True:
-            version, status, reason = self._status_line()
-            headers = self._header_lines()
-            if status != http.client.CONTINUE:
-                break
-        self.version, self.status, self.reason = version, status, reason
-        self.headers = self.msg = headers  # type: ignore[assignment]
-        self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        self.chunk_left = None
-        length = headers.get("content-length")
-        try:
-            self.length = int(length) if length is not None and not self.chunked else None
-        except ValueError:
-            self.length = None
-        if self.length is not None and self.length < 0:
-            self.length = None
-        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200 \
-                or getattr(self, "_method", None) == "HEAD":
-            self.length = 0
-        connection = headers.get("connection", "").lower()
-        self.will_close = "close" in connection or (version == 10 and "keep-alive" not in connection) \
-            or (not self.chunked and self.length is None)
-
-    def _status_line(self) -> tuple[int, int, str]:
-        line = self.fp.readline(_MAX_LINE + 1)
-        if not line:
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        if len(line) > _MAX_LINE:
-            raise http.client.LineTooLong("status line")
-        parts = line.decode("iso-8859-1").rstrip("\r\n").split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
-            raise http.client.BadStatusLine(line.decode("iso-8859-1", "replace"))
-        return (11 if parts[0] == "HTTP/1.1" else 10), int(parts[1]), parts[2] if len(parts) > 2 else ""
-
-    def _header_lines(self) -> _Headers:
-        headers = _Headers()
-        for _ in range(_MAX_HEADERS + 1):
-            line = self.fp.readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
-                raise http.client.LineTooLong("header line")
-            if line in (b"\r\n", b"\n", b""):
-                return headers
-            name, sep, value = line.decode("iso-8859-1").partition(":")
-            if sep:
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = _Response
-
-
-class Connection:
-    """One keep-alive HTTPS connection to the runtime. Not thread-safe: one per thread."""
-
-    def __init__(self, endpoints: Endpoints, context: ssl.SSLContext, timeout: float = 30.0) -> None:
-        self.endpoints = endpoints
-        self.context = context
-        self.timeout = timeout
-        self._conn: http.client.HTTPSConnection | None = None
-        self._headers = {"Module-Auth-Token": endpoints.token}
-
-    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-                content_type: str | None = None, timeout: float | None = None) -> Reply:
-        headers = dict(self._headers)
-        if content_type:
-            headers["Content-Type"] = content_type
-        chunked = body is not None and not isinstance(body, bytes | bytearray)
-        if chunked:
-            headers["Transfer-Encoding"] = "chunked"
-        conn = self._connect()
-        conn.timeout = timeout or self.timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(conn.timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        if response.will_close:
-            self.close()
-        return Reply(response.status, data)
-
-    def _connect(self) -> http.client.HTTPSConnection:
-        if self._conn is not None and _dropped(self._conn):
-            self.close()  # the runtime closed it while it was idle (a restart, an idle timeout)
-        if self._conn is None:
-            self._conn = _HTTPSConnection(self.endpoints.host, self.endpoints.port,
-                                          timeout=self.timeout, context=self.context)
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """Whether an idle keep-alive connection was closed by the other end.
-
-    Between requests nothing may arrive on it; if its socket is readable, what is there is the end of
-    the stream (or a TLS close alert), and a request sent on it would fail after the wait for a reply.
-    """
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return True
-
-
 def backoff(attempt: int) -> float:
     """Capped exponential backoff with full jitter, in seconds, for retry number ``attempt`` (0-based)."""
     return random.uniform(0, min(_RETRY_CAP, _RETRY_BASE * 2 ** attempt))
@@ -313,7 +168,8 @@ class Service:
         self.long_poll_timeout = long_poll_timeout
 
     def connection(self) -> Connection:
-        return Connection(self.endpoints, self.context)
+        return Connection(self.endpoints.host, self.endpoints.port, self.context,
+                          {"Module-Auth-Token": self.endpoints.token})
 
     def get_job(self, conn: Connection) -> Reply:
         """One long poll: 200 with a job, 204 without. Raises TransportError on network trouble."""

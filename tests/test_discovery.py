@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -13,7 +13,8 @@ import pytest
 
 from cmworker.errors import RuntimeUnavailable
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import Service, _Response, discover
+from cmworker.service import Service, discover
+from cmworker.transport import BadReply, Connection, read_reply
 
 
 def uris(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -35,6 +36,21 @@ def test_uris_with_whitespace_around_the_token(tmp_path: Path) -> None:
     assert found.result_url("a/b") == "/interactive-module/api/internal-query/results/a%2Fb"
     assert found.ca_files == (str(tmp_path / "ca.pem"),)  # the CA that does not exist is skipped
     assert "the-token" not in repr(found)
+
+
+@pytest.mark.parametrize("token", ["two\nlines", "tab\there", "caf\u00e9"], ids=repr)
+def test_a_token_that_cannot_go_into_a_header_is_refused_naming_its_file(tmp_path: Path, token: str) -> None:
+    env = uris(tmp_path)
+    Path(env["MODULE_AUTH_TOKEN"]).write_text(token, encoding="utf-8")
+    with pytest.raises(RuntimeUnavailable, match=f"module auth token in the token file {env['MODULE_AUTH_TOKEN']}"):
+        discover(env, wait=1)
+
+
+def test_a_request_target_with_spaces_or_controls_is_never_sent() -> None:
+    conn = Connection("127.0.0.1", 1, ssl.create_default_context(), {"Module-Auth-Token": "t"})
+    for target in ("/results/a b", "/results/a\r\nX-Injected: 1", ""):
+        with pytest.raises(ValueError, match="not a request target"):
+            conn.request("POST", target, b"null")
 
 
 def test_runtime_host_and_port_take_precedence_like_the_sdk(tmp_path: Path) -> None:
@@ -128,43 +144,34 @@ def test_a_keep_alive_connection_the_runtime_closed_is_replaced_before_it_is_use
         conn.close()
 
 
-class _Bytes:
-    """What ``HTTPResponse`` reads a reply from: the bytes of one recorded reply."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def makefile(self, mode: str) -> io.BytesIO:
-        return io.BytesIO(self.data)
+def _reply(data: bytes, method: str = "GET") -> tuple[int, bytes, bool]:
+    return read_reply(io.BufferedReader(io.BytesIO(data)), method)  # type: ignore[arg-type]
 
 
-def _reply(data: bytes, method: str = "GET") -> tuple[_Response, bytes]:
-    response = _Response(_Bytes(data), method=method)  # type: ignore[arg-type]
-    response.begin()
-    return response, response.read()
-
-
-def test_the_lean_response_reader_reads_what_the_runtime_and_proxies_send() -> None:
-    response, body = _reply(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"
-                            b'{"a":1}extra')
-    assert (response.status, body, response.will_close) == (200, b'{"a":1}', False)
-    assert response.getheader("content-type") == "application/json"
-    response, body = _reply(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert (response.status, body, response.will_close) == (204, b"", False)
-    response, body = _reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-    assert (response.status, body, response.will_close) == (200, b"abcde", False)
-    response, body = _reply(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy")
-    assert (response.status, body, response.will_close) == (503, b"busy", True)
-    response, body = _reply(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")  # no length: read to the close
-    assert (response.status, body, response.will_close) == (200, b"until the end", True)
-    response, body = _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", method="HEAD")
-    assert body == b""
+def test_the_reply_reader_reads_what_the_runtime_and_proxies_send() -> None:
+    assert _reply(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+                  b'{"a":1}extra') == (200, b'{"a":1}', False)
+    assert _reply(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, b"", False)
+    assert _reply(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\n") == (200, b"abcde", False)
+    assert _reply(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbusy") \
+        == (503, b"busy", True)
+    assert _reply(b"HTTP/1.0 200 OK\r\n\r\nuntil the end") == (200, b"until the end", True)  # read to the close
+    assert _reply(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok") == (200, b"ok", False)
+    assert _reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", method="HEAD") == (200, b"", False)
 
 
 @pytest.mark.parametrize("data", [b"", b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n",
+                                  b"HTTP/2 200 OK\r\n\r\n",
                                   b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n",
-                                  b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n"], ids=repr)
-def test_the_lean_response_reader_refuses_what_is_not_an_http_reply(data: bytes) -> None:
-    with pytest.raises(http.client.HTTPException):
+                                  b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70000 + b"\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nab",
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",
+                                  b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"], ids=repr)
+def test_the_reply_reader_refuses_what_is_not_a_whole_http_reply(data: bytes) -> None:
+    with pytest.raises(BadReply):
         _reply(data)
