@@ -3,9 +3,11 @@
 Threads of the parent process and what each owns::
 
     main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
-    poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held
+    poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held; while it
+               waits for that, it posts the answer that frees a place (one attempt), then asks again
     pool       the supervisor loop (cmworker.supervisor): workers, deadlines, memory, deaths
-    post-N     POST results/{jobId}, retried with backoff until the runtime has it
+    post-N     POST results/{jobId} for the answers the poll thread does not take, retried with backoff
+               until the runtime has it
     stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
 
 Every job the poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
@@ -92,12 +94,34 @@ class _Held:
     secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
 
 
+@dataclass(eq=False)
+class _Outgoing:
+    """One answer waiting for its POST."""
+
+    job_id: str
+    body: bytes
+    kind: str
+    answer: Answer | None  # None for answers made here (bad input, shutting down): nothing more to log
+    attempts: int = 0
+
+
 class Ledger:
-    """The jobs this replica holds: accepted from the runtime and not yet answered to it."""
+    """The jobs this replica holds (accepted from the runtime, not yet answered to it), and the answers
+    waiting for their POST.
+
+    Both live under one lock because the poll thread waits for either: a free place to take a job, or an
+    answer to post. When every worker is busy the next place frees up only once an answer is posted, so
+    the poll thread posts it itself and asks for the next job straight after, on the same connection: no
+    thread stands between the POST and the GET. The posters take every other answer, and all of them
+    while the poll thread is inside a GET or a POST.
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[str, _Held] = {}
         self._lock = threading.Condition()
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
+        self._poll_waiting = False
+        self._closed = False
         self.posted = 0
 
     def accept(self, job_id: str, function: str) -> _Held | None:
@@ -132,6 +156,49 @@ class Ledger:
     def wait_empty(self, timeout: float) -> bool:
         return self.wait_below(1, timeout)
 
+    # -- the outbox ---------------------------------------------------------------------------
+
+    def queue_answer(self, outgoing: _Outgoing) -> None:
+        with self._lock:
+            self._outbox.append(outgoing)
+            self._lock.notify_all()
+
+    def poll_turn(self, limit: int, timeout: float) -> _Outgoing | bool:
+        """The poll thread's wait: True when fewer than ``limit`` jobs are held (it may ask for one), else
+        an answer to post when one is waiting (first attempts only; retries are the posters' business),
+        False after ``timeout``."""
+        def ready() -> bool:
+            return len(self._jobs) < limit or bool(self._outbox and not self._outbox[0].attempts)
+
+        with self._lock:
+            self._poll_waiting = True
+            try:
+                self._lock.wait_for(ready, timeout)
+                if len(self._jobs) < limit:
+                    return True
+                if self._outbox and not self._outbox[0].attempts:
+                    return self._outbox.popleft()
+                return False
+            finally:
+                self._poll_waiting = False
+                if self._outbox:
+                    self._lock.notify_all()  # the posters' turn
+
+    def next_answer(self) -> _Outgoing | None:
+        """A poster's wait: the next answer the poll thread is not waiting to take; None once closed."""
+        def ready() -> bool:
+            return self._closed or bool(self._outbox and (not self._poll_waiting or self._outbox[0].attempts))
+
+        with self._lock:
+            self._lock.wait_for(ready)
+            return self._outbox.popleft() if self._outbox else None
+
+    def close_outbox(self) -> None:
+        """Let the posters go once the outbox is empty."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
 
 @dataclass
 class Settings:
@@ -140,6 +207,7 @@ class Settings:
     shutdown_grace: float = 25.0
     kill_grace: float = 0.05
     max_jobs_per_worker: int = 0
+    worker_nice: int = 0
     posters: int = 2
     log_level: str = "INFO"
     logger_levels: tuple[tuple[str, str], ...] = ()
@@ -160,7 +228,8 @@ class Poller:
         self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
                          on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
                          logger_levels=settings.logger_levels,
-                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker)
+                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker,
+                         worker_nice=settings.worker_nice)
         self.outcomes: collections.Counter[str] = collections.Counter()
         # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
@@ -171,7 +240,6 @@ class Poller:
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
         for secret in _source_secrets(os.environ):
             logs.add_secret(secret)
-        self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
         self._signals: list[int] = []
@@ -282,8 +350,7 @@ class Poller:
             self._handle_signals()
         if not self.ledger.wait_empty(timeout=max(self.settings.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
-        for _ in range(self.settings.posters):
-            self._answers.put(None)
+        self.ledger.close_outbox()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -367,7 +434,12 @@ class Poller:
         failures = 0
         try:
             while not self._stopping.is_set():
-                if not self._admit():
+                turn = self.ledger.poll_turn(self.settings.workers, timeout=0.5)
+                if isinstance(turn, _Outgoing):
+                    self._post_once(conn, turn)
+                    continue
+                # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
+                if not turn or not self.pool.wait_available(timeout=0.5):
                     continue
                 try:
                     reply = self.service.get_job(conn)
@@ -380,12 +452,6 @@ class Poller:
                 self._on_get(reply, failures)
         finally:
             conn.close()
-
-    def _admit(self) -> bool:
-        """A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held."""
-        if not self.ledger.wait_below(self.settings.workers, timeout=0.5):
-            return False
-        return self.pool.wait_available(timeout=0.5)
 
     def _on_get(self, reply: Reply, failures: int) -> None:
         if reply.status == 204:
@@ -468,7 +534,7 @@ class Poller:
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
-        self._answers.put((job_id, error.to_bytes(), error.kind, None))
+        self.ledger.queue_answer(_Outgoing(job_id, error.to_bytes(), error.kind, None))
 
     def _on_output(self, line: OutputLine) -> None:
         """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
@@ -504,7 +570,7 @@ class Poller:
                 held.stream.put(answer.body)
             held.stream.put(_END)
             return
-        self._answers.put((answer.job.id, answer.body, answer.kind, answer))
+        self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer.kind, answer))
 
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
@@ -526,16 +592,22 @@ class Poller:
     def _post_loop(self) -> None:
         conn = self.service.connection()
         try:
-            while True:
-                task = self._answers.get()
-                if task is None:
-                    return
-                job_id, body, kind, answer = task
-                self._post(conn, job_id, _constant(body), kind)
-                if answer is not None:  # after the POST: the runtime has the answer, and sooner
-                    self._log_finished(answer)
+            while (outgoing := self.ledger.next_answer()) is not None:
+                self._post(conn, outgoing.job_id, _constant(outgoing.body), outgoing.attempts)
+                if outgoing.answer is not None:  # after the POST: the runtime has the answer, and sooner
+                    self._log_finished(outgoing.answer)
         finally:
             conn.close()
+
+    def _post_once(self, conn: Connection, outgoing: _Outgoing) -> None:
+        """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
+        if self._attempt_post(conn, outgoing.job_id, outgoing.body):
+            self.ledger.release(outgoing.job_id)
+            if outgoing.answer is not None:
+                self._log_finished(outgoing.answer)
+        else:
+            outgoing.attempts += 1
+            self.ledger.queue_answer(outgoing)
 
     def _post_stream(self, held: _Held) -> None:
         """One chunked POST fed as items arrive; the items are kept so a failed POST can be replayed."""
@@ -556,27 +628,29 @@ class Poller:
 
         conn = self.service.connection()
         try:
-            self._post(conn, held.job_id, chunks, "stream")
+            self._post(conn, held.job_id, chunks)
         finally:
             conn.close()
 
-    def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], kind: str) -> None:
+    def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> None:
         """POST one answer until the runtime has it; then the job leaves the ledger."""
-        attempt = 0
-        while True:
-            try:
-                reply = self.service.post_result(conn, job_id, body())
-            except TransportError as exc:
-                log.warning("POST result of job %s failed (%s); retrying", job_id, exc)
-            else:
-                if reply.status < 300 or reply.status == 409:
-                    # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
-                    break
-                if reply.status in (404, 410) or 400 <= reply.status < 500:
-                    log.error("the runtime refused the answer to job %s with HTTP %s: %.300r; giving up",
-                              job_id, reply.status, reply.body)
-                    break
-                log.warning("POST result of job %s: HTTP %s; retrying", job_id, reply.status)
+        while not self._attempt_post(conn, job_id, body()):
             attempt += 1
             time.sleep(backoff(min(attempt, 10)))
         self.ledger.release(job_id)
+
+    def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes]) -> bool:
+        """One POST of an answer: True when that is the end of it, False when it must be tried again."""
+        try:
+            reply = self.service.post_result(conn, job_id, body)
+        except TransportError as exc:
+            log.warning("POST result of job %s failed (%s); retrying", job_id, exc)
+            return False
+        if reply.status < 300 or reply.status == 409:
+            return True  # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
+        if 400 <= reply.status < 500:
+            log.error("the runtime refused the answer to job %s with HTTP %s: %.300r; giving up",
+                      job_id, reply.status, reply.body)
+            return True
+        log.warning("POST result of job %s: HTTP %s; retrying", job_id, reply.status)
+        return False

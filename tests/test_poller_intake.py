@@ -4,14 +4,13 @@ whose id is known gets an answer. Bodies are fed straight in: the embedded runti
 from __future__ import annotations
 
 import json
-import queue
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cmworker.limits import JobLimits
-from cmworker.poller import Poller, Settings
+from cmworker.poller import Poller, Settings, _Outgoing
 from cmworker.service import Endpoints, Service
 
 ENDPOINTS = Endpoints("127.0.0.1", 1, "/job", "/results", None, None, "t", "test", ())
@@ -21,18 +20,17 @@ def poller(tmp_path: Path) -> Poller:
     settings = Settings(workers=1, limits_for=lambda name, spec: JobLimits())
     p = Poller(str(tmp_path / "unused.py"), Service(ENDPOINTS), settings)
     p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: p._answers.put((job.id, b"submitted", "ok", None))  # type: ignore[method-assign]
+    p.pool.submit = lambda job: p.ledger.queue_answer(_Outgoing(job.id, b"submitted", "ok", None))  # type: ignore[method-assign]
     return p
 
 
 def drained(p: Poller) -> list[tuple[str, Any, str]]:
+    p.ledger.close_outbox()
     out = []
-    while True:
-        try:
-            job_id, body, kind, _answer = p._answers.get_nowait()
-        except queue.Empty:
-            return out
-        out.append((job_id, body if body == b"submitted" else json.loads(body), kind))
+    while (outgoing := p.ledger.next_answer()) is not None:
+        body = outgoing.body
+        out.append((outgoing.job_id, body if body == b"submitted" else json.loads(body), outgoing.kind))
+    return out
 
 
 def job(**v1: Any) -> bytes:
