@@ -112,7 +112,7 @@ def _describe(value: object) -> str:
     return repr(value)
 
 
-def _whole_number(minimum: int) -> Callable[[object], int]:
+def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     def validate(value: object) -> int:
         # bool is a subclass of int: without this check `workers = true` would mean one worker.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -120,6 +120,8 @@ def _whole_number(minimum: int) -> Callable[[object], int]:
             raise ValueError(f"expected a whole number, not {_describe(value)}{hint}")
         if value < minimum:
             raise ValueError(f"must be {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be {maximum} or less")
         return value
 
     return validate
@@ -322,6 +324,16 @@ WORKERS: Setting[int] = Setting(
     default_doc=f"${WORKERS_ENV}, else the CPU count",
     attr="workers", flag="--workers", env="CMWORKER_WORKERS", metavar="N", text=_int_text,
 )
+WORKER_NICE: Setting[int] = _setting(
+    "worker_nice", "integer 0 to 19",
+    "How much lower the workers' CPU priority is than the parent's: added to the parent's nice value "
+    "(Linux caps the sum at 19). The parent needs little CPU, but needs it at once: to post an answer "
+    "and take the next job, or to kill a job at its deadline. When jobs keep every CPU busy and the "
+    "workers have the parent's priority, each of those steps can wait behind a job's time slice, "
+    "milliseconds per job (see docs/benchmarks.md). 0 runs the workers at the parent's priority.",
+    _whole_number(0, 19), _show_int, 19,
+    attr="worker_nice", env="CMWORKER_WORKER_NICE", metavar="N", text=_int_text,
+)
 SHUTDOWN_GRACE: Setting[float] = _setting(
     "shutdown_grace", "duration",
     "After SIGTERM, how long jobs already running may go on before they are killed and answered with a "
@@ -413,7 +425,7 @@ LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    APP, WORKERS, SHUTDOWN_GRACE, POLL_TIMEOUT,
+    APP, WORKERS, WORKER_NICE, SHUTDOWN_GRACE, POLL_TIMEOUT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
     LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL,
 )
@@ -470,6 +482,7 @@ class Config:
     log_level: str                       # an SLS level name
     stats_interval: float | None         # seconds between `stats` lines; None: never
     logger_levels: tuple[tuple[str, str], ...] = ()  # (logger name, SLS level)
+    worker_nice: int = 19                # added to the parent's nice value in each worker
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -753,6 +766,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         log_level=get(LOG_LEVEL),
         stats_interval=get(STATS_INTERVAL),
         logger_levels=get(LOGGER_LEVELS),
+        worker_nice=get(WORKER_NICE),
         functions=MappingProxyType(functions),
         sources=MappingProxyType(dict(sources)),
         file=located[0] if located else None,

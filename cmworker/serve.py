@@ -56,7 +56,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
                         max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
                         log_level=config.log_level, logger_levels=config.logger_levels,
-                        stats_interval=config.stats_interval)
+                        stats_interval=config.stats_interval, worker_nice=config.worker_nice)
     poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
     return poller.run()
 

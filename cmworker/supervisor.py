@@ -208,6 +208,7 @@ class Pool:
         logger_levels: Sequence[tuple[str, str]] = (),
         kill_grace: float = 0.05,
         max_jobs_per_worker: int = 0,
+        worker_nice: int = 0,
         prefetch: bool = False,
         startup_timeout: float = 120.0,
         python: str = sys.executable,
@@ -227,6 +228,7 @@ class Pool:
         self.logger_levels = list(logger_levels)
         self.kill_grace = kill_grace
         self.max_jobs_per_worker = max_jobs_per_worker
+        self.worker_nice = worker_nice
         self.prefetch = prefetch
         self.startup_timeout = startup_timeout
         self.python = python
@@ -486,7 +488,7 @@ class Pool:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         options = {"control_fd": child_end.fileno(), "app": self.app, "preload": self.preload,
                    "log_level": self.log_level, "logger_levels": self.logger_levels,
-                   "sys_path": [p or os.getcwd() for p in sys.path]}
+                   "worker_nice": self.worker_nice, "sys_path": [p or os.getcwd() for p in sys.path]}
         self._template = subprocess.Popen(
             [self.python, "-m", "cmworker.template", json.dumps(options)],
             pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -75,13 +75,14 @@ def main(argv: list[str]) -> NoReturn:
     gc.collect()
     gc.freeze()
     Template(control, functions, options.get("log_level", "INFO"),
-             [tuple(pair) for pair in options.get("logger_levels", [])]).run()
+             [tuple(pair) for pair in options.get("logger_levels", [])], options.get("worker_nice", 0)).run()
 
 
 class Template:
     def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], log_level: str,
-                 logger_levels: list[tuple[str, str]]) -> None:
+                 logger_levels: list[tuple[str, str]], worker_nice: int = 0) -> None:
         self.log_level = log_level
+        self.worker_nice = worker_nice
         self.logger_levels = logger_levels
         self.control = control
         self.functions = functions
@@ -153,6 +154,8 @@ class Template:
             os.close(err_fd)
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "wb") as f:
                 f.write(_WORKER_OOM_SCORE_ADJ)
+            if self.worker_nice:  # below the parent: its short bursts of work never wait behind a job
+                os.nice(self.worker_nice)
             # Workers log SLS JSON on stderr; the parent adds the job's context and re-emits each line.
             from cmworker import logs
 

@@ -84,6 +84,7 @@ def test_defaults_without_file_or_environment(tmp_path: Path) -> None:
     assert config.kill_grace == 0.05
     assert config.shutdown_grace == 25.0
     assert config.max_jobs_per_worker == 0
+    assert config.worker_nice == 19
     assert (config.log_format, config.log_level) == ("auto", "INFO")
     assert config.functions == {}
     assert config.file is None
@@ -233,6 +234,9 @@ FILE_ERRORS = [
     ('[limits]\nmemory_limit = 512\n', "limits.memory_limit", "512"),
     ('[limits]\nkill_grace = "-1s"\n', "limits.kill_grace", '"-1s"'),
     ('[limits]\nmax_jobs_per_worker = -1\n', "limits.max_jobs_per_worker", "-1"),
+    ('worker_nice = 20\n', "worker_nice", "20"),
+    ('worker_nice = -5\n', "worker_nice", "-5"),
+    ('worker_nice = "5"\n', "worker_nice", '"5"'),
     ('[limits]\nmax_result_size = 0\n', "limits.max_result_size", "0"),
     ('[logging]\nlevel = "LOUD"\n', "logging.level", '"LOUD"'),
     ('[functions.f]\ntimeout = "soon"\n', "functions.f.timeout", '"soon"'),
@@ -264,6 +268,7 @@ def test_unknown_keys_suggest_the_closest_known_key(tmp_path: Path, text: str, s
     ({"limits.timeout": "5x"}, {}, "limits.timeout", '"5x"', "flag --timeout"),
     ({"limits.memory_limit": "-1"}, {}, "limits.memory_limit", '"-1"', "flag --memory-limit"),
     ({}, {"CMWORKER_WORKERS": "abc"}, "workers", '"abc"', "env CMWORKER_WORKERS"),
+    ({}, {"CMWORKER_WORKER_NICE": "99"}, "worker_nice", '"99"', "env CMWORKER_WORKER_NICE"),
     ({}, {"CMWORKER_SOFT_TIMEOUT": "soon"}, "limits.soft_timeout", '"soon"', "env CMWORKER_SOFT_TIMEOUT"),
 ])
 def test_flag_and_env_errors_name_key_value_and_source(tmp_path: Path, flags: dict[str, Any],
@@ -678,3 +683,9 @@ def test_valid_files_load_and_print_back_identically(scratch: Path, limits: dict
     assert config.max_jobs_per_worker == limits["max_jobs_per_worker"]
     reloaded = load(scratch, config.to_toml())
     assert [s.value_in(reloaded) for s in SETTINGS] == [s.value_in(config) for s in SETTINGS]
+
+
+def test_worker_nice_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    assert load(tmp_path, "worker_nice = 0\n").worker_nice == 0
+    config = load(tmp_path, "worker_nice = 0\n", environ={"CMWORKER_WORKER_NICE": "5"})
+    assert (config.worker_nice, config.source("worker_nice")) == (5, "env CMWORKER_WORKER_NICE")

@@ -367,3 +367,17 @@ def test_closing_without_grace_answers_a_prefetched_job_once_as_shutdown() -> No
         h.pool.close(grace=0.0)
         assert h.wait(running).kind == "shutdown"
         assert h.wait(sent).kind == "shutdown"  # never started, and answered: exactly once (checked on exit)
+
+
+def test_workers_run_below_the_parents_cpu_priority_by_worker_nice() -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with running_pool(worker_nice=7) as h:
+        h.wait_full_strength()
+        assert {psutil.Process(pid).nice() for pid in h.pool.worker_pids()} == {min(19, own + 7)}
+        assert psutil.Process(h.pool.template_pid).nice() == own  # only the workers
+        h.run("exit3")  # and a replacement worker too
+        h.wait_full_strength()
+        assert {psutil.Process(pid).nice() for pid in h.pool.worker_pids()} == {min(19, own + 7)}
+    with running_pool() as h:  # the Pool's own default: the parent's priority
+        h.wait_full_strength()
+        assert {psutil.Process(pid).nice() for pid in h.pool.worker_pids()} == {own}
