@@ -17,8 +17,12 @@ Measured per session, and rounds alternate the order of the clients:
      psutil reads /proc in clock ticks (10 ms per process), so a 2,000-job burst is accurate to ~1 %.
      The emulator's own CPU (this process minus the waiting main thread) is reported beside it.
   2. idle latency: one no-op at a time, queued -> answer recorded, median;
-  3. CPU-bound efficiency: N jobs of ~50 ms of pure-Python work, against the same work in a bare
-     ``multiprocessing.Pool(W)`` (fork) in this process, run in the same round with nothing else running;
+  3. CPU-bound efficiency: batches of N jobs of ~50 ms of pure-Python work, each client batch next to a
+     batch of the same work on a bare ``multiprocessing.Pool(W)`` (forkserver) that lives in this process
+     for the whole run, in the order bare, client, client, bare, ... Efficiency is the bare pool's wall
+     time over the client's, summed over one session's batches. (Measured seconds apart, as one bare run
+     per round once was, the ratio swung by ±15 % with the speed of this shared VM: it drifts by a
+     quarter within a minute.)
   4. a large payload (20 MB string) echoed: time per job;
   5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
      ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
@@ -84,7 +88,8 @@ class Sizes:
     rounds: int
     burst: int            # no-op jobs in one burst
     latency_calls: int    # one-at-a-time no-op calls
-    cpu_jobs: int         # CPU-bound jobs of ~job_ms each
+    cpu_jobs: int         # CPU-bound jobs of ~job_ms each, per batch
+    cpu_pairs: int        # bare-pool and client batches per session, each
     job_ms: float
     payload_mb: int
     payload_reps: int
@@ -95,10 +100,10 @@ class Sizes:
     warn_session: bool    # an extra cmworker burst with WARN logs: the cost of the per-job log line
 
 
-FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, job_ms=50, payload_mb=20, payload_reps=3,
-             stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True)
-QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, job_ms=50, payload_mb=2, payload_reps=1,
-              stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=True)
+FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, cpu_pairs=2, job_ms=50, payload_mb=20,
+             payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True)
+QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
+              payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=True)
 
 
 def progress(message: str) -> None:
@@ -281,7 +286,7 @@ class SlotLog:
 
 
 def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, workdir: Path,
-            tag: str, burst_only: bool = False) -> dict[str, Any]:
+            tag: str, bare: BarePool, burst_only: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
             serving(kind, rt, workers, workdir, tag) as tree:
@@ -308,10 +313,23 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         out["latency_ms"] = [x * 1e3 for x in latencies]
 
         slots.clear()
-        with Meter(tree) as m:
-            run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
-        out["cpu_bound"] = {"wall_s": m.wall, "client_cpu_s": m.cpu, "runtime_cpu_s": m.runtime_cpu,
-                            **slots.summary()}
+        cpu_bound: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0, "bare_workers_cpu_s": 0.0,
+                                     "client_cpu_s": defaultdict(float), "runtime_cpu_s": 0.0, "batches": []}
+        for i in range(2 * sizes.cpu_pairs):
+            if i % 4 in (0, 3):  # bare, client, client, bare, ...
+                wall, workers_cpu = bare.run(sizes.cpu_jobs, spin_n)
+                cpu_bound["bare_wall_s"] += wall
+                cpu_bound["bare_workers_cpu_s"] += workers_cpu
+                cpu_bound["batches"].append(("bare", wall))
+                continue
+            with Meter(tree) as m:
+                run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
+            cpu_bound["wall_s"] += m.wall
+            cpu_bound["runtime_cpu_s"] += m.runtime_cpu
+            for role, cpu in m.cpu.items():
+                cpu_bound["client_cpu_s"][role] += cpu
+            cpu_bound["batches"].append((kind, m.wall))
+        out["cpu_bound"] = {**cpu_bound, "client_cpu_s": dict(cpu_bound["client_cpu_s"]), **slots.summary()}
 
         expected = json.dumps(payload).encode()
         times = []
@@ -347,15 +365,27 @@ def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) ->
             "tail_ms": (done - at["end"]) * 1e3}
 
 
-def bare_pool(workers: int, jobs: int, spin_n: int) -> dict[str, float]:
-    # forkserver, not fork: this process has run the emulator's threads, and a child forked while one of
-    # them held a lock hangs on it for good (seen once in 8 rounds). Start-up is not timed either way.
-    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        pool.map(e2e_work.spin, [1000] * (2 * workers), chunksize=1)
-        tree = Tree(psutil.Process(), "bare")
-        with Meter(tree) as m:
-            pool.map(e2e_work.spin, [spin_n] * jobs, chunksize=1)
-        return {"wall_s": m.wall, "workers_cpu_s": m.cpu.get("workers", 0.0)}
+class BarePool:
+    """The reference: a ``multiprocessing.Pool`` of the clients' size, alive for the whole run.
+
+    forkserver, not fork: this process runs the emulator's threads, and a child forked while one of them
+    held a lock hangs on it for good (seen once in 8 rounds). Start-up is not timed.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pool = multiprocessing.get_context("forkserver").Pool(workers)
+        self.pool.map(e2e_work.spin, [1000] * (2 * workers), chunksize=1)
+        self.tree = Tree(psutil.Process(), "bare")
+
+    def run(self, jobs: int, spin_n: int) -> tuple[float, float]:
+        """One batch: its wall time and the CPU its workers used, in seconds."""
+        with Meter(self.tree) as m:
+            self.pool.map(e2e_work.spin, [spin_n] * jobs, chunksize=1)
+        return m.wall, m.cpu.get("workers", 0.0)
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
 def generator_own_ms(n: int) -> float:
@@ -449,7 +479,7 @@ def transport(cycles: int, rounds: int) -> dict[str, dict[str, list[float]]]:
             "requests.Session (as the SDK calls it)": with_requests,
             "urllib3.HTTPSConnectionPool": with_urllib3,
             "http.client.HTTPSConnection": with_http_client,
-            "cmworker.service.Connection (http.client)": with_service,
+            "cmworker.transport.Connection": with_service,
             "http.client, a new TLS connection per cycle": with_new_connection,
         }
         out: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in stacks}
@@ -474,6 +504,12 @@ def transport(cycles: int, rounds: int) -> dict[str, dict[str, list[float]]]:
 
 
 # -- the report -------------------------------------------------------------------------------------
+
+
+def efficiency(client_session: dict[str, Any]) -> float:
+    """The bare pool's time over the client's for the same CPU-bound work, in one session."""
+    cpu_bound = client_session["cpu_bound"]
+    return float(cpu_bound["bare_wall_s"] / cpu_bound["wall_s"])
 
 
 def med(values: list[float]) -> float:
@@ -537,19 +573,23 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
         print(f"| {CLIENTS[kind]} | {spread([med(x) for x in lat], '{:.2f}')} | "
               f"{spread([statistics.quantiles(x, n=10)[-1] for x in lat], '{:.2f}')} |")
 
+    batches = sizes.cpu_pairs
     print(f"\n### CPU-bound: {sizes.cpu_jobs} jobs of ~{sizes.job_ms:.0f} ms pure-Python work, {workers} workers\n")
-    print("| | wall s | efficiency (bare / it) | workers' CPU s | rest of the client's CPU s | emulator CPU s | "
-          "job holds its slot, ms | slot empty between answer and next job, ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    bare = [r["bare"]["wall_s"] for r in rounds]
-    print(f"| bare multiprocessing.Pool({workers}), in the bench process | {spread(bare, '{:.3f}')} | 1 | "
-          f"{spread([r['bare']['workers_cpu_s'] for r in rounds], '{:.2f}')} | | | | |")
+    print(f"Each session runs {batches} batches of the client and {batches} of a bare "
+          f"`multiprocessing.Pool({workers})` in the bench process, alternating (bare, client, client, bare, ...); "
+          "times are the sums over a session's batches.\n")
+    print("| client | its wall s | bare pool's wall s, same session | efficiency (bare / it) | workers' CPU s | "
+          "rest of the client's CPU s | emulator CPU s | job holds its slot, ms | "
+          "slot empty between answer and next job, ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     eff: dict[str, list[float]] = {}
     for kind in ("cmworker", "sdk"):
         walls = [r[kind]["cpu_bound"]["wall_s"] for r in rounds]
-        eff[kind] = [r["bare"]["wall_s"] / r[kind]["cpu_bound"]["wall_s"] for r in rounds]
+        eff[kind] = [efficiency(r[kind]) for r in rounds]
         cpu = [r[kind]["cpu_bound"]["client_cpu_s"] for r in rounds]
-        print(f"| {CLIENTS[kind]} through the runtime | {spread(walls, '{:.3f}')} | {spread(eff[kind], '{:.3f}')} | "
+        print(f"| {CLIENTS[kind]} through the runtime | {spread(walls, '{:.3f}')} | "
+              f"{spread([r[kind]['cpu_bound']['bare_wall_s'] for r in rounds], '{:.3f}')} | "
+              f"{spread(eff[kind], '{:.3f}')} | "
               f"{spread([c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
               f"{spread([c['total'] - c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
@@ -665,7 +705,7 @@ def draw_chart(raw: dict[str, Any], path: Path) -> None:
          per_kind(lambda s: s["burst"]["cpu_us_per_job"]["total"]), "{:,.0f}"),
         ("idle latency, ms (lower is better)", per_kind(lambda s: med(s["latency_ms"])), "{:.2f}"),
         ("CPU-bound efficiency, bare pool = 1 (higher is better)",
-         [med([r["bare"]["wall_s"] / r[kind]["cpu_bound"]["wall_s"] for r in rounds]) for kind in ("sdk", "cmworker")],
+         [med([efficiency(r[kind]) for r in rounds]) for kind in ("sdk", "cmworker")],
          "{:.3f}"),
         (f"{raw['sizes']['payload_mb']} MB echoed, ms per job (lower is better)",
          per_kind(lambda s: med(s["payload_s"]) * 1e3), "{:,.0f}"),
@@ -710,20 +750,18 @@ def main() -> int:
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "workers": args.workers, "sizes": asdict(sizes), "spin_n": spin_n, "rounds": []}
-    with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp:
+    bare = BarePool(args.workers)
+    with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp, contextlib.closing(bare):
         workdir = Path(tmp)
         for r in range(sizes.rounds):
-            order = ["sdk", "cmworker", "bare"] if r % 2 == 0 else ["bare", "cmworker", "sdk"]
+            order = ["sdk", "cmworker"] if r % 2 == 0 else ["cmworker", "sdk"]
             if sizes.warn_session:  # beside the INFO session, before it in every other round: no order bias
                 order.insert(order.index("cmworker") + (r // 2 + 1) % 2, "cmworker_warn")
             results: dict[str, Any] = {"order": order}
             for kind in order:
                 progress(f"round {r + 1}/{sizes.rounds}: {kind}")
-                if kind == "bare":
-                    results[kind] = bare_pool(args.workers, sizes.cpu_jobs, spin_n)
-                else:
-                    results[kind] = session(kind, sizes, args.workers, spin_n, payload, workdir,
-                                            tag=f"r{r + 1}-{kind}", burst_only=kind == "cmworker_warn")
+                results[kind] = session(kind, sizes, args.workers, spin_n, payload, workdir, tag=f"r{r + 1}-{kind}",
+                                        bare=bare, burst_only=kind == "cmworker_warn")
             raw["rounds"].append(results)
         progress("transport microbenchmark")
         raw["transport"] = transport(sizes.transport_cycles, sizes.rounds)

@@ -27,13 +27,15 @@ def test_bench_e2e_quick_run_prints_its_tables(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     for heading in TABLES:
         assert heading in done.stdout, heading
-    for row in ("official SDK 0.34.0", "cmworker", "bare multiprocessing.Pool", "requests.Session",
+    for row in ("official SDK 0.34.0", "cmworker", "bare `multiprocessing.Pool", "requests.Session",
                 "urllib3.HTTPSConnectionPool", "http.client.HTTPSConnection"):
         assert row in done.stdout, row
     verdicts = [line for line in done.stdout.splitlines() if line.startswith(("| PASS |", "| FAIL |"))]
     assert len(verdicts) == 6, done.stdout
     data = json.loads(raw.read_text())
-    assert len(data["rounds"]) == 1 and {"sdk", "cmworker", "bare"} <= data["rounds"][0].keys()
+    assert len(data["rounds"]) == 1 and {"sdk", "cmworker"} <= data["rounds"][0].keys()
+    batches = data["rounds"][0]["cmworker"]["cpu_bound"]["batches"]
+    assert [who for who, _wall in batches] == ["bare", "cmworker"]  # --quick: one pair
     assert len(data["targets"]) == 6
     assert data["client_processes"], "the script saw no client process"
     assert not [pid for pid, created in data["client_processes"] if _running(pid, created)]
