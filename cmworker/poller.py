@@ -248,6 +248,7 @@ class Poller:
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
         self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
+        self._unlogged: list[Answer] = []  # posted by the poll thread, their lines not yet rendered
         self.exit_code = 0
 
     # -- lifecycle (main thread) ----------------------------------------------------------------
@@ -440,10 +441,12 @@ class Poller:
                     continue
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
                 if not turn or not self.pool.wait_available(timeout=0.5):
+                    self._log_posted()
                     continue
                 try:
-                    reply = self.service.get_job(conn)
+                    reply = self.service.get_job(conn, while_waiting=self._log_posted)
                 except TransportError as exc:
+                    self._log_posted()
                     failures += 1
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
                     self._stopping.wait(backoff(failures))
@@ -451,6 +454,7 @@ class Poller:
                 failures = 0 if reply.status < 500 else failures + 1
                 self._on_get(reply, failures)
         finally:
+            self._log_posted()
             conn.close()
 
     def _on_get(self, reply: Reply, failures: int) -> None:
@@ -572,6 +576,13 @@ class Poller:
             return
         self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer.kind, answer))
 
+    def _log_posted(self) -> None:
+        """Never raises: it runs between a GET going out and its reply being read, and a job in that
+        reply must not be lost to a log line that could not be written."""
+        while self._unlogged:
+            with contextlib.suppress(Exception):
+                self._log_finished(self._unlogged.pop(0))
+
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
         job = answer.job
@@ -600,11 +611,15 @@ class Poller:
             conn.close()
 
     def _post_once(self, conn: Connection, outgoing: _Outgoing) -> None:
-        """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
+        """The poll thread's POST: one attempt; if it must be retried, the posters retry it.
+
+        Its ``job_finished`` line is rendered while the next GET is out (``_log_posted``), not between
+        the POST and that GET.
+        """
         if self._attempt_post(conn, outgoing.job_id, outgoing.body):
             self.ledger.release(outgoing.job_id)
             if outgoing.answer is not None:
-                self._log_finished(outgoing.answer)
+                self._unlogged.append(outgoing.answer)
         else:
             outgoing.attempts += 1
             self.ledger.queue_answer(outgoing)

@@ -400,8 +400,10 @@ def generator_own_ms(n: int) -> float:
 
 
 def calibrate(job_ms: float) -> int:
+    """Loop iterations for a job of ``job_ms`` at this machine's fastest: the quickest of 11 tries (the
+    speed of a shared VM drifts; a slow spell here would otherwise make every job shorter)."""
     times = []
-    for _ in range(5):
+    for _ in range(11):
         t = time.perf_counter()
         e2e_work.spin(200_000)
         times.append(time.perf_counter() - t)
