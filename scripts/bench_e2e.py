@@ -77,7 +77,8 @@ from cmworker.client import decode_answer  # noqa: E402
 from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime  # noqa: E402
 from cmworker.service import Service, discover, ssl_context  # noqa: E402
 
-CLIENTS = {"sdk": "official SDK 0.34.0", "cmworker": "cmworker", "cmworker_warn": "cmworker, WARN logs"}
+CLIENTS = {"sdk": "official SDK 0.34.0", "cmworker": "cmworker", "cmworker_warn": "cmworker, WARN logs",
+           "cmworker_nice0": "cmworker, worker_nice = 0"}
 STOP_GRACE = 15.0
 STARTED: list[tuple[int, float]] = []  # (pid, create time) of every client process seen: --json lists them
 WAIT = 600.0
@@ -98,12 +99,15 @@ class Sizes:
     paced_reps: int       # paced streams per session (first item on the wire)
     transport_cycles: int  # GET+POST cycles per stack and round
     warn_session: bool    # an extra cmworker burst with WARN logs: the cost of the per-job log line
+    nice0_session: bool   # an extra cmworker CPU-bound run with worker_nice = 0
 
 
 FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, cpu_pairs=2, job_ms=50, payload_mb=20,
-             payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True)
+             payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True,
+             nice0_session=True)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
-              payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=True)
+              payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=True,
+              nice0_session=True)
 
 
 def progress(message: str) -> None:
@@ -174,6 +178,8 @@ def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: st
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
     env.update(rt.env(0))
     env["MAX_CONCURRENT_TASKS"] = str(workers)
+    if kind == "cmworker_nice0":  # the workers at the parent's CPU priority: what worker_nice buys
+        env["CMWORKER_WORKER_NICE"] = "0"
     if kind == "sdk":
         cmd = [sys.executable, str(APPS / "e2e_sdk.py")]
     else:
@@ -286,7 +292,9 @@ class SlotLog:
 
 
 def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, workdir: Path,
-            tag: str, bare: BarePool, burst_only: bool = False) -> dict[str, Any]:
+            tag: str, bare: BarePool) -> dict[str, Any]:
+    """Every measurement for the SDK and cmworker; only the burst for cmworker_warn, only the CPU-bound
+    batches for cmworker_nice0."""
     out: dict[str, Any] = {}
     with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
             serving(kind, rt, workers, workdir, tag) as tree:
@@ -294,6 +302,9 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         run_jobs(rt, [("noop", None)] * 50 + [("spin", 1000)] * 4 + [("echo", "warm")] * 4
                  + [("stream", {"n": 10})] * 2)
         time.sleep(0.2)
+        if kind == "cmworker_nice0":
+            out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare)
+            return out
         with Meter(tree) as m:
             answers = run_jobs(rt, [("noop", None)] * sizes.burst)
         if any(a != b"null" for a in answers):
@@ -301,7 +312,7 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         out["burst"] = {"wall_s": m.wall, "jobs_per_s": sizes.burst / m.wall,
                         "cpu_us_per_job": {k: v / sizes.burst * 1e6 for k, v in m.cpu.items()},
                         "runtime_cpu_us_per_job": m.runtime_cpu / sizes.burst * 1e6}
-        if burst_only:
+        if kind == "cmworker_warn":
             return out
 
         latencies = []
@@ -312,24 +323,7 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
             latencies.append(time.perf_counter() - t)
         out["latency_ms"] = [x * 1e3 for x in latencies]
 
-        slots.clear()
-        cpu_bound: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0, "bare_workers_cpu_s": 0.0,
-                                     "client_cpu_s": defaultdict(float), "runtime_cpu_s": 0.0, "batches": []}
-        for i in range(2 * sizes.cpu_pairs):
-            if i % 4 in (0, 3):  # bare, client, client, bare, ...
-                wall, workers_cpu = bare.run(sizes.cpu_jobs, spin_n)
-                cpu_bound["bare_wall_s"] += wall
-                cpu_bound["bare_workers_cpu_s"] += workers_cpu
-                cpu_bound["batches"].append(("bare", wall))
-                continue
-            with Meter(tree) as m:
-                run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
-            cpu_bound["wall_s"] += m.wall
-            cpu_bound["runtime_cpu_s"] += m.runtime_cpu
-            for role, cpu in m.cpu.items():
-                cpu_bound["client_cpu_s"][role] += cpu
-            cpu_bound["batches"].append((kind, m.wall))
-        out["cpu_bound"] = {**cpu_bound, "client_cpu_s": dict(cpu_bound["client_cpu_s"]), **slots.summary()}
+        out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare)
 
         expected = json.dumps(payload).encode()
         times = []
@@ -343,6 +337,29 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         out["paced"] = [stream_once(rt, workdir, n=3, gap=0.05) for _ in range(sizes.paced_reps)]
         out["flood"] = [stream_once(rt, workdir, n=sizes.stream_items) for _ in range(sizes.stream_reps)]
     return out
+
+
+def cpu_bound(kind: str, rt: EmbeddedRuntime, tree: Tree, slots: SlotLog, sizes: Sizes, spin_n: int,
+              bare: BarePool) -> dict[str, Any]:
+    """The client's CPU-bound batches, alternated with the bare pool's: bare, client, client, bare, ..."""
+    slots.clear()
+    out: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0, "bare_workers_cpu_s": 0.0,
+                           "client_cpu_s": defaultdict(float), "runtime_cpu_s": 0.0, "batches": []}
+    for i in range(2 * sizes.cpu_pairs):
+        if i % 4 in (0, 3):
+            wall, workers_cpu = bare.run(sizes.cpu_jobs, spin_n)
+            out["bare_wall_s"] += wall
+            out["bare_workers_cpu_s"] += workers_cpu
+            out["batches"].append(("bare", wall))
+            continue
+        with Meter(tree) as m:
+            run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
+        out["wall_s"] += m.wall
+        out["runtime_cpu_s"] += m.runtime_cpu
+        for role, cpu in m.cpu.items():
+            out["client_cpu_s"][role] += cpu
+        out["batches"].append((kind, m.wall))
+    return {**out, "client_cpu_s": dict(out["client_cpu_s"]), **slots.summary()}
 
 
 def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) -> dict[str, float]:
@@ -531,7 +548,7 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
     def series(kind: str, get: Callable[[dict[str, Any]], float]) -> list[float]:
         return [get(r[kind]) for r in rounds if kind in r]
 
-    kinds = [k for k in CLIENTS if any(k in r for r in rounds)]
+    kinds = [k for k in CLIENTS if any("burst" in r.get(k, {}) for r in rounds)]  # the sessions with a burst
     n = len(rounds)
     print(f"\n### No-op burst: {sizes.burst:,} jobs, {workers} workers, median (range) of {n} interleaved "
           f"round(s)\n")
@@ -585,7 +602,7 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
           "slot empty between answer and next job, ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     eff: dict[str, list[float]] = {}
-    for kind in ("cmworker", "sdk"):
+    for kind in [k for k in ("cmworker", "cmworker_nice0", "sdk") if any(k in r for r in rounds)]:
         walls = [r[kind]["cpu_bound"]["wall_s"] for r in rounds]
         eff[kind] = [efficiency(r[kind]) for r in rounds]
         cpu = [r[kind]["cpu_bound"]["client_cpu_s"] for r in rounds]
@@ -597,6 +614,10 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
               f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['held_ms']), '{:.1f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['turnaround_ms']), '{:.2f}')} |")
+    if "cmworker_nice0" in eff:
+        gain = [a / b for a, b in zip(eff["cmworker"], eff["cmworker_nice0"], strict=True)]
+        print(f"\nworker_nice = 19 (the default) against 0, same round: efficiency x{med(gain):.3f} "
+              f"(per round {', '.join(f'{x:.3f}' for x in gain)}).")
     print(f"\nOne job's work alone: {raw['spin_job_s'] * 1e3:.1f} ms (median of 5 in this process); "
           f"{sizes.cpu_jobs} jobs on {workers} workers: {raw['spin_job_s'] * sizes.cpu_jobs / workers:.3f} s at best.")
 
@@ -759,11 +780,13 @@ def main() -> int:
             order = ["sdk", "cmworker"] if r % 2 == 0 else ["cmworker", "sdk"]
             if sizes.warn_session:  # beside the INFO session, before it in every other round: no order bias
                 order.insert(order.index("cmworker") + (r // 2 + 1) % 2, "cmworker_warn")
+            if sizes.nice0_session:  # likewise beside the default cmworker session
+                order.insert(order.index("cmworker") + (r // 2) % 2, "cmworker_nice0")
             results: dict[str, Any] = {"order": order}
             for kind in order:
                 progress(f"round {r + 1}/{sizes.rounds}: {kind}")
                 results[kind] = session(kind, sizes, args.workers, spin_n, payload, workdir, tag=f"r{r + 1}-{kind}",
-                                        bare=bare, burst_only=kind == "cmworker_warn")
+                                        bare=bare)
             raw["rounds"].append(results)
         progress("transport microbenchmark")
         raw["transport"] = transport(sizes.transport_cycles, sizes.rounds)
