@@ -102,7 +102,7 @@ class Sizes:
     nice0_session: bool   # an extra cmworker CPU-bound run with worker_nice = 0
 
 
-FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, cpu_pairs=2, job_ms=50, payload_mb=20,
+FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, cpu_pairs=4, job_ms=50, payload_mb=20,
              payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True,
              nice0_session=True)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
