@@ -100,7 +100,6 @@ class _Outgoing:
 
     job_id: str
     body: bytes
-    kind: str
     answer: Answer | None  # None for answers made here (bad input, shutting down): nothing more to log
     attempts: int = 0
 
@@ -538,7 +537,7 @@ class Poller:
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
-        self.ledger.queue_answer(_Outgoing(job_id, error.to_bytes(), error.kind, None))
+        self.ledger.queue_answer(_Outgoing(job_id, error.to_bytes(), None))
 
     def _on_output(self, line: OutputLine) -> None:
         """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
@@ -574,7 +573,7 @@ class Poller:
                 held.stream.put(answer.body)
             held.stream.put(_END)
             return
-        self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer.kind, answer))
+        self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer))
 
     def _log_posted(self) -> None:
         """Never raises: it runs between a GET going out and its reply being read, and a job in that

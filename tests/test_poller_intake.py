@@ -20,16 +20,16 @@ def poller(tmp_path: Path) -> Poller:
     settings = Settings(workers=1, limits_for=lambda name, spec: JobLimits())
     p = Poller(str(tmp_path / "unused.py"), Service(ENDPOINTS), settings)
     p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: p.ledger.queue_answer(_Outgoing(job.id, b"submitted", "ok", None))  # type: ignore[method-assign]
+    p.pool.submit = lambda job: p.ledger.queue_answer(_Outgoing(job.id, b"submitted", None))  # type: ignore[method-assign]
     return p
 
 
-def drained(p: Poller) -> list[tuple[str, Any, str]]:
+def drained(p: Poller) -> list[tuple[str, Any]]:
     p.ledger.close_outbox()
     out = []
     while (outgoing := p.ledger.next_answer()) is not None:
         body = outgoing.body
-        out.append((outgoing.job_id, body if body == b"submitted" else json.loads(body), outgoing.kind))
+        out.append((outgoing.job_id, body if body == b"submitted" else json.loads(body)))
     return out
 
 
@@ -52,33 +52,33 @@ def test_a_job_without_a_usable_id_is_logged_and_skipped(tmp_path: Path, body: b
 def test_missing_query_type_is_answered_invalid_input(tmp_path: Path) -> None:
     p = poller(tmp_path)
     p._accept(job(jobId="j1", query=1))
-    [(job_id, payload, kind)] = drained(p)
-    assert (job_id, kind, payload["kind"]) == ("j1", "invalid_input", "invalid_input")
+    [(job_id, payload)] = drained(p)
+    assert (job_id, payload["kind"]) == ("j1", "invalid_input")
     assert "queryType" in payload["error"]
 
 
 def test_unknown_function_is_answered_without_a_worker(tmp_path: Path) -> None:
     p = poller(tmp_path)
     p._accept(job(jobId="j2", queryType="nope", query=1))
-    [(_job_id, payload, kind)] = drained(p)
-    assert kind == "unknown_function" and payload["known"] == ["echo"]
+    [(_job_id, payload)] = drained(p)
+    assert payload["kind"] == "unknown_function" and payload["known"] == ["echo"]
 
 
 def test_job_handed_out_twice_runs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     p = poller(tmp_path)
     p._accept(job(jobId="j3", queryType="echo", query=1))
     p._accept(job(jobId="j3", queryType="echo", query=1))
-    assert drained(p) == [("j3", b"submitted", "ok")]
+    assert drained(p) == [("j3", b"submitted")]
     assert "handed out again" in caplog.text
 
 
 def test_a_numeric_job_id_is_used_as_text(tmp_path: Path) -> None:
     p = poller(tmp_path)
     p._accept(job(jobId=7, queryType="echo"))
-    assert drained(p) == [("7", b"submitted", "ok")]
+    assert drained(p) == [("7", b"submitted")]
 
 
 def test_type_field_may_be_absent(tmp_path: Path) -> None:
     p = poller(tmp_path)
     p._accept(json.dumps({"computeModuleJobV1": {"jobId": "j4", "queryType": "echo"}}).encode())
-    assert drained(p) == [("j4", b"submitted", "ok")]
+    assert drained(p) == [("j4", b"submitted")]
