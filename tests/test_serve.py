@@ -173,6 +173,15 @@ def test_hostile_requests_ca_bundle_is_ignored(runtime: EmbeddedRuntime, tmp_pat
         assert answer(runtime, runtime.submit("echo", 1))[0] == "ok"
 
 
+def test_jobs_run_below_the_parents_cpu_priority_unless_worker_nice_is_0(runtime: EmbeddedRuntime,
+                                                                         tmp_path: Path) -> None:
+    for top_level, below in (("", 19), ("worker_nice = 0\n", 0)):
+        with serving(runtime, tmp_path, top_level=top_level) as proc:
+            worker = answer(runtime, runtime.submit("pid"))[1]
+            parent = psutil.Process(proc.pid).nice()
+            assert psutil.Process(worker).nice() == min(19, parent + below), top_level
+
+
 def test_wrong_token_is_a_clear_fatal_error(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     token = tmp_path / "wrong-token"
     token.write_text("not-the-token\n")
