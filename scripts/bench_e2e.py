@@ -548,6 +548,9 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
     def series(kind: str, get: Callable[[dict[str, Any]], float]) -> list[float]:
         return [get(r[kind]) for r in rounds if kind in r]
 
+    def series_cpu(kind: str) -> list[dict[str, Any]]:
+        return [r[kind]["cpu_bound"] for r in rounds if kind in r]
+
     kinds = [k for k in CLIENTS if any("burst" in r.get(k, {}) for r in rounds)]  # the sessions with a burst
     n = len(rounds)
     print(f"\n### No-op burst: {sizes.burst:,} jobs, {workers} workers, median (range) of {n} interleaved "
@@ -597,10 +600,11 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
     print(f"Each session runs {batches} batches of the client and {batches} of a bare "
           f"`multiprocessing.Pool({workers})` in the bench process, alternating (bare, client, client, bare, ...); "
           "times are the sums over a session's batches.\n")
-    print("| client | its wall s | bare pool's wall s, same session | efficiency (bare / it) | workers' CPU s | "
-          "rest of the client's CPU s | emulator CPU s | job holds its slot, ms | "
-          "slot empty between answer and next job, ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| client | its wall s | bare pool's wall s, same session | efficiency (bare / it) | "
+          "time added per job and worker, ms | workers' CPU s | rest of the client's CPU s | emulator CPU s | "
+          "job holds its slot, ms | slot empty between answer and next job, ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    per_worker = sizes.cpu_pairs * sizes.cpu_jobs / workers  # jobs each worker ran in a session's batches
     eff: dict[str, list[float]] = {}
     for kind in [k for k in ("cmworker", "cmworker_nice0", "sdk") if any(k in r for r in rounds)]:
         walls = [r[kind]["cpu_bound"]["wall_s"] for r in rounds]
@@ -609,6 +613,7 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
         print(f"| {CLIENTS[kind]} through the runtime | {spread(walls, '{:.3f}')} | "
               f"{spread([r[kind]['cpu_bound']['bare_wall_s'] for r in rounds], '{:.3f}')} | "
               f"{spread(eff[kind], '{:.3f}')} | "
+              f"{spread([(c['wall_s'] - c['bare_wall_s']) / per_worker * 1e3 for c in series_cpu(kind)], '{:.1f}')} | "
               f"{spread([c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
               f"{spread([c['total'] - c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
