@@ -5,8 +5,8 @@ throughput. ``http.client`` spends most of its time on bookkeeping this client d
 validation on every call, a new buffered file and response object per reply, the ``email`` parser for
 the reply's headers. Here the fixed headers are encoded once per connection, a request is written in one
 piece, and replies are read from one buffered reader that lives as long as the connection. Measured on a
-2-vCPU VM against the embedded runtime: 458 µs of client CPU per GET + POST cycle with ``http.client``,
-223 µs with this (docs/benchmarks.md, "The transport").
+2-vCPU VM against the embedded runtime: 485 µs of client CPU per GET + POST cycle with ``http.client``,
+221 µs with this (docs/benchmarks.md, "The transport").
 
 What a reply may be follows RFC 9112: a status line, at most ``MAX_HEADERS`` header lines of at most
 ``MAX_LINE`` bytes, then a body framed by ``Transfer-Encoding: chunked``, ``Content-Length``, or the end of
