@@ -117,7 +117,13 @@ class Ledger:
 
     def __init__(self) -> None:
         self._jobs: dict[str, _Held] = {}
-        self._lock = threading.Condition()
+        # One lock, three waits, so that a change wakes only the thread it concerns: an answer wakes the
+        # poll thread or one poster, not every waiting thread (each needless wake-up costs the free CPU
+        # of a hand-off some tens of microseconds, and the GIL a turn).
+        self._lock = threading.Lock()
+        self._poll = threading.Condition(self._lock)      # the poll thread, in poll_turn
+        self._posters = threading.Condition(self._lock)   # the posters, in next_answer
+        self._changed = threading.Condition(self._lock)   # wait_below: a job left the ledger
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._poll_waiting = False
         self._closed = False
@@ -139,7 +145,8 @@ class Ledger:
         with self._lock:
             held = self._jobs.pop(job_id, None)
             self.posted += 1
-            self._lock.notify_all()
+            self._poll.notify()
+            self._changed.notify_all()
         if held is not None:
             for secret in held.secrets:
                 logs.remove_secret(secret)
@@ -150,7 +157,7 @@ class Ledger:
 
     def wait_below(self, limit: int, timeout: float) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: len(self._jobs) < limit, timeout)
+            return self._changed.wait_for(lambda: len(self._jobs) < limit, timeout)
 
     def wait_empty(self, timeout: float) -> bool:
         return self.wait_below(1, timeout)
@@ -160,7 +167,16 @@ class Ledger:
     def queue_answer(self, outgoing: _Outgoing) -> None:
         with self._lock:
             self._outbox.append(outgoing)
-            self._lock.notify_all()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Wake the one thread whose turn the head of the outbox is (caller holds the lock)."""
+        if not self._outbox:
+            return
+        if self._poll_waiting and not self._outbox[0].attempts:
+            self._poll.notify()
+        else:
+            self._posters.notify()
 
     def poll_turn(self, limit: int, timeout: float) -> _Outgoing | bool:
         """The poll thread's wait: True when fewer than ``limit`` jobs are held (it may ask for one), else
@@ -172,7 +188,7 @@ class Ledger:
         with self._lock:
             self._poll_waiting = True
             try:
-                self._lock.wait_for(ready, timeout)
+                self._poll.wait_for(ready, timeout)
                 if len(self._jobs) < limit:
                     return True
                 if self._outbox and not self._outbox[0].attempts:
@@ -180,8 +196,7 @@ class Ledger:
                 return False
             finally:
                 self._poll_waiting = False
-                if self._outbox:
-                    self._lock.notify_all()  # the posters' turn
+                self._hand_on()  # what is left is the posters'
 
     def next_answer(self) -> _Outgoing | None:
         """A poster's wait: the next answer the poll thread is not waiting to take; None once closed."""
@@ -189,14 +204,16 @@ class Ledger:
             return self._closed or bool(self._outbox and (not self._poll_waiting or self._outbox[0].attempts))
 
         with self._lock:
-            self._lock.wait_for(ready)
-            return self._outbox.popleft() if self._outbox else None
+            self._posters.wait_for(ready)
+            outgoing = self._outbox.popleft() if self._outbox else None
+            self._hand_on()  # more waiting: the next poster's turn, or the poll thread's
+            return outgoing
 
     def close_outbox(self) -> None:
         """Let the posters go once the outbox is empty."""
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
+            self._posters.notify_all()
 
 
 @dataclass
