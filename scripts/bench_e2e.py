@@ -22,7 +22,9 @@ Measured per session, and rounds alternate the order of the clients:
      for the whole run, in the order bare, client, client, bare, ... Efficiency is the bare pool's wall
      time over the client's, summed over one session's batches. (Measured seconds apart, as one bare run
      per round once was, the ratio swung by ±15 % with the speed of this shared VM: it drifts by a
-     quarter within a minute.)
+     quarter within a minute.) Batches are short (20 jobs, ~0.5 s) and many (12 + 12 per session) so
+     that each pair sees nearly the same machine; the start and end of a batch, which a longer batch
+     would dilute, count against the client as much as against the bare pool.
   4. a large payload (20 MB string) echoed: time per job;
   5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
      ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
@@ -102,7 +104,7 @@ class Sizes:
     nice0_session: bool   # an extra cmworker CPU-bound run with worker_nice = 0
 
 
-FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=60, cpu_pairs=4, job_ms=50, payload_mb=20,
+FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=20, cpu_pairs=12, job_ms=50, payload_mb=20,
              payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True,
              nice0_session=True)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
