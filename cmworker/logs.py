@@ -29,7 +29,9 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 import structlog
@@ -58,6 +60,18 @@ _format = "sls"
 _session_id = os.environ.get("COMPUTE_SESSION_ID")
 _encoder = json.JSONEncoder(default=str)
 _second, _second_text = -1, ""
+
+
+@dataclass(frozen=True)
+class _Installed:
+    """What ``configure`` installed, for ``FixedLine``'s shortcut."""
+
+    renderer: SlsRenderer
+    threshold: int
+    writer: structlog.WriteLogger
+
+
+_installed: _Installed | None = None
 
 
 def add_secret(value: str | None) -> None:
@@ -198,12 +212,15 @@ def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None
     out = stream or sys.stdout
     renderer: Any = SlsRenderer() if format == "sls" else ConsoleRenderer(colours=out.isatty())
     threshold = _PY_LEVELS.get(level.upper(), logging.INFO)
+    global _installed
+    processors = [*_chain(), renderer]
     structlog.configure(
-        processors=[*_chain(), renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _installed = _Installed(renderer, threshold, structlog.WriteLogger(file=out)) if format == "sls" else None
     handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
@@ -225,3 +242,37 @@ def get_logger(name: str | None = None, **initial: Any) -> Any:
     # Initial values are applied when the logger is first used, so module-level loggers made before
     # configure() still follow it; ``logger`` becomes the line's ``origin``.
     return structlog.get_logger(name, origin=name or "cmworker.user", **initial)
+
+
+class FixedLine:
+    """One kind of line the parent writes for every job (``job_finished``), rendered without structlog's
+    per-call machinery.
+
+    The text is exactly the ``SlsRenderer``'s for the same call (tests/test_logs.py compares them); the
+    shortcut is taken only with the SLS format, fields cmworker sets itself (all safe, no stack) and the
+    configuration ``configure`` installed. Otherwise, as under ``structlog.testing.capture_logs`` or on a
+    console, the call goes to ``fallback``, an ordinary structlog logger. Measured on the 2-vCPU test
+    machine: a ``job_finished`` line in about half the time it takes through structlog (~11 µs vs ~25).
+    """
+
+    def __init__(self, fallback: Any, origin: str, message: str) -> None:
+        self.fallback = fallback
+        self.message = message
+        self._origin = f", \"origin\": {encode_basestring_ascii(origin)}, \"thread\": "
+        self._params = f", \"message\": {encode_basestring_ascii(message)}, \"safe\": true, \"params\": "
+
+    def __call__(self, method: str, **params: Any) -> None:
+        installed = _installed
+        processors = structlog.get_config()["processors"]  # capture_logs() changes this very list
+        if installed is None or not processors or processors[-1] is not installed.renderer \
+                or not SAFE_PARAMS.issuperset(params):
+            getattr(self.fallback, method)(self.message, **params)
+            return
+        level = SLS_LEVELS[method]
+        if _PY_LEVELS[level] < installed.threshold:
+            return
+        params.setdefault("session_id", _session_id)
+        params.setdefault("process_id", os.getpid())
+        text = (f"{{\"type\": \"service.1\", \"level\": \"{level}\", \"time\": \"{_now()}\"{self._origin}"
+                f"{encode_basestring_ascii(threading.current_thread().name)}{self._params}{_encoder.encode(params)}}}")
+        installed.writer.msg(redact(text))

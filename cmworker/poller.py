@@ -251,6 +251,7 @@ class Poller:
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
         self._events = events.bind()
         self._job_output = job_output.bind()
+        self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished")
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
@@ -602,10 +603,10 @@ class Poller:
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
         job = answer.job
-        (self._events.info if answer.kind == "ok" else self._events.warning)(
-            "job_finished", job_id=job.id, function=job.function, kind=answer.kind, worker_pid=answer.pid,
-            queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6), cpu_s=round(answer.cpu, 6),
-            peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
+        self._finished_line(
+            "info" if answer.kind == "ok" else "warning", job_id=job.id, function=job.function, kind=answer.kind,
+            worker_pid=answer.pid, queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6),
+            cpu_s=round(answer.cpu, 6), peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
 
     def _on_stream(self, item: StreamItem) -> None:
         held = self.ledger.get(item.job.id)

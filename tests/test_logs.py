@@ -99,6 +99,62 @@ def test_console_format_is_for_people() -> None:
     assert "job_finished" in text and "job_id=j3" in text and not text.startswith("{")
 
 
+# -- FixedLine: the per-job line's shortcut past structlog -----------------------------------------
+
+FIELDS: dict[str, Any] = {"job_id": 'j-\u00e9"\\\n', "function": "spin", "kind": "ok", "worker_pid": 4242,
+                          "queued_s": 0.000123, "wall_s": 1e-07, "cpu_s": 0.25, "peak_rss_bytes": None,
+                          "result_bytes": 4, "status": True, "jobs_by_outcome": {"ok": 3}}
+
+
+def _fixed_and_ordinary(method: str, fields: dict[str, Any], level: str = "DEBUG",
+                        configure_format: str = "sls") -> tuple[str, str]:
+    """The same call through FixedLine and through the ordinary logger, at one frozen instant."""
+    out = io.StringIO()
+    logs.configure(configure_format, level, stream=out)
+    ordinary = logs.get_logger("cmworker.poller").bind()
+    fixed = logs.FixedLine(ordinary, "cmworker.poller", "job_finished")
+    fixed(method, **fields)
+    first = out.getvalue()
+    getattr(ordinary, method)("job_finished", **fields)
+    return first, out.getvalue()[len(first):]
+
+
+def test_the_fixed_line_is_exactly_the_ordinary_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_now", lambda: "2026-12-01T12:00:00.000001Z")  # one instant for both lines
+    monkeypatch.setenv("COMPUTE_SESSION_ID", "session-7")
+    logs.add_secret("4242-secret")
+    try:
+        for method in ("info", "warning", "error"):
+            fixed, ordinary = _fixed_and_ordinary(method, {**FIELDS, "job_id": "with 4242-secret inside"})
+            assert fixed == ordinary and "4242-secret" not in fixed
+            fixed, ordinary = _fixed_and_ordinary(method, FIELDS)
+            assert fixed == ordinary
+    finally:
+        logs.remove_secret("4242-secret")
+    line = json.loads(fixed)
+    assert line["params"]["job_id"] == FIELDS["job_id"] and line["params"]["session_id"] == "session-7"
+    assert line["level"] == "ERROR" and line["safe"] is True and "unsafeParams" not in line
+
+
+def test_the_fixed_line_follows_the_level_the_format_and_what_a_field_is() -> None:
+    assert _fixed_and_ordinary("info", FIELDS, level="WARN") == ("", "")
+    fixed, ordinary = _fixed_and_ordinary("warning", FIELDS, level="WARN")
+    assert json.loads(fixed)["message"] == json.loads(ordinary)["message"] == "job_finished"
+    fixed, _ = _fixed_and_ordinary("info", {**FIELDS, "customer": "alice"})  # not a field cmworker sets
+    assert json.loads(fixed)["unsafeParams"] == {"customer": "alice"}
+    fixed, ordinary = _fixed_and_ordinary("info", FIELDS, configure_format="console")
+    assert fixed.split(" ", 1)[1] == ordinary.split(" ", 1)[1] and "job_finished" in fixed  # after the time
+
+
+def test_the_fixed_line_goes_where_structlog_is_pointed() -> None:
+    logs.configure("sls", "INFO", stream=io.StringIO())
+    fixed = logs.FixedLine(logs.get_logger("cmworker.poller"), "cmworker.poller", "job_finished")
+    with capture_logs() as captured:
+        fixed("info", job_id="j9", kind="ok")
+    assert captured == [{"event": "job_finished", "job_id": "j9", "kind": "ok", "log_level": "info",
+                         "origin": "cmworker.poller"}]
+
+
 # -- the canonical line and the stats line, from a poller running in this process ------------------
 
 def _poller(rt: EmbeddedRuntime, **settings: Any) -> Poller:
