@@ -9,6 +9,7 @@ Threads of the parent process and what each owns::
     post-N     POST results/{jobId} for the answers the poll thread does not take, retried with backoff
                until the runtime has it
     stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
+    log        renders and writes the job_finished lines, in batches, 50 ms after the first (logs.FixedLine)
 
 Every job the poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
 been posted (or the runtime said it no longer knows the job). A job is never held twice and never
@@ -251,7 +252,7 @@ class Poller:
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
         self._events = events.bind()
         self._job_output = job_output.bind()
-        self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished")
+        self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished", defer=True)
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
@@ -265,7 +266,6 @@ class Poller:
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
         self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
-        self._unlogged: list[Answer] = []  # posted by the poll thread, their lines not yet rendered
         self.exit_code = 0
 
     # -- lifecycle (main thread) ----------------------------------------------------------------
@@ -371,6 +371,7 @@ class Poller:
         self.ledger.close_outbox()
         for thread in self._threads:
             thread.join(timeout=5)
+        logs.flush_deferred()  # the last job_finished lines, before the exit line
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -458,12 +459,10 @@ class Poller:
                     continue
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
                 if not turn or not self.pool.wait_available(timeout=0.5):
-                    self._log_posted()
                     continue
                 try:
-                    reply = self.service.get_job(conn, while_waiting=self._log_posted)
+                    reply = self.service.get_job(conn)
                 except TransportError as exc:
-                    self._log_posted()
                     failures += 1
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
                     self._stopping.wait(backoff(failures))
@@ -471,7 +470,6 @@ class Poller:
                 failures = 0 if reply.status < 500 else failures + 1
                 self._on_get(reply, failures)
         finally:
-            self._log_posted()
             conn.close()
 
     def _on_get(self, reply: Reply, failures: int) -> None:
@@ -593,13 +591,6 @@ class Poller:
             return
         self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer))
 
-    def _log_posted(self) -> None:
-        """Never raises: it runs between a GET going out and its reply being read, and a job in that
-        reply must not be lost to a log line that could not be written."""
-        while self._unlogged:
-            with contextlib.suppress(Exception):
-                self._log_finished(self._unlogged.pop(0))
-
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
         job = answer.job
@@ -628,15 +619,11 @@ class Poller:
             conn.close()
 
     def _post_once(self, conn: Connection, outgoing: _Outgoing) -> None:
-        """The poll thread's POST: one attempt; if it must be retried, the posters retry it.
-
-        Its ``job_finished`` line is rendered while the next GET is out (``_log_posted``), not between
-        the POST and that GET.
-        """
+        """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
         if self._attempt_post(conn, outgoing.job_id, outgoing.body):
             self.ledger.release(outgoing.job_id)
             if outgoing.answer is not None:
-                self._unlogged.append(outgoing.answer)
+                self._log_finished(outgoing.answer)
         else:
             outgoing.attempts += 1
             self.ledger.queue_answer(outgoing)

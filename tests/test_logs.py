@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -120,7 +121,7 @@ def _fixed_and_ordinary(method: str, fields: dict[str, Any], level: str = "DEBUG
 
 
 def test_the_fixed_line_is_exactly_the_ordinary_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "_now", lambda: "2026-12-01T12:00:00.000001Z")  # one instant for both lines
+    monkeypatch.setattr(logs, "_now", lambda now=None: "2026-12-01T12:00:00.000001Z")  # one instant for both lines
     monkeypatch.setenv("COMPUTE_SESSION_ID", "session-7")
     logs.add_secret("4242-secret")
     try:
@@ -144,6 +145,51 @@ def test_the_fixed_line_follows_the_level_the_format_and_what_a_field_is() -> No
     assert json.loads(fixed)["unsafeParams"] == {"customer": "alice"}
     fixed, ordinary = _fixed_and_ordinary("info", FIELDS, configure_format="console")
     assert fixed.split(" ", 1)[1] == ordinary.split(" ", 1)[1] and "job_finished" in fixed  # after the time
+
+
+def test_deferred_lines_are_written_soon_with_the_time_and_thread_of_the_call() -> None:
+    out = io.StringIO()
+    logs.configure("sls", "INFO", stream=out)
+    fixed = logs.FixedLine(logs.get_logger("cmworker.poller"), "cmworker.poller", "job_finished", defer=True)
+    called = []
+    for i in range(3):
+        called.append(time.time())
+        fixed("info", job_id=f"j{i}", kind="ok")
+        time.sleep(0.002)
+    thread = threading.Thread(target=lambda: fixed("warning", job_id="j3", kind="timeout"), name="another")
+    thread.start()
+    thread.join()
+    _wait(lambda: out.getvalue().count("\n") == 4, timeout=10)  # the log thread writes them by itself
+    written = lines(out)
+    assert [line["params"]["job_id"] for line in written] == ["j0", "j1", "j2", "j3"]
+    assert [line["thread"] for line in written] == [threading.current_thread().name] * 3 + ["another"]
+    assert written[3]["level"] == "WARN"
+    for line, when in zip(written[:3], called, strict=True):  # the call's time, not the write's (50 ms on)
+        stamp = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs(stamp.replace(tzinfo=datetime.timezone.utc).timestamp() - when) < 0.02
+    fixed("info", job_id="j4", kind="ok")
+    logs.flush_deferred()  # what the poller calls as it stops: written now
+    assert lines(out)[-1]["params"]["job_id"] == "j4"
+
+
+def test_deferred_lines_wait_for_their_batch_and_go_out_in_one_write() -> None:
+    class Writes(io.StringIO):
+        count = 0
+
+        def write(self, text: str) -> int:
+            self.count += 1
+            return super().write(text)
+
+    out = Writes()
+    logs.configure("sls", "INFO", stream=out)
+    kind = logs.FixedLine(None, "cmworker.poller", "job_finished")
+    writer = structlog.WriteLogger(file=out)
+    deferred = logs._Deferred(interval=30.0)  # its thread waits 30 s: only flush() writes in this test
+    for i in range(3):
+        deferred.add(writer, (kind, "INFO", time.time(), "t", {"job_id": f"j{i}"}))
+    assert out.getvalue() == ""
+    deferred.flush()
+    assert out.count == 1 and [line["params"]["job_id"] for line in lines(out)] == ["j0", "j1", "j2"]
 
 
 def test_the_fixed_line_goes_where_structlog_is_pointed() -> None:
