@@ -31,6 +31,7 @@ Measured per session, and rounds alternate the order of the clients:
      records when the first chunk of the chunked POST arrived (``ResultPost.first_chunk_at``), and this
      process notes when the whole answer was recorded. CLOCK_MONOTONIC is system-wide, so the three
      processes' clocks agree.
+And once per round, a logging session: what INFO logs cost against WARN (``logging_cost``).
 Once, after the rounds: CPU per GET job + POST result cycle (keep-alive, TLS) with requests, urllib3,
 http.client and cmworker's own Service, in this process against a fresh emulator: the calling thread's CPU
 (``time.thread_time``: the client alone) and the process's (``time.process_time``: client + emulator).
@@ -100,16 +101,17 @@ class Sizes:
     stream_reps: int      # 1,000-item streams per session
     paced_reps: int       # paced streams per session (first item on the wire)
     transport_cycles: int  # GET+POST cycles per stack and round
-    warn_session: bool    # an extra cmworker burst with WARN logs: the cost of the per-job log line
+    log_pairs: int        # no-op bursts at INFO and at WARN in the logging session, each (0: no such session)
+    log_burst: int        # no-op jobs in one of those bursts
     nice0_session: bool   # an extra cmworker CPU-bound run with worker_nice = 0
 
 
 FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=20, cpu_pairs=12, job_ms=50, payload_mb=20,
-             payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000, warn_session=True,
-             nice0_session=True)
+             payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000,
+             log_pairs=8, log_burst=500, nice0_session=True)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
-              payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150, warn_session=True,
-              nice0_session=True)
+              payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150,
+              log_pairs=2, log_burst=200, nice0_session=True)
 
 
 def progress(message: str) -> None:
@@ -295,8 +297,10 @@ class SlotLog:
 
 def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, workdir: Path,
             tag: str, bare: BarePool) -> dict[str, Any]:
-    """Every measurement for the SDK and cmworker; only the burst for cmworker_warn, only the CPU-bound
-    batches for cmworker_nice0."""
+    """Every measurement for the SDK and cmworker; only the CPU-bound batches for cmworker_nice0; for
+    "logging", the INFO and WARN bursts (``logging_cost``)."""
+    if kind == "logging":
+        return logging_cost(sizes, workers, workdir, tag)
     out: dict[str, Any] = {}
     with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
             serving(kind, rt, workers, workdir, tag) as tree:
@@ -314,8 +318,6 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         out["burst"] = {"wall_s": m.wall, "jobs_per_s": sizes.burst / m.wall,
                         "cpu_us_per_job": {k: v / sizes.burst * 1e6 for k, v in m.cpu.items()},
                         "runtime_cpu_us_per_job": m.runtime_cpu / sizes.burst * 1e6}
-        if kind == "cmworker_warn":
-            return out
 
         latencies = []
         for _ in range(sizes.latency_calls):
@@ -339,6 +341,35 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, wo
         out["paced"] = [stream_once(rt, workdir, n=3, gap=0.05) for _ in range(sizes.paced_reps)]
         out["flood"] = [stream_once(rt, workdir, n=sizes.stream_items) for _ in range(sizes.stream_reps)]
     return out
+
+
+def logging_cost(sizes: Sizes, workers: int, workdir: Path, tag: str) -> dict[str, Any]:
+    """What INFO logs cost: two cmworker clients alive at once, one at INFO and one at WARN, each on its
+    own runtime, take turns with no-op bursts (INFO, WARN, WARN, INFO, ...); the one whose turn it is
+    not waits in its long poll, which costs nothing. Bursts seconds apart see nearly the same machine,
+    as the CPU-bound batches do; separate sessions, as once measured, differed by ±20 % from drift."""
+    out = {level: {"wall_s": 0.0, "jobs": 0, "cpu_s": defaultdict(float)} for level in ("info", "warn")}
+    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_info, \
+            EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_warn, \
+            serving("cmworker", rt_info, workers, workdir, f"{tag}-info") as tree_info, \
+            serving("cmworker_warn", rt_warn, workers, workdir, f"{tag}-warn") as tree_warn:
+        clients = {"info": (rt_info, tree_info), "warn": (rt_warn, tree_warn)}
+        for rt, _ in clients.values():
+            run_jobs(rt, [("noop", None)] * 100)
+        for i in range(2 * sizes.log_pairs):
+            level = ("info", "warn", "warn", "info")[i % 4]
+            rt, tree = clients[level]
+            with Meter(tree) as m:
+                answers = run_jobs(rt, [("noop", None)] * sizes.log_burst)
+            if any(a != b"null" for a in answers):
+                raise RuntimeError(f"logging session, {level}: a no-op answered something else than null")
+            out[level]["wall_s"] += m.wall
+            out[level]["jobs"] += sizes.log_burst
+            for role, cpu in m.cpu.items():
+                out[level]["cpu_s"][role] += cpu
+    return {level: {"jobs_per_s": o["jobs"] / o["wall_s"],
+                    "cpu_us_per_job": {role: cpu / o["jobs"] * 1e6 for role, cpu in o["cpu_s"].items()}}
+            for level, o in out.items()}
 
 
 def cpu_bound(kind: str, rt: EmbeddedRuntime, tree: Tree, slots: SlotLog, sizes: Sizes, spin_n: int,
@@ -575,19 +606,24 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
                    for r in rounds]
     print(f"\ncmworker / SDK: throughput {cm_t / sdk_t:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_t)}),"
           f" client CPU per job {cm_c / sdk_c:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_c)})")
-    # The INFO session and the WARN session run back to back in each round, so each round gives a pair;
-    # which of the two goes first alternates in pairs of rounds (the order itself moves the numbers).
-    paired = [r for r in rounds if "cmworker_warn" in r]
+    paired = [r["logging"] for r in rounds if "logging" in r]
     log_cost: float | None = None
     if paired:
-        slower = [r["cmworker_warn"]["burst"]["jobs_per_s"] / r["cmworker"]["burst"]["jobs_per_s"] - 1 for r in paired]
-        dearer = [r["cmworker"]["burst"]["cpu_us_per_job"]["total"]
-                  / r["cmworker_warn"]["burst"]["cpu_us_per_job"]["total"] - 1 for r in paired]
+        burst = f"{sizes.log_pairs} + {sizes.log_pairs} bursts of {sizes.log_burst:,}"
+        print(f"\n### Logging: cmworker at INFO (one `job_finished` line per job) against WARN, {burst} no-ops\n")
+        print("Both clients are alive for the whole session, each on its own runtime, and take turns (INFO, WARN, "
+              "WARN, INFO, ...).\n")
+        print("| log level | jobs/s | client CPU µs/job | parent |\n|---|---|---|---|")
+        for level in ("info", "warn"):
+            print(f"| {level.upper()} | {spread([p[level]['jobs_per_s'] for p in paired])} | "
+                  f"{spread([p[level]['cpu_us_per_job']['total'] for p in paired])} | "
+                  f"{spread([p[level]['cpu_us_per_job'].get('parent', 0.0) for p in paired])} |")
+        slower = [p["warn"]["jobs_per_s"] / p["info"]["jobs_per_s"] - 1 for p in paired]
+        dearer = [p["info"]["cpu_us_per_job"]["total"] / p["warn"]["cpu_us_per_job"]["total"] - 1 for p in paired]
         log_cost = med(slower)
-        print(f"\nLogging at INFO (one `job_finished` line per job) against WARN, paired per round: throughput "
-              f"{log_cost * 100:+.1f} % lower at INFO (per round {', '.join(f'{x * 100:+.1f}' for x in slower)}), "
-              f"client CPU per job {med(dearer) * 100:+.1f} % higher (per round "
-              f"{', '.join(f'{x * 100:+.1f}' for x in dearer)}).")
+        print(f"\nAt INFO against WARN, per session: throughput {log_cost * 100:+.1f} % lower (per session "
+              f"{', '.join(f'{x * 100:+.1f}' for x in slower)}), client CPU per job {med(dearer) * 100:+.1f} % "
+              f"higher (per session {', '.join(f'{x * 100:+.1f}' for x in dearer)}).")
 
     print(f"\n### Idle latency: one no-op at a time, queued -> answer recorded, {sizes.latency_calls} calls per "
           "round\n")
@@ -785,8 +821,8 @@ def main() -> int:
         workdir = Path(tmp)
         for r in range(sizes.rounds):
             order = ["sdk", "cmworker"] if r % 2 == 0 else ["cmworker", "sdk"]
-            if sizes.warn_session:  # beside the INFO session, before it in every other round: no order bias
-                order.insert(order.index("cmworker") + (r // 2 + 1) % 2, "cmworker_warn")
+            if sizes.log_pairs:  # the logging session, before or after the two clients in turn
+                order.insert(0 if r % 2 else len(order), "logging")
             if sizes.nice0_session:  # likewise beside the default cmworker session
                 order.insert(order.index("cmworker") + (r // 2) % 2, "cmworker_nice0")
             results: dict[str, Any] = {"order": order}
