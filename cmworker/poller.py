@@ -265,6 +265,11 @@ class Poller:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
+        # One keep-alive connection kept for the next streaming job: a new TLS connection costs ~3.5 ms
+        # here, which a stream's first item would otherwise wait for. Streams that run at once beside it
+        # connect anew and close after; keeping one only, the parent's open files never grow with streams.
+        self._spare_connections: list[Connection] = []
+        self._spare_lock = threading.Lock()
         self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
         self.exit_code = 0
 
@@ -278,7 +283,7 @@ class Poller:
         self._learn_functions()
         conn = self.service.connection()
         self._announce(conn)
-        conn.close()
+        self._spare_connections.append(conn)  # connected already: the first stream's POST goes out at once
         for i in range(self.settings.posters):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
@@ -372,6 +377,10 @@ class Poller:
         for thread in self._threads:
             thread.join(timeout=5)
         logs.flush_deferred()  # the last job_finished lines, before the exit line
+        with self._spare_lock:
+            for conn in self._spare_connections:
+                conn.close()
+            self._spare_connections.clear()
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -645,11 +654,18 @@ class Poller:
                 sent.append(item)
                 yield item
 
-        conn = self.service.connection()
+        with self._spare_lock:
+            conn = self._spare_connections.pop() if self._spare_connections else self.service.connection()
         try:
             self._post(conn, held.job_id, chunks)
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        with self._spare_lock:
+            if not self._spare_connections and not self._stopping.is_set():
+                self._spare_connections.append(conn)
+                return
+        conn.close()
 
     def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> None:
         """POST one answer until the runtime has it; then the job leaves the ledger."""
