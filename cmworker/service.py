@@ -171,12 +171,9 @@ class Service:
         return Connection(self.endpoints.host, self.endpoints.port, self.context,
                           {"Module-Auth-Token": self.endpoints.token})
 
-    def get_job(self, conn: Connection, while_waiting: Callable[[], None] | None = None) -> Reply:
-        """One long poll: 200 with a job, 204 without. Raises TransportError on network trouble.
-
-        ``while_waiting`` runs once the request is out (see ``Connection.request``)."""
-        return conn.request("GET", self.endpoints.job_path, timeout=self.long_poll_timeout,
-                            while_waiting=while_waiting)
+    def get_job(self, conn: Connection) -> Reply:
+        """One long poll: 200 with a job, 204 without. Raises TransportError on network trouble."""
+        return conn.request("GET", self.endpoints.job_path, timeout=self.long_poll_timeout)
 
     def post_result(self, conn: Connection, job_id: str, body: bytes | Iterable[bytes]) -> Reply:
         return conn.request("POST", self.endpoints.result_url(job_id), body, "application/octet-stream")

@@ -22,7 +22,7 @@ import re
 import select
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 MAX_LINE = 65536
@@ -68,13 +68,8 @@ class Connection:
         self._reader: io.BufferedReader | None = None
 
     def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-                content_type: str | None = None, timeout: float | None = None,
-                while_waiting: Callable[[], None] | None = None) -> Reply:
-        """Send one request and read its reply. An iterable body goes out chunked, each piece as it comes.
-
-        ``while_waiting`` runs once the request is sent, before the reply is read: work that should
-        not delay the request. It must not raise: the reply would be left unread.
-        """
+                content_type: str | None = None, timeout: float | None = None) -> Reply:
+        """Send one request and read its reply. An iterable body goes out chunked, each piece as it comes."""
         if not _TARGET.fullmatch(path):
             raise ValueError(f"not a request target: {path!r}")
         head = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._fields
@@ -98,8 +93,6 @@ class Connection:
                     if piece:  # an empty chunk would end the body
                         sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 sock.sendall(b"0\r\n\r\n")
-            if while_waiting is not None:
-                while_waiting()
             status, data, close = read_reply(reader, method)
         except (OSError, BadReply) as exc:
             self.close()

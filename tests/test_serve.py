@@ -203,8 +203,8 @@ def test_sigterm_while_waiting_for_the_token_file_exits_0_at_once(runtime: Embed
 
 def test_sigterm_drains_running_jobs_then_exits_0(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     with serving(runtime, tmp_path) as proc:
-        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 3})
-        _wait_held(runtime, job)
+        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 3, "started": str(tmp_path / "started")})
+        _wait_started(tmp_path / "started")  # held is not enough: a job taken but not yet started is not run
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
         assert answer(runtime, job) == ("ok", {"neighbour": 3})
@@ -213,8 +213,8 @@ def test_sigterm_drains_running_jobs_then_exits_0(runtime: EmbeddedRuntime, tmp_
 def test_a_job_outliving_the_shutdown_grace_is_answered_shutdown(runtime: EmbeddedRuntime,
                                                                  tmp_path: Path) -> None:
     with serving(runtime, tmp_path, top_level='shutdown_grace = "500ms"\n') as proc:
-        job = runtime.submit("neighbour", {"sleep": 30, "n": 1})
-        _wait_held(runtime, job)
+        job = runtime.submit("neighbour", {"sleep": 30, "n": 1, "started": str(tmp_path / "started")})
+        _wait_started(tmp_path / "started")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
         kind, payload = answer(runtime, job)
@@ -302,6 +302,13 @@ def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _wait_started(marker: Path) -> None:
+    deadline = time.monotonic() + WAIT
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"the job never started ({marker} not created)"
+        time.sleep(0.01)
 
 
 def _wait_held(rt: EmbeddedRuntime, job_id: str) -> None:

@@ -20,7 +20,10 @@ def echo(context, event):
 
 @cmworker.function
 def neighbour(context, event):
-    """The well-behaved job that runs beside each misbehaving one."""
+    """The well-behaved job that runs beside each misbehaving one; with "started", it first creates
+    that file (a test then knows it runs, not only that the runtime handed it out)."""
+    if event.get("started"):
+        open(event["started"], "w").close()
     time.sleep(event["sleep"])
     return {"neighbour": event["n"]}
 
