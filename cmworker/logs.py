@@ -250,7 +250,7 @@ def get_logger(name: str | None = None, **initial: Any) -> Any:
 
 class FixedLine:
     """One kind of line the parent writes for every job (``job_finished``), rendered without structlog's
-    per-call machinery, and with ``defer`` rendered and written later by a log thread, in batches.
+    per-call machinery, later, by a log thread, in batches (``flush_deferred`` writes them at once).
 
     The text is exactly the ``SlsRenderer``'s for the same call (tests/test_logs.py compares them); the
     shortcut is taken only with the SLS format, fields cmworker sets itself (all safe, no stack) and the
@@ -263,10 +263,9 @@ class FixedLine:
     and one write carries them all; the call itself only records the time, the thread and the fields.
     """
 
-    def __init__(self, fallback: Any, origin: str, message: str, *, defer: bool = False) -> None:
+    def __init__(self, fallback: Any, origin: str, message: str) -> None:
         self.fallback = fallback
         self.message = message
-        self.defer = defer
         self._origin = f", \"origin\": {encode_basestring_ascii(origin)}, \"thread\": "
         self._params = f", \"message\": {encode_basestring_ascii(message)}, \"safe\": true, \"params\": "
 
@@ -282,11 +281,7 @@ class FixedLine:
             return
         params.setdefault("session_id", _session_id)
         params.setdefault("process_id", os.getpid())
-        line = (self, level, time.time(), threading.current_thread().name, params)
-        if self.defer:
-            _DEFERRED.add(installed.writer, line)
-        else:
-            installed.writer.msg(redact(_render(line)))
+        _DEFERRED.add(installed.writer, (self, level, time.time(), threading.current_thread().name, params))
 
 
 _Line = tuple[FixedLine, str, float, str, dict[str, Any]]  # (kind, level, time, thread, params)

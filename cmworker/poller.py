@@ -252,7 +252,7 @@ class Poller:
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
         self._events = events.bind()
         self._job_output = job_output.bind()
-        self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished", defer=True)
+        self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished")
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
@@ -268,7 +268,7 @@ class Poller:
         # One keep-alive connection kept for the next streaming job: a new TLS connection costs ~3.5 ms
         # here, which a stream's first item would otherwise wait for. Streams that run at once beside it
         # connect anew and close after; keeping one only, the parent's open files never grow with streams.
-        self._spare_connections: list[Connection] = []
+        self._spare_connection: Connection | None = None
         self._spare_lock = threading.Lock()
         self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
         self.exit_code = 0
@@ -283,7 +283,7 @@ class Poller:
         self._learn_functions()
         conn = self.service.connection()
         self._announce(conn)
-        self._spare_connections.append(conn)  # connected already: the first stream's POST goes out at once
+        self._spare_connection = conn  # connected already: the first stream's POST goes out at once
         for i in range(self.settings.posters):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
@@ -378,9 +378,9 @@ class Poller:
             thread.join(timeout=5)
         logs.flush_deferred()  # the last job_finished lines, before the exit line
         with self._spare_lock:
-            for conn in self._spare_connections:
-                conn.close()
-            self._spare_connections.clear()
+            spare, self._spare_connection = self._spare_connection, None
+        if spare is not None:
+            spare.close()
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
@@ -655,15 +655,15 @@ class Poller:
                 yield item
 
         with self._spare_lock:
-            conn = self._spare_connections.pop() if self._spare_connections else self.service.connection()
+            conn, self._spare_connection = self._spare_connection or self.service.connection(), None
         try:
             self._post(conn, held.job_id, chunks)
         except BaseException:
             conn.close()
             raise
         with self._spare_lock:
-            if not self._spare_connections and not self._stopping.is_set():
-                self._spare_connections.append(conn)
+            if self._spare_connection is None and not self._stopping.is_set():
+                self._spare_connection = conn
                 return
         conn.close()
 

@@ -347,7 +347,7 @@ def logging_cost(sizes: Sizes, workers: int, workdir: Path, tag: str) -> dict[st
     """What INFO logs cost: two cmworker clients alive at once, one at INFO and one at WARN, each on its
     own runtime, take turns with no-op bursts (INFO, WARN, WARN, INFO, ...); the one whose turn it is
     not waits in its long poll, which costs nothing. Bursts seconds apart see nearly the same machine,
-    as the CPU-bound batches do; separate sessions, as once measured, differed by ±20 % from drift."""
+    as the CPU-bound batches do; separate sessions, as once measured, differed by up to 35 % from drift."""
     out = {level: {"wall_s": 0.0, "jobs": 0, "cpu_s": defaultdict(float)} for level in ("info", "warn")}
     with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_info, \
             EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_warn, \

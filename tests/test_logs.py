@@ -115,6 +115,7 @@ def _fixed_and_ordinary(method: str, fields: dict[str, Any], level: str = "DEBUG
     ordinary = logs.get_logger("cmworker.poller").bind()
     fixed = logs.FixedLine(ordinary, "cmworker.poller", "job_finished")
     fixed(method, **fields)
+    logs.flush_deferred()
     first = out.getvalue()
     getattr(ordinary, method)("job_finished", **fields)
     return first, out.getvalue()[len(first):]
@@ -150,7 +151,7 @@ def test_the_fixed_line_follows_the_level_the_format_and_what_a_field_is() -> No
 def test_deferred_lines_are_written_soon_with_the_time_and_thread_of_the_call() -> None:
     out = io.StringIO()
     logs.configure("sls", "INFO", stream=out)
-    fixed = logs.FixedLine(logs.get_logger("cmworker.poller"), "cmworker.poller", "job_finished", defer=True)
+    fixed = logs.FixedLine(logs.get_logger("cmworker.poller"), "cmworker.poller", "job_finished")
     called = []
     for i in range(3):
         called.append(time.time())
