@@ -24,7 +24,9 @@ Measured per session, and rounds alternate the order of the clients:
      per round once was, the ratio swung by ±15 % with the speed of this shared VM: it drifts by a
      quarter within a minute.) Batches are short (20 jobs, ~0.5 s) and many (12 + 12 per session) so
      that each pair sees nearly the same machine; the start and end of a batch, which a longer batch
-     would dilute, count against the client as much as against the bare pool.
+     would dilute, count against the client as much as against the bare pool. Each job answers when it
+     started and ended and which pid ran it (``e2e_work.spin_timed``), so the time a worker sat idle
+     between two jobs is measured directly, apart from the jobs' own length (which follows the VM's speed).
   4. a large payload (20 MB string) echoed: time per job;
   5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
      ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
@@ -50,6 +52,7 @@ import contextlib
 import datetime
 import http.client
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -378,21 +381,42 @@ def cpu_bound(kind: str, rt: EmbeddedRuntime, tree: Tree, slots: SlotLog, sizes:
     slots.clear()
     out: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0, "bare_workers_cpu_s": 0.0,
                            "client_cpu_s": defaultdict(float), "runtime_cpu_s": 0.0, "batches": []}
+    jobs: dict[str, list[list[float]]] = {"client": [], "bare": []}  # one list of [start, end, pid] per batch
     for i in range(2 * sizes.cpu_pairs):
         if i % 4 in (0, 3):
-            wall, workers_cpu = bare.run(sizes.cpu_jobs, spin_n)
+            wall, workers_cpu, records = bare.run(sizes.cpu_jobs, spin_n)
             out["bare_wall_s"] += wall
             out["bare_workers_cpu_s"] += workers_cpu
             out["batches"].append(("bare", wall))
+            jobs["bare"].append(records)
             continue
         with Meter(tree) as m:
-            run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
+            answers = run_jobs(rt, [("spin", spin_n)] * sizes.cpu_jobs)
         out["wall_s"] += m.wall
         out["runtime_cpu_s"] += m.runtime_cpu
         for role, cpu in m.cpu.items():
             out["client_cpu_s"][role] += cpu
         out["batches"].append((kind, m.wall))
+        jobs["client"].append([json.loads(a) for a in answers])
+    for who, batches in jobs.items():
+        prefix = "bare_" if who == "bare" else ""
+        out[prefix + "job_ms"], out[prefix + "idle_ms"] = job_times(batches)
     return {**out, "client_cpu_s": dict(out["client_cpu_s"]), **slots.summary()}
+
+
+def job_times(batches: list[list[list[float]]]) -> tuple[float, float]:
+    """From each job's [start, end, pid]: the median job's own length, and the mean time a worker sat idle
+    between the end of one job and the start of its next in the same batch, both in ms."""
+    lengths, idle = [], []
+    for records in batches:
+        by_worker: dict[float, list[tuple[float, float]]] = defaultdict(list)
+        for start, end, pid in records:
+            lengths.append(end - start)
+            by_worker[pid].append((start, end))
+        for runs in by_worker.values():
+            runs.sort()
+            idle += [later[0] - earlier[1] for earlier, later in itertools.pairwise(runs)]
+    return statistics.median(lengths) * 1e3, (statistics.fmean(idle) * 1e3 if idle else float("nan"))
 
 
 def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) -> dict[str, float]:
@@ -424,14 +448,14 @@ class BarePool:
 
     def __init__(self, workers: int) -> None:
         self.pool = multiprocessing.get_context("forkserver").Pool(workers)
-        self.pool.map(e2e_work.spin, [1000] * (2 * workers), chunksize=1)
+        self.pool.map(e2e_work.spin_timed, [1000] * (2 * workers), chunksize=1)
         self.tree = Tree(psutil.Process(), "bare")
 
-    def run(self, jobs: int, spin_n: int) -> tuple[float, float]:
-        """One batch: its wall time and the CPU its workers used, in seconds."""
+    def run(self, jobs: int, spin_n: int) -> tuple[float, float, list[list[float]]]:
+        """One batch: its wall time and the CPU its workers used, in seconds, and each job's [start, end, pid]."""
         with Meter(self.tree) as m:
-            self.pool.map(e2e_work.spin, [spin_n] * jobs, chunksize=1)
-        return m.wall, m.cpu.get("workers", 0.0)
+            records = self.pool.map(e2e_work.spin_timed, [spin_n] * jobs, chunksize=1)
+        return m.wall, m.cpu.get("workers", 0.0), records
 
     def close(self) -> None:
         self.pool.terminate()
@@ -564,6 +588,13 @@ def efficiency(client_session: dict[str, Any]) -> float:
     return float(cpu_bound["bare_wall_s"] / cpu_bound["wall_s"])
 
 
+def idle_efficiency(cpu_bound: dict[str, Any]) -> float:
+    """The bare pool's job length plus its workers' idle time between jobs, over the same job length plus
+    the client's workers' idle time."""
+    job = cpu_bound["bare_job_ms"]
+    return float((job + cpu_bound["bare_idle_ms"]) / (job + cpu_bound["idle_ms"]))
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -657,6 +688,20 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
               f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['held_ms']), '{:.1f}')} | "
               f"{spread(series(kind, lambda s: s['cpu_bound']['turnaround_ms']), '{:.2f}')} |")
+    print("\n#### Between two jobs of a worker\n\nFrom the times each job reports (start, end, pid): a worker's "
+          "idle time between the end of one job and the start of its next, mean over a session's batches; the jobs' "
+          "own length, median. The last column is the efficiency the idle times alone give, at the bare pool's job "
+          "length: what the client's hand-off costs, apart from how fast the machine ran its jobs.\n")
+    print("| client | its workers idle between jobs, ms | the bare pool's, ms | job's own length, ms | "
+          "the bare pool's, ms | efficiency from idle time alone |")
+    print("|---|---|---|---|---|---|")
+    for kind in eff:
+        cpu_runs = series_cpu(kind)
+        print(f"| {CLIENTS[kind]} | {spread([c['idle_ms'] for c in cpu_runs], '{:.2f}')} | "
+              f"{spread([c['bare_idle_ms'] for c in cpu_runs], '{:.2f}')} | "
+              f"{spread([c['job_ms'] for c in cpu_runs], '{:.1f}')} | "
+              f"{spread([c['bare_job_ms'] for c in cpu_runs], '{:.1f}')} | "
+              f"{spread([idle_efficiency(c) for c in cpu_runs], '{:.3f}')} |")
     if "cmworker_nice0" in eff:
         gain = [a / b for a, b in zip(eff["cmworker"], eff["cmworker_nice0"], strict=True)]
         print(f"\nworker_nice = 19 (the default) against 0, same round: efficiency x{med(gain):.3f} "

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("### No-op burst", "### Idle latency", "### CPU-bound", "payload echoed", "### Streaming",
+TABLES = ("### No-op burst", "### Idle latency", "### CPU-bound", "#### Between two jobs of a worker",
+          "payload echoed", "### Streaming",
           "### Transport", "### Targets")
 
 
@@ -36,6 +37,11 @@ def test_bench_e2e_quick_run_prints_its_tables(tmp_path: Path) -> None:
     assert len(data["rounds"]) == 1 and {"sdk", "cmworker"} <= data["rounds"][0].keys()
     batches = data["rounds"][0]["cmworker"]["cpu_bound"]["batches"]
     assert [who for who, _wall in batches] == ["bare", "cmworker"]  # --quick: one pair
+    cpu_bound = data["rounds"][0]["cmworker"]["cpu_bound"]
+    for key in ("job_ms", "bare_job_ms"):  # each job reported its own start and end
+        assert cpu_bound[key] > 0, key
+    for key in ("idle_ms", "bare_idle_ms"):  # --quick: 6 jobs on 2 workers, so each worker ran more than one
+        assert cpu_bound[key] >= 0, key
     assert len(data["targets"]) == 6
     assert data["client_processes"], "the script saw no client process"
     assert not [pid for pid, created in data["client_processes"] if _running(pid, created)]

@@ -12,7 +12,7 @@ def noop(context, event):
 
 @cmworker.function
 def spin(context, event):
-    return e2e_work.spin(event)
+    return e2e_work.spin_timed(event)
 
 
 @cmworker.function

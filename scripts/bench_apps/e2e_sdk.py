@@ -13,7 +13,7 @@ def noop(context, event):
 
 @function
 def spin(context, event):
-    return e2e_work.spin(event)
+    return e2e_work.spin_timed(event)
 
 
 @function

@@ -8,6 +8,7 @@ generator on its own. Nothing here imports cmworker or the SDK.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -18,6 +19,14 @@ def spin(n: int) -> int:
     for i in range(n):
         total += i * i % 7
     return total
+
+
+def spin_timed(n: int) -> list[float]:
+    """``spin(n)``, answered with when it started and ended (``time.monotonic()``, system-wide) and the pid
+    that ran it: from these the benchmark sees how long each worker sat idle between two jobs."""
+    start = time.monotonic()
+    spin(n)
+    return [start, time.monotonic(), os.getpid()]
 
 
 def items(n: int, gap: float = 0.0, stamp: str | None = None) -> Iterator[dict[str, int]]:
