@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Where the time between two jobs of a cmworker worker goes, step by step.
+
+``cmworker run`` serves scripts/bench_apps/e2e_cmworker.py against an ``EmbeddedRuntime`` in this process,
+with timestamps added to its parent (``--serve``: this script, run as the client, wraps five methods before
+handing over to ``cmworker.cli``). CPU-bound jobs (``e2e_work.spin_timed``) report when they started and
+ended inside the worker. Joined on the job id and the worker's pid, each hand-off from one job of a worker
+to its next reads:
+
+    job ends (in the worker) -> the parent has its answer -> POST result sent -> POST answered
+    -> GET job sent -> GET answered -> job handed to the worker -> job starts (in the worker)
+
+All times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide). The wrappers cost a few microseconds
+per step. A diagnostic, not a benchmark: the VM's speed drifts, so compare steps within one run.
+
+    .venv/bin/python scripts/trace_handoff.py [--batches N] [--jobs J] [--job-ms MS] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "scripts" / "bench_apps"
+TRACE_ENV = "CMWORKER_HANDOFF_TRACE"
+STEPS = ("the parent has the answer", "POST result sent", "POST answered", "GET job sent", "GET answered",
+         "job handed to the worker", "job starts")
+MARKS = ("answer", "post0", "post1", "get0", "get1", "submit")
+
+
+def serve(argv: list[str]) -> int:
+    """The traced client: ``cmworker run`` with a timestamp on each step of the parent's hand-off."""
+    from cmworker import cli, poller, service, supervisor
+
+    marks: list[tuple[float, str, str]] = []
+
+    def mark(name: str, job_id: str = "") -> None:
+        marks.append((time.monotonic(), name, job_id))
+
+    on_answer, post_result = poller.Poller._on_answer, service.Service.post_result
+    get_job, submit = service.Service.get_job, supervisor.Pool.submit
+
+    def traced_on_answer(self: Any, answer: Any) -> None:
+        mark("answer", answer.job.id)
+        on_answer(self, answer)
+
+    def traced_post_result(self: Any, conn: Any, job_id: str, body: Any) -> Any:
+        mark("post0", job_id)
+        reply = post_result(self, conn, job_id, body)
+        mark("post1", job_id)
+        return reply
+
+    def traced_get_job(self: Any, conn: Any) -> Any:
+        mark("get0")
+        reply = get_job(self, conn)
+        mark("get1")
+        return reply
+
+    def traced_submit(self: Any, job: Any) -> None:
+        mark("submit", job.id)
+        submit(self, job)
+
+    poller.Poller._on_answer = traced_on_answer  # type: ignore[method-assign]
+    service.Service.post_result = traced_post_result  # type: ignore[method-assign]
+    service.Service.get_job = traced_get_job  # type: ignore[method-assign]
+    supervisor.Pool.submit = traced_submit  # type: ignore[method-assign]
+
+    def dump() -> None:
+        Path(os.environ[TRACE_ENV]).write_text(json.dumps(marks))
+
+    atexit.register(dump)
+    return cli.main(argv)
+
+
+def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[list[list[float]], int]:
+    """Each hand-off's step times, in ms from the end of the earlier job (one list per hand-off, in the
+    order of ``STEPS``), and how many hand-offs were left out because their steps interleaved with another
+    worker's (a poster thread's POST beside the poll thread's GET). A GET belongs to the job submitted
+    right after it answered."""
+    by_job: dict[str, dict[str, float]] = defaultdict(dict)
+    last_get: dict[str, float] = {}
+    for at, name, job_id in marks:
+        if name in ("get0", "get1"):
+            last_get[name] = at
+        elif name == "submit":
+            by_job[job_id].update(last_get)
+            by_job[job_id]["submit"] = at
+        else:
+            by_job[job_id][name] = at
+    by_worker: dict[tuple[float, float], list[tuple[float, float, str]]] = defaultdict(list)
+    for job_id, (start, end, pid, batch) in jobs.items():
+        by_worker[pid, batch].append((start, end, job_id))  # between batches a worker waits for work
+    out, interleaved = [], 0
+    for runs in by_worker.values():
+        runs.sort()
+        for (_, end, earlier), (start, _, later) in itertools.pairwise(runs):
+            a, b = by_job.get(earlier, {}), by_job.get(later, {})
+            if not {"answer", "post0", "post1"} <= a.keys() or not {"get0", "get1", "submit"} <= b.keys():
+                continue  # the first job of a batch, or a step that was not traced
+            times = [end, a["answer"], a["post0"], a["post1"], b["get0"], b["get1"], b["submit"], start]
+            if times != sorted(times):
+                interleaved += 1
+                continue
+            out.append([(t - end) * 1e3 for t in times[1:]])
+    return out, interleaved
+
+
+def report(rows: list[list[float]], interleaved: int) -> None:
+    print(f"{len(rows)} hand-offs ({interleaved} more interleaved with another worker's and are left out); "
+          "each step's time from the step before, ms\n")
+    print("| step | median | mean | p90 | max |\n|---|---|---|---|---|")
+    previous = [0.0] * len(rows)
+    for i, step in enumerate(STEPS):
+        took = sorted(row[i] - before for row, before in zip(rows, previous, strict=True))
+        previous = [row[i] for row in rows]
+        print(f"| {step} | {statistics.median(took):.3f} | {statistics.fmean(took):.3f} | "
+              f"{took[int(len(took) * 0.9)]:.3f} | {took[-1]:.3f} |")
+    total = sorted(row[-1] for row in rows)
+    print(f"| **job end to next job start** | {statistics.median(total):.3f} | {statistics.fmean(total):.3f} | "
+          f"{total[int(len(total) * 0.9)]:.3f} | {total[-1]:.3f} |")
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--serve"]:
+        return serve(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--batches", type=int, default=10, help="batches of jobs (default 10)")
+    parser.add_argument("--jobs", type=int, default=20, help="jobs per batch (default 20)")
+    parser.add_argument("--job-ms", type=float, default=50.0, help="a job's length at the machine's fastest")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    sys.path.insert(0, str(APPS))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_e2e import calibrate, run_jobs, stop
+
+    from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime
+
+    spin_n = calibrate(args.job_ms)
+    jobs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="cmworker-trace-") as tmp, \
+            EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=args.workers) as rt:
+        trace = Path(tmp) / "trace.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
+        env.update(rt.env(0), MAX_CONCURRENT_TASKS=str(args.workers), **{TRACE_ENV: str(trace)})
+        cmd = [sys.executable, __file__, "--serve", "run", str(APPS / "e2e_cmworker.py"),
+               "--workers", str(args.workers)]
+        with open(Path(tmp) / "client.log", "wb") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            run_jobs(rt, [("spin", 1000)] * (4 * args.workers))  # up, and every worker warm
+            for batch in range(args.batches):
+                ids = rt.store.submit([("spin", spin_n, DEFAULT_USER_ID)] * args.jobs)
+                for job_id, snap in zip(ids, rt.store.wait_finished(ids, 600.0), strict=True):
+                    if snap is None or snap.answer is None:
+                        raise RuntimeError(f"job {job_id} was not answered: {snap}")
+                    jobs[job_id] = [*json.loads(snap.answer), batch]  # start, end, pid, batch
+        finally:
+            stop(proc, "cmworker")  # SIGTERM: cmworker drains and exits, and the trace is written
+        marks = json.loads(trace.read_text())
+    print(f"{args.batches} batches of {args.jobs} jobs of ~{args.job_ms:.0f} ms, {args.workers} workers, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    report(*hand_offs(marks, jobs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""scripts/trace_handoff.py: the hand-off steps are joined correctly, and a short real run prints them all.
+No timing is asserted: the numbers are the script's job."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import trace_handoff  # noqa: E402
+
+
+def test_steps_of_one_worker_are_joined_in_order_and_interleaved_ones_are_counted() -> None:
+    jobs = {"a": [0.0, 1.0, 7, 0], "b": [1.010, 2.0, 7, 0],   # worker 7: a then b
+            "c": [0.0, 1.5, 8, 0], "d": [1.520, 3.0, 8, 0],   # worker 8: c then d, its POST beside a GET
+            "e": [5.0, 6.0, 7, 1]}                             # worker 7 again, in the next batch
+    marks = [
+        [1.001, "answer", "a"], [1.002, "post0", "a"], [1.003, "post1", "a"],
+        [1.004, "get0", ""], [1.005, "get1", ""], [1.006, "submit", "b"],
+        [1.501, "answer", "c"], [1.502, "post0", "c"],
+        [1.503, "get0", ""], [1.505, "get1", ""], [1.506, "submit", "d"],
+        [1.504, "post1", "c"],
+        [2.001, "answer", "b"], [2.002, "post0", "b"], [2.003, "post1", "b"],
+        [4.0, "get0", ""], [5.0, "get1", ""], [5.0, "submit", "e"],  # waited for the next batch
+    ]
+    rows, interleaved = trace_handoff.hand_offs(sorted(marks), jobs)
+    assert rows == [pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0])]
+    assert interleaved == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_short_run_prints_every_step() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "trace_handoff.py"), "--batches", "2",
+                           "--jobs", "8", "--job-ms", "20"], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step in (*trace_handoff.STEPS, "job end to next job start"):
+        assert re.search(rf"\| \**{re.escape(step)}\** \| [\d.]+ \| [\d.]+ \|", done.stdout), step
+    found = re.search(r"^(\d+) hand-offs", done.stdout, re.M)
+    assert found and int(found.group(1)) > 0, done.stdout
