@@ -181,7 +181,9 @@ class Meter:
 
 
 @contextlib.contextmanager
-def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: str) -> Iterator[Tree]:
+def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: str,
+            launcher: tuple[str, ...] = (sys.executable, "-m", "cmworker")) -> Iterator[Tree]:
+    """The client ``kind`` serving ``rt`` until the block ends; cmworker is started as ``launcher run APP``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
     env.update(rt.env(0))
     env["MAX_CONCURRENT_TASKS"] = str(workers)
@@ -190,7 +192,7 @@ def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: st
     if kind == "sdk":
         cmd = [sys.executable, str(APPS / "e2e_sdk.py")]
     else:
-        cmd = [sys.executable, "-m", "cmworker", "run", str(APPS / "e2e_cmworker.py"), "--workers", str(workers),
+        cmd = [*launcher, "run", str(APPS / "e2e_cmworker.py"), "--workers", str(workers),
                "--log-level", "WARN" if kind == "cmworker_warn" else "INFO"]
     log_path = workdir / f"{tag}.log"
     with open(log_path, "wb") as log:

@@ -2,9 +2,10 @@
 """Where the time between two jobs of a cmworker worker goes, step by step.
 
 ``cmworker run`` serves scripts/bench_apps/e2e_cmworker.py against an ``EmbeddedRuntime`` in this process,
-with timestamps added to its parent (``--serve``: this script, run as the client, wraps five methods before
-handing over to ``cmworker.cli``). CPU-bound jobs (``e2e_work.spin_timed``) report when they started and
-ended inside the worker. Joined on the job id and the worker's pid, each hand-off from one job of a worker
+with timestamps added to its parent (``--serve TRACE``: this script, run as the client, wraps five methods
+before handing over to ``cmworker.cli``, and writes the timestamps to TRACE as it exits; it is started
+and stopped by bench_e2e's ``serving``). CPU-bound jobs (``e2e_work.spin_timed``) report when they started
+and ended inside the worker. Joined on the job id and the worker's pid, each hand-off from one job of a worker
 to its next reads:
 
     job ends (in the worker) -> the parent has its answer -> POST result sent -> POST answered
@@ -22,9 +23,7 @@ import argparse
 import atexit
 import itertools
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +33,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "scripts" / "bench_apps"
-TRACE_ENV = "CMWORKER_HANDOFF_TRACE"
 STEPS = ("the parent has the answer", "POST result sent", "POST answered", "GET job sent", "GET answered",
          "job handed to the worker", "job starts")
 MARKS = ("answer", "post0", "post1", "get0", "get1", "submit")
 
 
-def serve(argv: list[str]) -> int:
+def serve(trace: str, argv: list[str]) -> int:
     """The traced client: ``cmworker run`` with a timestamp on each step of the parent's hand-off."""
     from cmworker import cli, poller, service, supervisor
 
@@ -78,7 +76,7 @@ def serve(argv: list[str]) -> int:
     supervisor.Pool.submit = traced_submit  # type: ignore[method-assign]
 
     def dump() -> None:
-        Path(os.environ[TRACE_ENV]).write_text(json.dumps(marks))
+        Path(trace).write_text(json.dumps(marks))
 
     atexit.register(dump)
     return cli.main(argv)
@@ -134,7 +132,7 @@ def report(rows: list[list[float]], interleaved: int) -> None:
 
 def main() -> int:
     if sys.argv[1:2] == ["--serve"]:
-        return serve(sys.argv[2:])
+        return serve(sys.argv[2], sys.argv[3:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--batches", type=int, default=10, help="batches of jobs (default 10)")
     parser.add_argument("--jobs", type=int, default=20, help="jobs per batch (default 20)")
@@ -143,7 +141,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(APPS))
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_e2e import calibrate, run_jobs, stop
+    from bench_e2e import calibrate, run_jobs, serving
 
     from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime
 
@@ -152,23 +150,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cmworker-trace-") as tmp, \
             EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=args.workers) as rt:
         trace = Path(tmp) / "trace.json"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
-        env.update(rt.env(0), MAX_CONCURRENT_TASKS=str(args.workers), **{TRACE_ENV: str(trace)})
-        cmd = [sys.executable, __file__, "--serve", "run", str(APPS / "e2e_cmworker.py"),
-               "--workers", str(args.workers)]
-        with open(Path(tmp) / "client.log", "wb") as log:
-            proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        try:
-            run_jobs(rt, [("spin", 1000)] * (4 * args.workers))  # up, and every worker warm
+        # Stopped with SIGTERM as the block ends: cmworker drains and exits, and the trace is written.
+        with serving("cmworker", rt, args.workers, Path(tmp), "trace",
+                     launcher=(sys.executable, __file__, "--serve", str(trace))):
+            run_jobs(rt, [("spin", 1000)] * (4 * args.workers))  # every worker warm
             for batch in range(args.batches):
                 ids = rt.store.submit([("spin", spin_n, DEFAULT_USER_ID)] * args.jobs)
                 for job_id, snap in zip(ids, rt.store.wait_finished(ids, 600.0), strict=True):
                     if snap is None or snap.answer is None:
                         raise RuntimeError(f"job {job_id} was not answered: {snap}")
                     jobs[job_id] = [*json.loads(snap.answer), batch]  # start, end, pid, batch
-        finally:
-            stop(proc, "cmworker")  # SIGTERM: cmworker drains and exits, and the trace is written
         marks = json.loads(trace.read_text())
     print(f"{args.batches} batches of {args.jobs} jobs of ~{args.job_ms:.0f} ms, {args.workers} workers, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")

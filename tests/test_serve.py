@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,22 @@ def test_sigterm_drains_running_jobs_then_exits_0(runtime: EmbeddedRuntime, tmp_
         assert answer(runtime, job) == ("ok", {"neighbour": 3})
 
 
+def test_every_answered_job_has_its_job_finished_line_after_a_clean_stop(runtime: EmbeddedRuntime,
+                                                                          tmp_path: Path) -> None:
+    # The lines come from a log thread, up to 50 ms late (logs.FixedLine): they reach a real process's
+    # output, stopped right after the answers.
+    with serving(runtime, tmp_path) as proc:
+        jobs = [runtime.submit("echo", i) for i in range(6)]
+        for job in jobs:
+            assert answer(runtime, job)[0] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    lines = [json.loads(line) for line in (tmp_path / "run.log").read_text().splitlines() if line.startswith("{")]
+    finished = [line["params"] for line in lines if line.get("message") == "job_finished"]
+    assert sorted(p["job_id"] for p in finished) == sorted(jobs)
+    assert {p["kind"] for p in finished} == {"ok"}
+
+
 def test_a_job_outliving_the_shutdown_grace_is_answered_shutdown(runtime: EmbeddedRuntime,
                                                                  tmp_path: Path) -> None:
     with serving(runtime, tmp_path, top_level='shutdown_grace = "500ms"\n') as proc:
@@ -288,8 +304,8 @@ def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path
         assert answer(runtime, runtime.submit("grandchild_sleeps", {"pidfile": str(pidfile)}))[0] == "ok"
         assert answer(runtime, runtime.submit("segfault"))[0] == "worker_died"
         assert answer(runtime, runtime.submit("echo", "alive"))[1]["echo"] == "alive"
-        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 9})
-        _wait_held(runtime, job)
+        job = runtime.submit("neighbour", {"sleep": 1.0, "n": 9, "started": str(tmp_path / "started")})
+        _wait_started(tmp_path / "started")  # held is not enough: a job taken but not yet started is not run
         # unshare does not forward signals: signal the namespace's PID 1 (unshare's child) directly.
         [pid1] = psutil.Process(proc.pid).children()
         pid1.send_signal(signal.SIGTERM)
@@ -304,18 +320,19 @@ def test_runs_as_pid_1_of_a_new_pid_namespace(runtime: EmbeddedRuntime, tmp_path
         log.close()
 
 
-def _wait_started(marker: Path) -> None:
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + WAIT
-    while not marker.exists():
-        assert time.monotonic() < deadline, f"the job never started ({marker} not created)"
+    while not condition():
+        assert time.monotonic() < deadline, what
         time.sleep(0.01)
+
+
+def _wait_started(marker: Path) -> None:
+    _wait_until(marker.exists, f"the job never started ({marker} not created)")
 
 
 def _wait_held(rt: EmbeddedRuntime, job_id: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while job_id not in rt.record.held(0):
-        assert time.monotonic() < deadline, f"job {job_id} was never taken"
-        time.sleep(0.01)
+    _wait_until(lambda: job_id in rt.record.held(0), f"job {job_id} was never taken")
 
 
 def _raw_answer(rt: EmbeddedRuntime, job_id: str) -> bytes:
