@@ -1,7 +1,8 @@
 """cmworker: run Python functions in a Foundry compute module, one crash-isolated worker per job.
 
 The public surface is re-exported here; everything else is private to its module. Workers import this
-package too, so nothing here may pull in the HTTP stack: ``Client`` is loaded on first use.
+package too, so nothing here may pull in the HTTP stack or the pool's parent side: ``Client`` and
+``Executor`` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
-from cmworker.app import function
-from cmworker.context import Context
+from cmworker.app.context import Context
+from cmworker.app.registry import function
 from cmworker.errors import (
     AppLoadError,
     CmworkerError,
@@ -30,11 +31,11 @@ from cmworker.errors import (
     UnknownFunction,
     WorkerDied,
 )
-from cmworker.executor import Executor
 from cmworker.logs import get_logger
 
 if TYPE_CHECKING:
-    from cmworker.client import Client
+    from cmworker.executor import Executor
+    from cmworker.runtime.client import Client
 
 __all__ = [
     "AppLoadError",
@@ -65,7 +66,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Client":
-        from cmworker.client import Client
+        from cmworker.runtime.client import Client
 
         return Client
+    if name == "Executor":
+        from cmworker.executor import Executor
+
+        return Executor
     raise AttributeError(f"module 'cmworker' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``cmworker`` command line: a table of subcommands, each living in the module that owns it.
+"""The ``cmworker`` command line: a table of subcommands, each living in a module of ``cmworker.commands``.
 
 A subcommand's module exposes ``configure_<name>(parser)`` and ``run_<name>(args) -> int``. Only the
 module of the command being run is imported, so ``cmworker --version`` and ``--help`` stay instant and
@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from cmworker._version import __version__
 
 # name -> (module, help). The module provides configure_<name>(parser) and run_<name>(args).
+_RUN_HELP = "serve an app's functions to the compute-module runtime (the container entrypoint)"
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("cmworker.serve", "serve an app's functions to the compute-module runtime (the container entrypoint)"),
-    "dev": ("cmworker.serve", "serve an app on the embedded runtime, for local development"),
-    "config": ("cmworker.config", "print the effective configuration and where each value came from"),
-    "runtime": ("cmworker.runtime.cli", "run the embedded compute-module runtime on loopback"),
-    "call": ("cmworker.runtime.cli", "send a query to the running embedded runtime and print the answer"),
-    "schema": ("cmworker.schema", "print the function schemas inferred from an app's type hints"),
+    "run": ("cmworker.commands.run", _RUN_HELP),
+    "dev": ("cmworker.commands.run", "serve an app on the embedded runtime, for local development"),
+    "config": ("cmworker.commands.config", "print the effective configuration and where each value came from"),
+    "runtime": ("cmworker.commands.runtime", "run the embedded compute-module runtime on loopback"),
+    "call": ("cmworker.commands.runtime", "send a query to the running embedded runtime and print the answer"),
+    "schema": ("cmworker.commands.schema", "print the function schemas inferred from an app's type hints"),
 }
 
 

@@ -62,7 +62,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found]  # not installed beside a 3.11+ tomllib
 
 if TYPE_CHECKING:
-    from cmworker.app import FunctionSpec
+    from cmworker.app.registry import FunctionSpec
 
 __all__ = [
     "CONFIG_ENV",
@@ -76,11 +76,9 @@ __all__ = [
     "Inherit",
     "Setting",
     "add_config_flags",
-    "configure_config",
     "flags_from_args",
     "load_config",
     "load_config_from_args",
-    "run_config",
 ]
 
 T = TypeVar("T")
@@ -917,18 +915,3 @@ def _flagged(name: str) -> tuple[Setting[Any], str]:
 def flags_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, by dotted key (flags not passed are absent)."""
     return {dest[len(_DEST):]: value for dest, value in vars(args).items() if dest.startswith(_DEST)}
-
-
-def configure_config(parser: argparse.ArgumentParser) -> None:
-    add_config_flags(parser)
-
-
-def run_config(args: argparse.Namespace) -> int:
-    """Print the effective configuration with each value's source; exit 2 when it is invalid."""
-    try:
-        config = load_config_from_args(args)
-    except ConfigError as exc:
-        print(f"cmworker config: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.write(config.to_toml())
-    return 0

@@ -43,11 +43,11 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
-from cmworker import pickled
 from cmworker.errors import PoolUnhealthy, RemoteException, ResultNotSerializable
 from cmworker.limits import JobLimits
-from cmworker.messages import MODE_PICKLE
-from cmworker.supervisor import Answer, Job, Pool
+from cmworker.pool import pickled
+from cmworker.pool.messages import MODE_PICKLE
+from cmworker.pool.supervisor import Answer, Job, Pool
 from cmworker.units import format_duration, parse_duration, parse_size
 
 __all__ = ["Executor"]

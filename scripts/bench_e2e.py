@@ -79,9 +79,9 @@ sys.path.insert(0, str(APPS))
 
 import e2e_work  # noqa: E402
 
-from cmworker.client import decode_answer  # noqa: E402
+from cmworker.replica.service import Service, discover, ssl_context  # noqa: E402
+from cmworker.runtime.client import decode_answer  # noqa: E402
 from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime  # noqa: E402
-from cmworker.service import Service, discover, ssl_context  # noqa: E402
 
 CLIENTS = {"sdk": "official SDK 0.34.0", "cmworker": "cmworker", "cmworker_warn": "cmworker, WARN logs",
            "cmworker_nice0": "cmworker, worker_nice = 0"}
@@ -557,7 +557,7 @@ def transport(cycles: int, rounds: int) -> dict[str, dict[str, list[float]]]:
             "requests.Session (as the SDK calls it)": with_requests,
             "urllib3.HTTPSConnectionPool": with_urllib3,
             "http.client.HTTPSConnection": with_http_client,
-            "cmworker.transport.Connection": with_service,
+            "cmworker.replica.transport.Connection": with_service,
             "http.client, a new TLS connection per cycle": with_new_connection,
         }
         out: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in stacks}

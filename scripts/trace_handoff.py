@@ -40,7 +40,9 @@ MARKS = ("answer", "post0", "post1", "get0", "get1", "submit")
 
 def serve(trace: str, argv: list[str]) -> int:
     """The traced client: ``cmworker run`` with a timestamp on each step of the parent's hand-off."""
-    from cmworker import cli, poller, service, supervisor
+    from cmworker import cli
+    from cmworker.pool import supervisor
+    from cmworker.replica import poller, service
 
     marks: list[tuple[float, str, str]] = []
 

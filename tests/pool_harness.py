@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from cmworker.limits import JobLimits
-from cmworker.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
 
 APPS = os.path.join(os.path.dirname(__file__), "apps")
 WAIT = 30.0  # no single wait in a test may take longer than this

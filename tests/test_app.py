@@ -28,11 +28,11 @@ from compute_modules.sources_v2 import _back_compat as sdk_sources
 
 import cmworker
 from cmworker import Context, InvalidInput
-from cmworker import app as app_module
-from cmworker import context as context_module
-from cmworker.app import FunctionSpec, load_app
+from cmworker.app import context as context_module
+from cmworker.app import registry as app_module
+from cmworker.app.registry import FunctionSpec, load_app
+from cmworker.app.schema import UnsupportedType
 from cmworker.errors import AppLoadError
-from cmworker.schema import UnsupportedType
 from tests.pool_harness import running_pool
 
 # The official SDK's own inference and conversion differ on Python 3.10 (it rejects typing.Any and

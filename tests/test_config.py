@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cmworker.app import FunctionSpec
+from cmworker.app.registry import FunctionSpec
 from cmworker.config import (
     INHERIT,
     SETTINGS,

@@ -318,7 +318,7 @@ def test_a_dockerfile_breaking_the_rule_is_caught(check: str, old: str, new: str
 
 def test_dockerignore_keeps_what_is_copied_and_drops_the_rest() -> None:
     patterns = read_dockerignore(ROOT)
-    assert not dockerignored("cmworker/poller.py", patterns)
+    assert not dockerignored("cmworker/replica/poller.py", patterns)
     assert not dockerignored("examples/routes/app.py", patterns)
     assert dockerignored(".venv/bin/python", patterns)
     assert dockerignored("tests/test_serve.py", patterns)

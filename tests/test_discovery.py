@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cmworker.errors import RuntimeUnavailable
+from cmworker.replica.service import Service, discover
+from cmworker.replica.transport import BadReply, Connection, read_reply
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import Service, discover
-from cmworker.transport import BadReply, Connection, read_reply
 
 
 def uris(tmp_path: Path, **extra: str) -> dict[str, str]:

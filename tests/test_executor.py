@@ -33,9 +33,9 @@ from cmworker import (
     RemoteException,
     ResultNotSerializable,
     WorkerDied,
-    pickled,
 )
 from cmworker.errors import AppLoadError
+from cmworker.pool import pickled
 from tests import executor_jobs as jobs
 from tests.pool_harness import WAIT, descendants, wait_gone
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cmworker.poller import Ledger, _Outgoing
+from cmworker.replica.poller import Ledger, _Outgoing
 
 WAIT = 10.0
 

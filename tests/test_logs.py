@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 
 from cmworker import logs
 from cmworker.limits import JobLimits
-from cmworker.poller import Poller, Settings
+from cmworker.replica.poller import Poller, Settings
+from cmworker.replica.service import Endpoints, Service, discover
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import Endpoints, Service, discover
 from tests.pool_harness import APPS
 
 pytestmark = pytest.mark.timeout(120)
@@ -357,7 +357,7 @@ def test_logger_levels_apply_inside_the_workers() -> None:
 
 
 def test_source_credentials_are_registered_as_secrets(tmp_path: Path) -> None:
-    from cmworker.poller import _source_secrets
+    from cmworker.replica.poller import _source_secrets
 
     creds = tmp_path / "creds.json"
     creds.write_text(json.dumps({"warehouse": {"password": "hunter2-long", "keys": ["k-123456"]}}))

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from cmworker.limits import JobLimits
-from cmworker.poller import Poller, Settings, _Outgoing
-from cmworker.service import Endpoints, Service
+from cmworker.replica.poller import Poller, Settings, _Outgoing
+from cmworker.replica.service import Endpoints, Service
 
 ENDPOINTS = Endpoints("127.0.0.1", 1, "/job", "/results", None, None, "t", "test", ())
 

@@ -18,7 +18,7 @@ import pytest
 
 from cmworker.errors import AppLoadError, PoolUnhealthy
 from cmworker.limits import JobLimits
-from cmworker.supervisor import Job
+from cmworker.pool.supervisor import Job
 from tests.pool_harness import running_pool, wait_gone
 
 MiB = 2**20

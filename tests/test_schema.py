@@ -25,9 +25,9 @@ from compute_modules.context import QueryContext
 from compute_modules.function_registry import types as sdk_types
 from compute_modules.function_registry.function_schema_parser import parse_function_schema
 
-from cmworker import app as app_module
-from cmworker.app import FunctionSpec, load_app
-from cmworker.schema import Long, UnsupportedType, app_schemas, infer_schema, output_data_type
+from cmworker.app import registry as app_module
+from cmworker.app.registry import FunctionSpec, load_app
+from cmworker.app.schema import Long, UnsupportedType, app_schemas, infer_schema, output_data_type
 
 # The official SDK's own inference and conversion differ on Python 3.10 (it rejects typing.Any and
 # typing_extensions.NotRequired, and accepts hints it refuses on 3.11+): comparisons with it run on 3.11+.

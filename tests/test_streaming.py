@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from cmworker import transport
-from cmworker.client import decode_answer
 from cmworker.limits import JobLimits
-from cmworker.poller import Poller, Settings
+from cmworker.replica import transport
+from cmworker.replica.poller import Poller, Settings
+from cmworker.replica.service import Service, discover
+from cmworker.runtime.client import decode_answer
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.service import Service, discover
 from tests.pool_harness import APPS
 
 pytestmark = pytest.mark.timeout(120)

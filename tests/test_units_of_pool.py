@@ -11,8 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cmworker import errors
-from cmworker.limits import Exit, kill_group, process_tree, tree_rss
-from cmworker.messages import (
+from cmworker.pool.messages import (
     Chunk,
     Exited,
     Failure,
@@ -28,6 +27,7 @@ from cmworker.messages import (
     pack_packet,
     unpack_packet,
 )
+from cmworker.pool.processes import Exit, kill_group, process_tree, tree_rss
 
 # -- wait statuses, as the kernel encodes them ------------------------------------------------------
 

@@ -41,7 +41,7 @@ from cmworker.runtime.tls import TlsFiles, write_tls_files
 from cmworker.runtime.wire import Listener
 
 if TYPE_CHECKING:
-    from cmworker.client import Client
+    from cmworker.runtime.client import Client
 
 DEFAULT_USER_ID = "00000000-0000-0000-0000-000000000000"
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -194,7 +194,7 @@ class EmbeddedRuntime:
 
     def client(self) -> Client:
         """A ``cmworker.Client`` for this runtime's query API."""
-        from cmworker.client import Client
+        from cmworker.runtime.client import Client
 
         return Client(self.query_url, token=self.caller_token, ca=self.ca_path)
 

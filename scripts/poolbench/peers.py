@@ -28,7 +28,7 @@ import pebble
 from bench_apps import noop_app
 
 from cmworker.limits import JobLimits
-from cmworker.supervisor import Answer, Job, OutputLine, Pool
+from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool
 
 APP = Path(noop_app.__file__).resolve()
 WORKERS = 2

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import psutil
 
-from cmworker.supervisor import Pool
+from cmworker.pool.supervisor import Pool
 from poolbench.peers import WAIT, BenchError
 
 

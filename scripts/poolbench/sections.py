@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmworker.limits import JobLimits, tree_rss
+from cmworker.limits import JobLimits
+from cmworker.pool.processes import tree_rss
 from poolbench.peers import PEERS, REFERENCES, WAIT, BenchError, CmworkerPeer, Outcome, Peer, started
 from poolbench.probes import (
     ExitWatcher,
@@ -290,7 +291,7 @@ class DeathSample:
 DEATHS = {
     "os._exit(3)": ("die_exit", ()),
     "SIGSEGV": ("die_segfault", ()),
-    "os._exit(3), preload=cmworker.worker": ("die_exit", ("cmworker.worker",)),
+    "os._exit(3), preload=cmworker.pool.worker": ("die_exit", ("cmworker.pool.worker",)),
 }
 
 

@@ -13,7 +13,6 @@ import pytest
 import requests
 
 import cmworker
-from cmworker.client import Client, decode_answer
 from cmworker.errors import (
     InvalidInput,
     JobDropped,
@@ -29,6 +28,7 @@ from cmworker.errors import (
     UnknownFunction,
     WorkerDied,
 )
+from cmworker.runtime.client import Client, decode_answer
 from cmworker.runtime.discovery import publish, withdraw
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.runtime.helpers import DEADLINE, Module, Replica

@@ -32,8 +32,8 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from cmworker.app import FunctionSpec, load_app, registry
-from cmworker.messages import (
+from cmworker.app.registry import FunctionSpec, load_app, registry
+from cmworker.pool.messages import (
     MAX_CONTROL_MESSAGE,
     Exited,
     Spawn,
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> NoReturn:
     # Everything a worker runs is imported here, once: a respawn is then only a fork (importing the
     # worker side after each fork cost ~20-30 ms per respawn, measured by scripts/bench_pool.py).
     import cmworker.logs
-    import cmworker.worker  # noqa: F401
+    import cmworker.pool.worker  # noqa: F401
 
     # Objects that exist now are shared copy-on-write with every worker; keep the collector off them
     # so that a worker's first collection does not touch (and copy) every page of the app.
@@ -160,7 +160,7 @@ class Template:
             from cmworker import logs
 
             logs.configure("sls", self.log_level, stream=sys.stderr, logger_levels=self.logger_levels)
-            from cmworker.worker import serve
+            from cmworker.pool.worker import serve
 
             serve(socket.socket(fileno=sock_fd), self.functions)
         except SystemExit as exc:
@@ -193,7 +193,7 @@ class Template:
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
     """What the parent needs to know of each function without importing the app itself."""
-    from cmworker.schema import infer_schema
+    from cmworker.app.schema import infer_schema
 
     described = {}
     for name, spec in functions.items():

@@ -39,8 +39,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error."""
-    from cmworker.poller import Poller, Settings
-    from cmworker.service import Service, discover
+    from cmworker.replica.poller import Poller, Settings
+    from cmworker.replica.service import Service, discover
 
     # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
     # until the poller installs its own, SIGTERM/SIGINT end the process: no job is held yet.

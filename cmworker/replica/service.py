@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cmworker.errors import RuntimeUnavailable
-from cmworker.transport import Connection, Reply, TransportError
+from cmworker.replica.transport import Connection, Reply, TransportError
 
 __all__ = ["Connection", "Endpoints", "Reply", "Service", "TransportError", "backoff", "discover", "ssl_context"]
 

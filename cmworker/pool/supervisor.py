@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmworker import limits
 from cmworker.errors import (
     AppLoadError,
     JobError,
@@ -47,8 +46,9 @@ from cmworker.errors import (
     ShuttingDown,
     WorkerDied,
 )
-from cmworker.limits import Exit, JobLimits
-from cmworker.messages import (
+from cmworker.limits import JobLimits
+from cmworker.pool import processes
+from cmworker.pool.messages import (
     MAX_CONTROL_MESSAGE,
     MODE_JSON,
     Chunk,
@@ -68,7 +68,8 @@ from cmworker.messages import (
     pack_packet,
     unpack_packet,
 )
-from cmworker.output import LineReader, WorkerOutput
+from cmworker.pool.output import LineReader, WorkerOutput
+from cmworker.pool.processes import Exit
 from cmworker.units import describe_size, format_duration, format_size
 
 log = logging.getLogger("cmworker.supervisor")
@@ -490,7 +491,7 @@ class Pool:
                    "log_level": self.log_level, "logger_levels": self.logger_levels,
                    "worker_nice": self.worker_nice, "sys_path": [p or os.getcwd() for p in sys.path]}
         self._template = subprocess.Popen(
-            [self.python, "-m", "cmworker.template", json.dumps(options)],
+            [self.python, "-m", "cmworker.pool.template", json.dumps(options)],
             pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -703,7 +704,7 @@ class Pool:
             slot.timers.append(timer)
             earliest = timer.when
         if lim.memory_limit:
-            slot.oom_count = limits.oom_kill_count()
+            slot.oom_count = processes.oom_kill_count()
             first = min(_SAMPLE_MAX, max(_SAMPLE_MIN, lim.memory_limit / _ASSUMED_GROWTH))
             timer = self._push_timer(now + first, self._sample_memory, (slot, job))
             slot.timers.append(timer)
@@ -796,8 +797,8 @@ class Pool:
         if slot.job is not job or slot.answered or slot.pid is None:
             return
         limit = job.limits.memory_limit or 0
-        tree = limits.process_tree(slot.pid)
-        used = sum(limits.rss(p) for p in tree)
+        tree = processes.process_tree(slot.pid)
+        used = sum(processes.rss(p) for p in tree)
         slot.peak_rss = max(slot.peak_rss, used)
         if used > limit:
             self._fail(slot, MemoryLimitExceeded(
@@ -820,8 +821,8 @@ class Pool:
         if slot.pid is None:
             return
         if tree is None:
-            tree = limits.process_tree(slot.pid)
-        limits.kill_group(slot.pid, sig, tree)
+            tree = processes.process_tree(slot.pid)
+        processes.kill_group(slot.pid, sig, tree)
 
     def _escalate(self, slot: _Slot) -> None:
         if slot.state == "killing":
@@ -838,7 +839,7 @@ class Pool:
         else:
             details["exit_code"] = exit.code
         if exit.signal == signal.SIGKILL:
-            count = limits.oom_kill_count()
+            count = processes.oom_kill_count()
             if count is not None and slot.oom_count is not None and count > slot.oom_count:
                 return WorkerDied(
                     f"the worker running function {name!r} was killed by the kernel's out-of-memory killer "
@@ -904,7 +905,7 @@ class Pool:
             was_live = slot.state in ("idle", "busy", "killing", "exited")
         if slot.pid is not None:
             # Whatever the job left behind in its process group goes with it.
-            limits.kill_group(slot.pid, signal.SIGKILL)
+            processes.kill_group(slot.pid, signal.SIGKILL)
             self._by_pid.pop(slot.pid, None)
         self._drain(slot)
         self._close_socket(slot)
@@ -1088,7 +1089,7 @@ class Pool:
                 slot.next = None
         for slot in list(self._slots.values()):
             if slot.pid is not None:
-                limits.kill_group(slot.pid, signal.SIGKILL)
+                processes.kill_group(slot.pid, signal.SIGKILL)
             self._close_socket(slot)
             self._close_output(slot)
         self._slots.clear()

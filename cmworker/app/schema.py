@@ -41,7 +41,6 @@ type (a streaming function) a list of X. Any other hint (``Union[int, str]``, ``
 
 from __future__ import annotations
 
-import argparse
 import collections.abc
 import dataclasses
 import enum
@@ -55,11 +54,11 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NewType
 
-from cmworker.context import context_factory
+from cmworker.app.context import context_factory
 from cmworker.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from cmworker.app import FunctionSpec
+    from cmworker.app.registry import FunctionSpec
 
 __all__ = [
     "Byte",
@@ -71,10 +70,8 @@ __all__ = [
     "UnsupportedType",
     "analyse_call",
     "app_schemas",
-    "configure_schema",
     "infer_schema",
     "output_data_type",
-    "run_schema",
 ]
 
 # Integer and float widths the schema can name. Python has one int and one float, so these are markers;
@@ -757,29 +754,3 @@ def app_schemas(functions: Mapping[str, FunctionSpec] | Iterable[FunctionSpec]) 
     if problems:
         raise UnsupportedType("\n".join(problems))
     return schemas
-
-
-def configure_schema(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("app", nargs="?", metavar="APP",
-                        help="module, module:attribute, or path of a .py file (default: `app` in cmworker.toml)")
-    parser.add_argument("--compact", action="store_true", help="print the JSON on one line")
-
-
-def run_schema(args: argparse.Namespace) -> int:
-    """Print the JSON array of the app's function schemas; exit 1 when the app or a schema fails."""
-    from cmworker.app import load_app
-    from cmworker.errors import AppLoadError, ConfigError
-
-    try:
-        app = args.app
-        if app is None:
-            from cmworker.config import load_config
-
-            app = load_config().require_app()
-        functions = load_app(app)
-        schemas = app_schemas(functions)
-    except (AppLoadError, ConfigError, UnsupportedType) as exc:
-        print(f"cmworker schema: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(schemas, indent=None if args.compact else 2))
-    return 0

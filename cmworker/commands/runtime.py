@@ -146,8 +146,8 @@ def configure_call(parser: argparse.ArgumentParser) -> None:
 
 
 def run_call(args: argparse.Namespace) -> int:
-    from cmworker.client import Client
     from cmworker.errors import JobError, RuntimeUnavailable
+    from cmworker.runtime.client import Client
 
     try:
         payload = _payload(args.payload)

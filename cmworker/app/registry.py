@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar, overload
 
-from cmworker.context import job_context
+from cmworker.app.context import job_context
+from cmworker.app.schema import CallTypes, UnsupportedType, analyse_call
 from cmworker.errors import AppLoadError, InvalidInput
-from cmworker.schema import CallTypes, UnsupportedType, analyse_call
 from cmworker.units import parse_duration, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])

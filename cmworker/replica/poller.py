@@ -37,11 +37,11 @@ from typing import Any
 import psutil
 
 from cmworker import logs
-from cmworker.app import FunctionSpec
+from cmworker.app.registry import FunctionSpec
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
-from cmworker.service import Connection, Reply, Service, TransportError, backoff
-from cmworker.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
@@ -57,7 +57,7 @@ _JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 
 def _source_secrets(environ: Mapping[str, str]) -> list[str]:
     """Every string in the sources' credentials file: none of them may reach a log line."""
-    from cmworker.context import SOURCE_CREDENTIALS_ENV
+    from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 
     path = environ.get(SOURCE_CREDENTIALS_ENV)
     try:

@@ -25,9 +25,8 @@ from typing import Any, NoReturn
 import cloudpickle
 import structlog
 
-from cmworker import pickled
-from cmworker.app import FunctionSpec
-from cmworker.encoding import encode_result
+from cmworker.app.encoding import encode_result
+from cmworker.app.registry import FunctionSpec
 from cmworker.errors import (
     InvalidInput,
     JobError,
@@ -38,8 +37,8 @@ from cmworker.errors import (
     StreamFailed,
     UnknownFunction,
 )
-from cmworker.limits import process_tree
-from cmworker.messages import (
+from cmworker.pool import pickled
+from cmworker.pool.messages import (
     MODE_PICKLE,
     BlockingReader,
     Chunk,
@@ -50,6 +49,7 @@ from cmworker.messages import (
     StreamEnd,
     send_message,
 )
+from cmworker.pool.processes import process_tree
 from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
