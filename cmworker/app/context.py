@@ -29,7 +29,7 @@ __all__ = ["Context", "context_factory", "job_context"]
 SOURCE_CREDENTIALS_ENV = "SOURCE_CREDENTIALS"
 SOURCE_CONFIGURATIONS_ENV = "SOURCE_CONFIGURATIONS_PATH"
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("cmworker.context")  # a log origin users may filter on: not the module path
 _warned: set[str] = set()  # files already reported unreadable: a broken file is not logged once per job
 
 
