@@ -36,11 +36,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cmworker.config import SETTINGS, Config, load_config
+from cmworker.config import Config, load_config
 from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.server import JOB_PATH, QUERY_API, RESULTS_PATH, SCHEMAS_PATH
 from cmworker.runtime.wire import Exchange
+from cmworker.settings import SETTINGS
 from tests.pool_harness import APPS, stop_process
 
 pytestmark = pytest.mark.timeout(180)
