@@ -1,4 +1,4 @@
-"""The package's layout, read from its source: which module may import which (docs/DESIGN §6).
+"""The package's layout, read from its source: which module may import which (arrows point down only).
 
 Every ``import`` and ``from`` statement counts wherever it stands (inside a function, under
 ``if TYPE_CHECKING:``), because a lazy or type-only import is still an arrow: it is where the next
