@@ -1,11 +1,9 @@
-"""The one declaration of every cmworker setting, and everything derived from it.
+"""The effective configuration, ``Config``: read from flags, environment and file, and shown again.
 
-Each setting is a ``Setting`` in ``SETTINGS``: its dotted key (``limits.timeout`` lives in the ``[limits]``
-table), a type name, a validator, its default, help text, and optionally a command-line flag and an
-environment variable. Nothing else in cmworker names a setting: the TOML loader, the argparse flags
-(``add_config_flags``), the ``cmworker config`` listing and ``docs/configuration.md``
-(``scripts/gen_config_docs.py``) are all generated from that table, so adding a setting is one entry
-there plus the ``Config`` attribute it fills.
+What each setting is (key, type, validator, default, help) is declared once, in ``cmworker.settings``.
+This module applies that declaration: it finds and reads ``cmworker.toml``, layers it under environment
+variables and flags, builds ``Config``, renders it back as TOML for ``cmworker config``, and generates
+the command-line flags (``add_config_flags``).
 
 How a value gets into ``Config``::
 
@@ -16,16 +14,6 @@ How a value gets into ``Config``::
                                        │
                                        ▼
     Config(limits=JobLimits(timeout=90.0, ...), sources={"limits.timeout": "flag --timeout"}, ...)
-
-Validators coerce and reject. A flag or an environment variable is text, so integer settings turn
-``"4"`` into ``4`` first; a TOML value already has a type, and ``workers = "4"`` or ``workers = true``
-is an error (``True`` is an ``int`` to Python, never a worker count). Durations and sizes are parsed
-once, here (``cmworker.units``), and are floats of seconds and ints of bytes everywhere else.
-
-"Unlimited" is spelled ``"none"`` (a string, since TOML has no null), for ``timeout``,
-``soft_timeout`` and ``memory_limit``; ``0`` is rejected for them instead of meaning "no limit",
-because a zero timeout reads as "kill at once" as easily as "never". ``max_jobs_per_worker = 0``
-keeps its conventional meaning, "never recycle", as it cannot be misread as a limit of zero jobs.
 
 Per-function limits: ``[functions.NAME]`` tables override ``timeout``, ``soft_timeout``,
 ``memory_limit`` and ``max_result_size`` for one function. ``Config.limits_for`` resolves them:
@@ -39,22 +27,45 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import difflib
 import enum
-import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cmworker.errors import ConfigError
 from cmworker.limits import JobLimits
-from cmworker.units import format_duration, format_size, parse_duration, parse_size
+from cmworker.settings import (
+    _BY_KEY,
+    _PER_FUNCTION,
+    _SECTIONS,
+    APP,
+    FUNCTIONS_TABLE,
+    KILL_GRACE,
+    LOG_FORMAT,
+    LOG_LEVEL,
+    LOGGER_LEVELS,
+    MAX_JOBS_PER_WORKER,
+    MAX_RESULT_SIZE,
+    MEMORY_LIMIT,
+    POLL_TIMEOUT,
+    SETTINGS,
+    SHUTDOWN_GRACE,
+    SOFT_TIMEOUT,
+    STATS_INTERVAL,
+    TIMEOUT,
+    WORKER_NICE,
+    WORKERS,
+    Setting,
+    _literal,
+    _show_duration,
+    _toml_key,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,14 +78,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_FILE",
-    "FUNCTIONS_TABLE",
     "INHERIT",
-    "SETTINGS",
-    "WORKERS_ENV",
     "Config",
     "FunctionOverrides",
     "Inherit",
-    "Setting",
     "add_config_flags",
     "flags_from_args",
     "load_config",
@@ -85,354 +92,7 @@ T = TypeVar("T")
 
 CONFIG_ENV = "CMWORKER_CONFIG"      # names the configuration file
 DEFAULT_FILE = "cmworker.toml"      # read from the working directory when nothing names a file
-WORKERS_ENV = "MAX_CONCURRENT_TASKS"  # set by Foundry: how many jobs it routes to this replica at once
-
-# A source says where a value came from: "default", "file /app/cmworker.toml", "env CMWORKER_TIMEOUT",
-# "flag --timeout". Sources appear in error messages and in `cmworker config`.
-DEFAULT = "default"
 SET_IN_CODE = "set in code"  # the source of a value in a Config constructed directly
-
-
-# ---------------------------------------------------------------------------------------------------
-# Validators. Each takes a TOML value (or a flag/env string after `text`), returns the typed value or
-# raises ValueError with a phrase saying what is wrong; the loader prefixes key, value and source.
-# ---------------------------------------------------------------------------------------------------
-
-def _describe(value: object) -> str:
-    """``value`` as a person would name it in an error: "the string '4'", "the boolean true"."""
-    kinds: list[tuple[type | tuple[type, ...], str]] = [
-        (bool, "the boolean"), (str, "the string"), (int, "the integer"), (float, "the float"),
-        (dict, "the table"), (list, "the array"), ((datetime.date, datetime.time), "the date/time"),
-    ]
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return f"{name} {_literal(value)}"
-    return repr(value)
-
-
-def _whole_number(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
-    def validate(value: object) -> int:
-        # bool is a subclass of int: without this check `workers = true` would mean one worker.
-        if isinstance(value, bool) or not isinstance(value, int):
-            hint = " (write it without quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
-            raise ValueError(f"expected a whole number, not {_describe(value)}{hint}")
-        if value < minimum:
-            raise ValueError(f"must be {minimum} or more")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"must be {maximum} or less")
-        return value
-
-    return validate
-
-
-def _int_text(text: str) -> object:
-    """A flag or environment string for an integer setting, as the int it spells."""
-    stripped = text.strip()
-    if re.fullmatch(r"[+-]?\d+", stripped):
-        return int(stripped)
-    raise ValueError(f"{text!r} is not a whole number")
-
-
-def _is_none(value: object) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "none"
-
-
-def _or_none(validate: Callable[[object], T]) -> Callable[[object], T | None]:
-    """Also accept the string "none" (any case), meaning unlimited/unset."""
-
-    def validate_or_none(value: object) -> T | None:
-        return None if _is_none(value) else validate(value)
-
-    return validate_or_none
-
-
-def _duration(*, positive: bool) -> Callable[[object], float]:
-    def validate(value: object) -> float:
-        seconds = parse_duration(value)
-        if positive and seconds == 0:
-            raise ValueError('must be more than 0 (write "none" for no limit)')
-        return seconds
-
-    return validate
-
-
-def _size(*, minimum: int, hint: str = "") -> Callable[[object], int]:
-    def validate(value: object) -> int:
-        size = parse_size(value)
-        if size < minimum:
-            raise ValueError(f"must be at least {format_size(minimum)}{hint}")
-        return size
-
-    return validate
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, not {_describe(value)}")
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
-def _string_or_unset(value: object) -> str | None:
-    # None is only ever the declared default (TOML has no null, and a None flag means "not given").
-    return None if value is None else _string(value)
-
-
-def _choice(choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> Callable[[object], str]:
-    allowed = tuple(choices)
-    aliases = dict(aliases or {})
-
-    def validate(value: object) -> str:
-        text = _string(value).lower()
-        text = aliases.get(text, text)
-        for choice in allowed:
-            if choice.lower() == text:
-                return choice
-        raise ValueError(f"must be one of {', '.join(allowed)}")
-
-    return validate
-
-
-_LEVEL = _choice(("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), {"warning": "warn", "critical": "fatal"})
-
-
-def _logger_levels(value: object) -> tuple[tuple[str, str], ...]:
-    """A table of logger name -> level; from the environment, ``name=LEVEL`` pairs separated by commas."""
-    if isinstance(value, str):
-        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
-        if any(not sep for _, sep, _ in pairs):
-            raise ValueError("write logger=LEVEL pairs separated by commas, e.g. 'urllib3=WARN,app=DEBUG'")
-        value = {name.strip(): level.strip() for name, _, level in pairs}
-    if not isinstance(value, Mapping):
-        raise ValueError("must be a table of logger name = level, e.g. { urllib3 = \"WARN\" }")
-    out = []
-    for name, level in value.items():
-        try:
-            out.append((str(name), _LEVEL(level)))
-        except ValueError as exc:
-            raise ValueError(f"logger {name!r}: {exc}") from None
-    return tuple(sorted(out))
-
-
-def _show_levels(value: tuple[tuple[str, str], ...]) -> str:
-    return "{ " + ", ".join(f"{json.dumps(n)} = {json.dumps(lv)}" for n, lv in value) + " }" if value else "{}"
-
-
-# Show a typed value the way it is written in cmworker.toml (so `cmworker config` output is valid TOML).
-
-def _show_duration(value: float | None) -> str:
-    return '"none"' if value is None else json.dumps(format_duration(value))
-
-
-def _show_size(value: int | None) -> str:
-    return '"none"' if value is None else json.dumps(format_size(value))
-
-
-def _show_int(value: int) -> str:
-    return str(value)
-
-
-def _show_str(value: str | None) -> str:
-    return "(not set)" if value is None else json.dumps(value, ensure_ascii=False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The declaration.
-# ---------------------------------------------------------------------------------------------------
-
-Default = Callable[[Mapping[str, str]], tuple[object, str, bool]]
-"""Given the environment: (raw value, source, whether the value is text to convert first)."""
-
-
-def _fixed(raw: object) -> Default:
-    return lambda environ: (raw, DEFAULT, False)
-
-
-def _default_workers(environ: Mapping[str, str]) -> tuple[object, str, bool]:
-    # Foundry routes at most MAX_CONCURRENT_TASKS jobs to a replica, so more workers would idle and fewer
-    # would leave routed jobs waiting. It is read only when no layer sets `workers`, so a bad value in
-    # it is an error only when it is actually used.
-    raw = environ.get(WORKERS_ENV, "").strip()
-    if raw:
-        return raw, f"env {WORKERS_ENV}", True
-    return os.cpu_count() or 1, "default (CPU count)", False
-
-
-def _identity(text: str) -> object:
-    return text
-
-
-@dataclass(frozen=True)
-class Setting(Generic[T]):
-    """One setting: everything the loader, the flags, ``cmworker config`` and the docs know about it."""
-
-    key: str                                  # dotted TOML key: "workers", "limits.timeout"
-    type: str                                 # for people: "duration", "positive integer", ...
-    help: str
-    validate: Callable[[object], T]           # coerce a TOML value or raise ValueError
-    show: Callable[[T], str]                  # a typed value as TOML, e.g. '"5m"'
-    default: Default
-    default_doc: str                          # the default as the docs and --help show it
-    attr: str                                 # where Config keeps it: "workers", "limits.timeout"
-    flag: str | None = None                   # "--timeout"
-    env: str | None = None                    # "CMWORKER_TIMEOUT"
-    metavar: str = "VALUE"
-    text: Callable[[str], object] = _identity  # a flag/env string -> the TOML value it stands for
-    per_function: bool = False                # may appear in [functions.NAME]
-
-    @property
-    def section(self) -> str:
-        """The TOML table holding the setting ("" for the top level)."""
-        return self.key.rpartition(".")[0]
-
-    @property
-    def name(self) -> str:
-        """The key inside its table."""
-        return self.key.rpartition(".")[2]
-
-    def value_in(self, config: Config) -> T:
-        """This setting's value in ``config``."""
-        target: Any = config
-        for part in self.attr.split("."):
-            target = getattr(target, part)
-        return cast(T, target)
-
-
-def _setting(key: str, type: str, help: str, validate: Callable[[object], T], show: Callable[[T], str],
-             default: object, **options: Any) -> Setting[T]:
-    """Declare a setting with a fixed default, checked by its own validator when the module loads."""
-    return Setting(key=key, type=type, help=help, validate=validate, show=show, default=_fixed(default),
-                   default_doc=show(validate(default)), **options)
-
-
-APP: Setting[str | None] = _setting(
-    "app", "string",
-    "The functions to serve: a module name (`app`), `module:attribute` (a function, or a dict or list "
-    "of functions), or the path of a .py file. `cmworker run` needs it.",
-    _string_or_unset, _show_str, None,
-    attr="app", flag="--app", env="CMWORKER_APP", metavar="APP",
-)
-WORKERS: Setting[int] = Setting(
-    key="workers", type="positive integer",
-    help="How many worker processes run jobs at once; cmworker asks the runtime for a job only while "
-         f"one of them is idle. Foundry sets ${WORKERS_ENV} to the number of jobs it routes to a "
-         "replica at once, so that is the default.",
-    validate=_whole_number(1), show=_show_int, default=_default_workers,
-    default_doc=f"${WORKERS_ENV}, else the CPU count",
-    attr="workers", flag="--workers", env="CMWORKER_WORKERS", metavar="N", text=_int_text,
-)
-WORKER_NICE: Setting[int] = _setting(
-    "worker_nice", "integer 0 to 19",
-    "How much lower the workers' CPU priority is than the parent's: added to the parent's nice value "
-    "(Linux caps the sum at 19). The parent needs little CPU, but needs it at once: to post an answer "
-    "and take the next job, or to kill a job at its deadline. When jobs keep every CPU busy and the "
-    "workers have the parent's priority, each of those steps can wait behind a job's time slice, "
-    "milliseconds per job (see docs/benchmarks.md). 0 runs the workers at the parent's priority.",
-    _whole_number(0, 19), _show_int, 19,
-    attr="worker_nice", env="CMWORKER_WORKER_NICE", metavar="N", text=_int_text,
-)
-SHUTDOWN_GRACE: Setting[float] = _setting(
-    "shutdown_grace", "duration",
-    "After SIGTERM, how long jobs already running may go on before they are killed and answered with a "
-    "`shutdown` error. Keep it below the platform's termination grace period (30s by default on "
-    "Kubernetes), or the container is killed before those answers are posted.",
-    _duration(positive=False), _show_duration, "25s",
-    attr="shutdown_grace", env="CMWORKER_SHUTDOWN_GRACE", metavar="DURATION",
-)
-POLL_TIMEOUT: Setting[float] = _setting(
-    "poll_timeout", "duration",
-    "How long one GET job may wait for the runtime's answer before it is abandoned and asked again. The "
-    "runtime holds a GET for about 5s when it has no job, so this must be well above that.",
-    _duration(positive=True), _show_duration, "30s",
-    attr="poll_timeout", env="CMWORKER_POLL_TIMEOUT", metavar="DURATION",
-)
-TIMEOUT: Setting[float | None] = _setting(
-    "limits.timeout", "duration or \"none\"",
-    "Hard wall-clock limit on one job, measured from dispatch to its worker. When it passes, the job's "
-    'process group is killed and the job answered with a `timeout` error. "none" means no limit.',
-    _or_none(_duration(positive=True)), _show_duration, "1h",
-    attr="limits.timeout", flag="--timeout", env="CMWORKER_TIMEOUT", metavar="DURATION", per_function=True,
-)
-SOFT_TIMEOUT: Setting[float | None] = _setting(
-    "limits.soft_timeout", "duration or \"none\"",
-    "Raise `cmworker.JobTimeout` inside the job after this long, so it can clean up before the hard "
-    'timeout kills it. Must be less than `timeout`. "none" (the default) means no soft timeout.',
-    _or_none(_duration(positive=True)), _show_duration, "none",
-    attr="limits.soft_timeout", flag="--soft-timeout", env="CMWORKER_SOFT_TIMEOUT", metavar="DURATION",
-    per_function=True,
-)
-MEMORY_LIMIT: Setting[int | None] = _setting(
-    "limits.memory_limit", "size or \"none\"",
-    "Largest resident memory (RSS) of a job's whole process tree; above it the tree is killed and the "
-    'job answered with a `memory_limit` error. At least 1MiB. "none" (the default) means no limit.',
-    _or_none(_size(minimum=2**20, hint=" (plain numbers are bytes: write '512MiB', not 512)")),
-    _show_size, "none",
-    attr="limits.memory_limit", flag="--memory-limit", env="CMWORKER_MEMORY_LIMIT", metavar="SIZE",
-    per_function=True,
-)
-KILL_GRACE: Setting[float] = _setting(
-    "limits.kill_grace", "duration",
-    "When cmworker kills a job, the time between SIGTERM and SIGKILL to its process group. 0 sends "
-    "SIGKILL at once.",
-    _duration(positive=False), _show_duration, "50ms",
-    attr="kill_grace", env="CMWORKER_KILL_GRACE", metavar="DURATION",
-)
-MAX_JOBS_PER_WORKER: Setting[int] = _setting(
-    "limits.max_jobs_per_worker", "integer >= 0",
-    "Replace a worker with a fresh one after it has run this many jobs, to shed leaked memory or "
-    "state. 0 means never.",
-    _whole_number(0), _show_int, 0,
-    attr="max_jobs_per_worker", env="CMWORKER_MAX_JOBS_PER_WORKER", metavar="N", text=_int_text,
-)
-MAX_RESULT_SIZE: Setting[int] = _setting(
-    "limits.max_result_size", "size",
-    "Largest encoded result of one job; a larger one is answered with a `result_too_large` error.",
-    _size(minimum=1), _show_size, "32MiB",
-    attr="limits.max_result_size", env="CMWORKER_MAX_RESULT_SIZE", metavar="SIZE", per_function=True,
-)
-LOG_FORMAT: Setting[str] = _setting(
-    "logging.format", "one of auto, sls, console",
-    'Log line format: "sls" is the JSON lines the Foundry Logs tab reads, "console" is for people, '
-    '"auto" picks console in dev mode on a terminal and sls everywhere else.',
-    _choice(("auto", "sls", "console")), _show_str, "auto",
-    attr="log_format", flag="--log-format", env="CMWORKER_LOG_FORMAT", metavar="FORMAT",
-)
-LOG_LEVEL: Setting[str] = _setting(
-    "logging.level", "log level",
-    "Lowest level logged: TRACE, DEBUG, INFO, WARN, ERROR or FATAL (Python's WARNING and CRITICAL are "
-    "accepted for WARN and FATAL).",
-    _choice(("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"), {"warning": "warn", "critical": "fatal"}),
-    _show_str, "INFO",
-    attr="log_level", flag="--log-level", env="CMWORKER_LOG_LEVEL", metavar="LEVEL",
-)
-STATS_INTERVAL: Setting[float | None] = _setting(
-    "logging.stats_interval", "duration or \"none\"",
-    "How often a `stats` line reports jobs by outcome, workers alive, respawns, jobs held and the parent's "
-    'memory. "none" turns it off.',
-    _or_none(_duration(positive=True)), _show_duration, "1m",
-    attr="stats_interval", env="CMWORKER_STATS_INTERVAL", metavar="DURATION",
-)
-LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
-    "logging.logger_levels", "table of logger = level",
-    "Levels for single loggers, above or below `level`: for example `{ urllib3 = \"WARN\" }` quiets a "
-    "chatty library, `{ \"app.pricing\" = \"DEBUG\" }` opens up one module of the app. Applies in the "
-    "workers too.",
-    _logger_levels, _show_levels, {},
-    attr="logger_levels", env="CMWORKER_LOGGER_LEVELS", metavar="NAME=LEVEL,...",
-)
-
-SETTINGS: tuple[Setting[Any], ...] = (
-    APP, WORKERS, WORKER_NICE, SHUTDOWN_GRACE, POLL_TIMEOUT,
-    TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
-    LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL,
-)
-_BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
-_SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))
-# The per-function keys are the [limits] settings marked per_function; [functions.NAME] uses their
-# validators, so a per-function value obeys exactly the rules of its [limits] default.
-_PER_FUNCTION: dict[str, Setting[Any]] = {s.name: s for s in SETTINGS if s.per_function}
-FUNCTIONS_TABLE = "functions"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -824,37 +484,8 @@ def _check_soft_below_hard(limits: JobLimits, origins: Mapping[str, str], contex
 
 
 # ---------------------------------------------------------------------------------------------------
-# Showing values.
+# Rendering: `cmworker config`.
 # ---------------------------------------------------------------------------------------------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
-
-
-def _literal(value: object, limit: int = 60) -> str:
-    """``value`` as TOML would spell it, cut short; for messages, not for writing files."""
-    text = _literal_full(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _literal_full(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, float):
-        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(repr(value), repr(value))
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_literal_full(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_literal_full(v) for v in value) + "]"
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    return repr(value)
-
 
 def _render(config: Config) -> str:
     rows: list[tuple[str, str]] = []   # (TOML line, comment); a "" line is a blank line

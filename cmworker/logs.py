@@ -58,7 +58,6 @@ REDACTED = "<redacted>"
 # running jobs stays redacted until both are done).
 _secrets: collections.Counter[str] = collections.Counter()
 _secrets_lock = threading.Lock()
-_format = "sls"
 _session_id = os.environ.get("COMPUTE_SESSION_ID")
 _encoder = json.JSONEncoder(default=str)
 _second_text: tuple[int, str] = (-1, "")
@@ -210,8 +209,7 @@ def _chain() -> list[Any]:
 def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None = None,
               logger_levels: Iterable[tuple[str, str]] = ()) -> None:
     """Configure structlog and stdlib logging for this process. ``format``: "sls" or "console"."""
-    global _format, _session_id
-    _format = format
+    global _session_id
     _session_id = os.environ.get("COMPUTE_SESSION_ID")
     out = stream or sys.stdout
     renderer: Any = SlsRenderer() if format == "sls" else ConsoleRenderer(colours=out.isatty())
@@ -235,10 +233,6 @@ def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None
     root.setLevel(threshold)
     for name, logger_level in logger_levels:
         logging.getLogger(name).setLevel(_PY_LEVELS.get(logger_level.upper(), logging.INFO))
-
-
-def current_format() -> str:
-    return _format
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:

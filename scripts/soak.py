@@ -257,7 +257,7 @@ def run_soak(jobs: int = 20_000, *, workers: int = 4, interval: float = 10.0, se
                 main_wall = time.monotonic() - main_start
                 after = _settle(parent, workers)
                 result.update(_verify(rt, specs, progress))
-                result["pending_faults"] = [asdict(f) for f in rt._faults.pending()]  # all consumed?
+                result["pending_faults"] = [asdict(f) for f in rt.pending_faults()]  # all consumed?
             finally:
                 exit_code = _stop(proc)
             result.update(

@@ -29,8 +29,7 @@ from compute_modules.sources_v2 import _back_compat as sdk_sources
 import cmworker
 from cmworker import Context, InvalidInput
 from cmworker.app import context as context_module
-from cmworker.app import registry as app_module
-from cmworker.app.registry import FunctionSpec, load_app
+from cmworker.app.registry import FunctionSpec, isolated_registry, load_app, registry
 from cmworker.app.schema import UnsupportedType
 from cmworker.errors import AppLoadError
 from tests.pool_harness import running_pool
@@ -47,27 +46,21 @@ JOB = {"jobId": "job-1", "tempCredsAuthToken": "temp-secret", "authHeader": "Bea
 @pytest.fixture(autouse=True)
 def clean_registry_and_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test sees the registry and the context extras as they were, and no source variables."""
-    saved = dict(app_module._registry)
     for name in ("SOURCE_CREDENTIALS", "SOURCE_CONFIGURATIONS_PATH", "CLIENT_ID", "CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
     context_module.reset_extras()
-    yield
+    with isolated_registry():
+        yield
     context_module.reset_extras()
-    app_module._registry.clear()
-    app_module._registry.update(saved)
 
 
 @pytest.fixture(scope="module")
 def loaded() -> tuple[dict[str, FunctionSpec], types.ModuleType]:
     """The typed app, imported afresh so that its decorators run; the registry is left as it was."""
-    saved = dict(app_module._registry)
     sys.modules.pop("typed_app", None)
-    try:
+    with isolated_registry():
         specs = {n: s for n, s in load_app(TYPED_APP).items() if s.fn.__module__ == "typed_app"}
         return specs, sys.modules["typed_app"]
-    finally:
-        app_module._registry.clear()
-        app_module._registry.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +395,6 @@ def test_a_broken_sources_file_is_logged_once_without_its_content(tmp_path: Any,
     path = tmp_path / "creds.json"
     path.write_text('{"secret": "s3cr3t"')
     monkeypatch.setenv("SOURCE_CREDENTIALS", str(path))
-    monkeypatch.setattr(context_module, "_warned", set())
     spec = FunctionSpec("f", _context_typed(None))
     with caplog.at_level(logging.WARNING, logger="cmworker.context"):
         for _ in range(3):
@@ -521,3 +513,18 @@ def test_typed_functions_run_in_the_pool_and_bad_queries_are_answered_invalid_in
         assert answer.kind == "invalid_input"
         assert h.payload(answer) == {"error": "field 'due': 'soon' is not a date", "kind": "invalid_input",
                                      "field": "due", "expected": "date"}
+
+
+def test_an_isolated_registry_forgets_what_was_registered_inside_it() -> None:
+    def before(context: Any, event: Any) -> str:
+        return "before"
+
+    def inside(context: Any, event: Any) -> str:
+        return "inside"
+
+    cmworker.function(name="kept")(before)
+    with isolated_registry():
+        cmworker.function(name="kept")(inside)
+        cmworker.function(name="new")(inside)
+        assert registry()["kept"].fn is inside and "new" in registry()
+    assert registry()["kept"].fn is before and "new" not in registry()

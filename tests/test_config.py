@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from cmworker.app.registry import FunctionSpec
 from cmworker.config import (
     INHERIT,
-    SETTINGS,
     Config,
     FunctionOverrides,
     add_config_flags,
@@ -40,6 +39,7 @@ from cmworker.config import (
 )
 from cmworker.errors import ConfigError
 from cmworker.limits import JobLimits
+from cmworker.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20

@@ -36,11 +36,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from cmworker.config import SETTINGS, Config, load_config
+from cmworker.config import Config, load_config
 from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.server import JOB_PATH, QUERY_API, RESULTS_PATH, SCHEMAS_PATH
 from cmworker.runtime.wire import Exchange
+from cmworker.settings import SETTINGS
 from tests.pool_harness import APPS, stop_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -132,7 +133,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     (tmp / "cmworker.toml").write_text('[limits]\ntimeout = "20s"\n')
     # cap off: a job whose body has no usable id stays held forever, and must not block the next ones.
     with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "run.log", "wb") as log:
-        listener = rt._modules[0]
+        listener = rt.module_listener(0)
         raw = listener.app = RawJobs(listener.app)
         # One worker: the probe is asked for only after the case's job is done, so the case is settled
         # (answered, or given up as unanswerable) by the time the probe is answered.
@@ -563,7 +564,6 @@ def test_bytes_that_are_not_tls_do_not_disturb_the_runtime(runtime: EmbeddedRunt
 def test_the_runtime_has_no_thread_left_per_fuzzed_connection(runtime: EmbeddedRuntime) -> None:
     """After the fuzzing above (same module-scoped runtime), every connection its client closed is gone."""
     deadline = time.monotonic() + WAIT
-    listeners = [*runtime._modules, runtime._query]
-    while open_connections := sum(len(listener._connections) for listener in listeners if listener):
+    while open_connections := runtime.open_connections():
         assert time.monotonic() < deadline, f"{open_connections} connections still open"
         time.sleep(0.1)

@@ -25,9 +25,9 @@ from compute_modules.context import QueryContext
 from compute_modules.function_registry import types as sdk_types
 from compute_modules.function_registry.function_schema_parser import parse_function_schema
 
-from cmworker.app import registry as app_module
-from cmworker.app.registry import FunctionSpec, load_app
-from cmworker.app.schema import Long, UnsupportedType, app_schemas, infer_schema, output_data_type
+from cmworker.app.hints import Long
+from cmworker.app.registry import FunctionSpec, isolated_registry, load_app
+from cmworker.app.schema import UnsupportedType, app_schemas, infer_schema, output_data_type
 
 # The official SDK's own inference and conversion differ on Python 3.10 (it rejects typing.Any and
 # typing_extensions.NotRequired, and accepts hints it refuses on 3.11+): comparisons with it run on 3.11+.
@@ -40,14 +40,10 @@ TYPED_APP = os.path.join(ROOT, "tests", "apps", "typed_app.py")
 @pytest.fixture(scope="module")
 def typed_app() -> dict[str, FunctionSpec]:
     """The typed app's functions, imported afresh so that its decorators run; the registry is left as it was."""
-    saved = dict(app_module._registry)
     sys.modules.pop("typed_app", None)
-    try:
+    with isolated_registry():
         registry = load_app(TYPED_APP)
         return {name: spec for name, spec in registry.items() if spec.fn.__module__ == "typed_app"}
-    finally:
-        app_module._registry.clear()
-        app_module._registry.update(saved)
 
 
 def sdk_schema(fn: Callable[..., Any], name: str) -> dict[str, Any]:

@@ -127,9 +127,11 @@ def _extras() -> dict[str, Any]:
 
 
 def reset_extras() -> None:
-    """Forget the cached sources and credentials (tests change the environment)."""
+    """Forget the cached sources and credentials, and which unreadable files were already reported
+    (tests change the environment)."""
     global _cached_extras
     _cached_extras = None
+    _warned.clear()
 
 
 def read_extras(environ: Mapping[str, str]) -> tuple[dict[str, Any], bool]:

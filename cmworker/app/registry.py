@@ -4,7 +4,7 @@ An app is a module (``app``), a ``module:attribute`` (the attribute is a functio
 functions), or the path of a ``.py`` file (its directory goes on ``sys.path``). Importing it runs the
 ``@function`` decorators, which fill the registry the workers dispatch on.
 
-Each function's type hints are read once (``FunctionSpec.call_types``, see ``cmworker.schema``): at
+Each function's type hints are read once (``FunctionSpec.call_types``, see ``cmworker.app.schema``): at
 decoration, or — for an annotation naming a class defined further down the module — when ``load_app``
 finishes. ``load_app`` runs in the worker template, so every forked worker inherits the analysis and
 ``prepare`` only applies it: for an untyped function that is one dict merge per job.
@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar, overload
@@ -71,6 +71,19 @@ _registry: dict[str, FunctionSpec] = {}
 def registry() -> Mapping[str, FunctionSpec]:
     """Every function registered so far, by name."""
     return _registry
+
+
+@contextlib.contextmanager
+def isolated_registry() -> Iterator[None]:
+    """Whatever is registered inside the block (by ``@function`` or ``load_app``) is forgotten on leaving
+    it: the registry is then exactly what it was on entry. For tests and tools that load several apps
+    in one process; a served app's registry lives as long as its process."""
+    saved = dict(_registry)
+    try:
+        yield
+    finally:
+        _registry.clear()
+        _registry.update(saved)
 
 
 @overload

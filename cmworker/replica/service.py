@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -187,8 +186,3 @@ class Service:
         if self.endpoints.restart_path is None:
             return None
         return conn.request("POST", self.endpoints.restart_path, b"")
-
-
-def is_connection_refused(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, ConnectionRefusedError | socket.gaierror)

@@ -17,12 +17,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cmworker.errors import RuntimeUnavailable
-
-if TYPE_CHECKING:
-    from cmworker.runtime.embedded import EmbeddedRuntime
 
 DISCOVERY_FILE = "runtime.json"
 _HINT = "start one with `cmworker runtime` (or `cmworker dev app.py`)"
@@ -54,7 +51,29 @@ class RuntimeInfo:
     replicas: list[dict[str, str]]
 
 
-def publish(runtime: EmbeddedRuntime, home: str | os.PathLike[str] | None = None) -> Path:
+class Announced(Protocol):
+    """What ``publish`` reads of a runtime; an ``EmbeddedRuntime`` is one. Named by its shape rather
+    than imported: the runtime hands out clients, and a client reads this module to find the runtime."""
+
+    @property
+    def caller_token(self) -> str: ...
+
+    @property
+    def query_url(self) -> str: ...
+
+    @property
+    def ca_path(self) -> Path: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    def env(self, replica: int = 0) -> dict[str, str]: ...
+
+
+def publish(runtime: Announced, home: str | os.PathLike[str] | None = None) -> Path:
     """Announce ``runtime`` (atomically: readers never see half a file); return the file's path."""
     path = discovery_path(home)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -137,6 +137,22 @@ class EmbeddedRuntime:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    # -- looking inside (read-only: for tests and the soak) -----------------------------------
+
+    def module_listener(self, replica: int = 0) -> Listener:
+        """The listener of ``replica``'s module endpoints; a test may wrap its ``app`` to see or change
+        what that replica is sent."""
+        return self._modules[replica]
+
+    def open_connections(self) -> int:
+        """Connections being served at this moment, on every module endpoint and the query API."""
+        listeners = [*self._modules, *([self._query] if self._query else [])]
+        return sum(listener.open_connections() for listener in listeners)
+
+    def pending_faults(self) -> list[Fault]:
+        """The armed faults that no request has taken yet, oldest first."""
+        return self._faults.pending()
+
     # -- addresses and environment -------------------------------------------------------------
 
     @property

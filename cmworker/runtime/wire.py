@@ -101,6 +101,11 @@ class Listener:
     def up(self) -> bool:
         return self._up
 
+    def open_connections(self) -> int:
+        """How many accepted connections are being served at this moment."""
+        with self._lock:
+            return len(self._connections)
+
     def is_current(self, generation: int) -> bool:
         """True while the listener that accepted a connection of ``generation`` is still open."""
         return self._up and generation == self._generation
