@@ -37,7 +37,6 @@ from typing import Any
 import psutil
 
 from cmworker import logs
-from cmworker.app.registry import FunctionSpec
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
@@ -80,10 +79,6 @@ def _source_secrets(environ: Mapping[str, str]) -> list[str]:
 
 def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
-
-
-def _not_run_here(*args: Any) -> None:
-    raise RuntimeError("the parent process never runs user code")
 
 
 @dataclass(eq=False)
@@ -220,7 +215,7 @@ class Ledger:
 @dataclass
 class Settings:
     workers: int
-    limits_for: Callable[[str, FunctionSpec | None], JobLimits]
+    limits_for: Callable[[str, Mapping[str, object] | None], JobLimits]
     shutdown_grace: float = 25.0
     kill_grace: float = 0.05
     max_jobs_per_worker: int = 0
@@ -229,7 +224,7 @@ class Settings:
     log_level: str = "INFO"
     logger_levels: tuple[tuple[str, str], ...] = ()
     stats_interval: float | None = 60.0
-    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+    functions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # declared, by function
     schemas: list[dict[str, Any]] | None = None
 
 
@@ -309,10 +304,7 @@ class Poller:
     def _learn_functions(self) -> None:
         """Declared limits and schemas, as the template reported them: the parent never imports the app."""
         info = self.pool.function_info
-        self.settings.functions = {
-            name: FunctionSpec(name, _not_run_here, bool(i.get("streaming")), i.get("timeout"),
-                               i.get("soft_timeout"), i.get("memory_limit"))
-            for name, i in info.items()}
+        self.settings.functions = info
         self.settings.schemas = [i["schema"] for i in info.values() if i.get("schema") is not None]
         if self.check_functions is not None:
             self.check_functions(self.pool.functions)
