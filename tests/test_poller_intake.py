@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from cmworker.limits import JobLimits
-from cmworker.replica.poller import Poller, Settings, _Outgoing
+from cmworker.replica.ledger import Outgoing
+from cmworker.replica.poller import Poller, Settings
 from cmworker.replica.service import Endpoints, Service
 
 ENDPOINTS = Endpoints("127.0.0.1", 1, "/job", "/results", None, None, "t", "test", ())
@@ -20,7 +21,7 @@ def poller(tmp_path: Path) -> Poller:
     settings = Settings(workers=1, limits_for=lambda name, spec: JobLimits())
     p = Poller(str(tmp_path / "unused.py"), Service(ENDPOINTS), settings)
     p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: p.ledger.queue_answer(_Outgoing(job.id, b"submitted", None))  # type: ignore[method-assign]
+    p.pool.submit = lambda job: p.ledger.queue_answer(Outgoing(job.id, b"submitted", None))  # type: ignore[method-assign]
     return p
 
 

@@ -40,6 +40,7 @@ from cmworker import logs
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
@@ -79,137 +80,6 @@ def _source_secrets(environ: Mapping[str, str]) -> list[str]:
 
 def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
-
-
-@dataclass(eq=False)
-class _Held:
-    job_id: str
-    function: str
-    accepted: float
-    stream: queue.SimpleQueue[Any] | None = None
-    secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
-
-
-@dataclass(eq=False)
-class _Outgoing:
-    """One answer waiting for its POST."""
-
-    job_id: str
-    body: bytes
-    answer: Answer | None  # None for answers made here (bad input, shutting down): nothing more to log
-    attempts: int = 0
-
-
-class Ledger:
-    """The jobs this replica holds (accepted from the runtime, not yet answered to it), and the answers
-    waiting for their POST.
-
-    Both live under one lock because the poll thread waits for either: a free place to take a job, or an
-    answer to post. When every worker is busy the next place frees up only once an answer is posted, so
-    the poll thread posts it itself and asks for the next job straight after, on the same connection: no
-    thread stands between the POST and the GET. The posters take every other answer, and all of them
-    while the poll thread is inside a GET or a POST.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, _Held] = {}
-        # One lock, three waits, so that a change wakes only the thread it concerns: an answer wakes the
-        # poll thread or one poster, not every waiting thread (each needless wake-up costs the free CPU
-        # of a hand-off some tens of microseconds, and the GIL a turn).
-        self._lock = threading.Lock()
-        self._poll = threading.Condition(self._lock)      # the poll thread, in poll_turn
-        self._posters = threading.Condition(self._lock)   # the posters, in next_answer
-        self._changed = threading.Condition(self._lock)   # wait_below: a job left the ledger
-        self._outbox: collections.deque[_Outgoing] = collections.deque()
-        self._poll_waiting = False
-        self._closed = False
-        self.posted = 0
-
-    def accept(self, job_id: str, function: str) -> _Held | None:
-        """Record a job; ``None`` when it is already held (the runtime handed it out twice)."""
-        with self._lock:
-            if job_id in self._jobs:
-                return None
-            held = self._jobs[job_id] = _Held(job_id, function, time.monotonic())
-            return held
-
-    def get(self, job_id: str) -> _Held | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    def release(self, job_id: str) -> None:
-        with self._lock:
-            held = self._jobs.pop(job_id, None)
-            self.posted += 1
-            self._poll.notify()
-            self._changed.notify_all()
-        if held is not None:
-            for secret in held.secrets:
-                logs.remove_secret(secret)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
-
-    def wait_below(self, limit: int, timeout: float) -> bool:
-        with self._lock:
-            return self._changed.wait_for(lambda: len(self._jobs) < limit, timeout)
-
-    def wait_empty(self, timeout: float) -> bool:
-        return self.wait_below(1, timeout)
-
-    # -- the outbox ---------------------------------------------------------------------------
-
-    def queue_answer(self, outgoing: _Outgoing) -> None:
-        with self._lock:
-            self._outbox.append(outgoing)
-            self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Wake the one thread whose turn the head of the outbox is (caller holds the lock)."""
-        if not self._outbox:
-            return
-        if self._poll_waiting and not self._outbox[0].attempts:
-            self._poll.notify()
-        else:
-            self._posters.notify()
-
-    def poll_turn(self, limit: int, timeout: float) -> _Outgoing | bool:
-        """The poll thread's wait: True when fewer than ``limit`` jobs are held (it may ask for one), else
-        an answer to post when one is waiting (first attempts only; retries are the posters' business),
-        False after ``timeout``."""
-        def ready() -> bool:
-            return len(self._jobs) < limit or bool(self._outbox and not self._outbox[0].attempts)
-
-        with self._lock:
-            self._poll_waiting = True
-            try:
-                self._poll.wait_for(ready, timeout)
-                if len(self._jobs) < limit:
-                    return True
-                if self._outbox and not self._outbox[0].attempts:
-                    return self._outbox.popleft()
-                return False
-            finally:
-                self._poll_waiting = False
-                self._hand_on()  # what is left is the posters'
-
-    def next_answer(self) -> _Outgoing | None:
-        """A poster's wait: the next answer the poll thread is not waiting to take; None once closed."""
-        def ready() -> bool:
-            return self._closed or bool(self._outbox and (not self._poll_waiting or self._outbox[0].attempts))
-
-        with self._lock:
-            self._posters.wait_for(ready)
-            outgoing = self._outbox.popleft() if self._outbox else None
-            self._hand_on()  # more waiting: the next poster's turn, or the poll thread's
-            return outgoing
-
-    def close_outbox(self) -> None:
-        """Let the posters go once the outbox is empty."""
-        with self._lock:
-            self._closed = True
-            self._posters.notify_all()
 
 
 @dataclass
@@ -455,7 +325,7 @@ class Poller:
         try:
             while not self._stopping.is_set():
                 turn = self.ledger.poll_turn(self.settings.workers, timeout=0.5)
-                if isinstance(turn, _Outgoing):
+                if isinstance(turn, Outgoing):
                     self._post_once(conn, turn)
                     continue
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
@@ -554,7 +424,7 @@ class Poller:
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
-        self.ledger.queue_answer(_Outgoing(job_id, error.to_bytes(), None))
+        self.ledger.queue_answer(Outgoing(job_id, error.to_bytes(), None))
 
     def _on_output(self, line: OutputLine) -> None:
         """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
@@ -590,7 +460,7 @@ class Poller:
                 held.stream.put(answer.body)
             held.stream.put(_END)
             return
-        self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer))
+        self.ledger.queue_answer(Outgoing(answer.job.id, answer.body, answer))
 
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
@@ -619,7 +489,7 @@ class Poller:
         finally:
             conn.close()
 
-    def _post_once(self, conn: Connection, outgoing: _Outgoing) -> None:
+    def _post_once(self, conn: Connection, outgoing: Outgoing) -> None:
         """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
         if self._attempt_post(conn, outgoing.job_id, outgoing.body):
             self.ledger.release(outgoing.job_id)
@@ -629,7 +499,7 @@ class Poller:
             outgoing.attempts += 1
             self.ledger.queue_answer(outgoing)
 
-    def _post_stream(self, held: _Held) -> None:
+    def _post_stream(self, held: Held) -> None:
         """One chunked POST fed as items arrive; the items are kept so a failed POST can be replayed."""
         assert held.stream is not None
         sent: list[bytes] = []
