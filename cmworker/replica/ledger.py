@@ -11,6 +11,7 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,13 +65,20 @@ class Ledger:
         self._closed = False
         self.posted = 0
 
-    def accept(self, job_id: str, function: str) -> Held | None:
-        """Record a job; ``None`` when it is already held (the runtime handed it out twice)."""
+    def accept(self, job_id: str, function: str, secrets: Iterable[str] = ()) -> Held | None:
+        """Record a job; ``None`` when it is already held (the runtime handed it out twice). Its ``secrets``
+        (credentials) are redacted from every log line until it is released."""
         with self._lock:
             if job_id in self._jobs:
                 return None
-            held = self._jobs[job_id] = Held(job_id, function, time.monotonic())
-            return held
+            held = self._jobs[job_id] = Held(job_id, function, time.monotonic(), secrets=list(secrets))
+        for secret in held.secrets:
+            logs.add_secret(secret)
+        return held
+
+    def __contains__(self, job_id: object) -> bool:
+        with self._lock:
+            return job_id in self._jobs
 
     def get(self, job_id: str) -> Held | None:
         with self._lock:

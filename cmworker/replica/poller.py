@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import queue
-import re
 import select
 import signal
 import threading
@@ -37,9 +36,10 @@ from typing import Any
 import psutil
 
 from cmworker import logs
-from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
+from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.replica.intake import Immediate, Refused, parse_job
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
@@ -51,8 +51,6 @@ _PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warni
               "FATAL": "critical"}
 
 _END = object()   # closes a stream's item queue
-# The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
-_JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 
 
 def _source_secrets(environ: Mapping[str, str]) -> list[str]:
@@ -353,73 +351,24 @@ class Poller:
             log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
             self._stopping.wait(backoff(failures))
             return
-        self._accept(reply.body)
+        self._take(reply.body)
 
-    def _accept(self, body: bytes) -> None:
-        """Turn one GET body into a pool job, or answer it at once when it cannot run."""
-        try:
-            document = json.loads(body)
-            v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
-        except KeyError:
-            v1 = None
-        except (ValueError, RecursionError) as exc:
-            self._answer_unreadable(body, exc)
+    def _take(self, body: bytes) -> None:
+        """Act on what the intake decided for one GET body: hold the job, then run it or answer it now."""
+        intake = parse_job(body, self.pool.functions, self.ledger, self._stopping.is_set())
+        if isinstance(intake, Refused):
+            log.error("%s", intake.problem)
             return
-        job_id = v1.get("jobId") if isinstance(v1, dict) else None
-        if isinstance(job_id, int) and not isinstance(job_id, bool):
-            job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
-        if not isinstance(job_id, str) or not job_id:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
+        if self.ledger.accept(intake.job_id, intake.function, intake.secrets) is None:
+            return  # never: parse_job found it not held, and no thread but this one adds jobs
+        if isinstance(intake, Immediate):
+            self._answer_now(intake.job_id, intake.error)
             return
-        function = v1.get("queryType") if isinstance(v1, dict) else None
-        secrets = []
-        if isinstance(v1, dict):
-            for key in ("authHeader", "temporaryCredentialsAuthToken"):
-                value = v1.get(key)
-                if isinstance(value, str) and value:
-                    secrets.append(value.removeprefix("Bearer "))
-        for secret in secrets:
-            logs.add_secret(secret)
-        held = self.ledger.accept(job_id, str(function))
-        if held is None:
-            log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
-            for secret in secrets:
-                logs.remove_secret(secret)
-            return
-        held.secrets = secrets
-        if not isinstance(function, str) or not function:
-            self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
-        elif self._stopping.is_set():
-            self._answer_now(job_id, ShuttingDown("cmworker is shutting down; this job was never started"))
-        elif self.pool.functions and function not in self.pool.functions:
-            known = ", ".join(sorted(self.pool.functions))
-            self._answer_now(job_id, UnknownFunction(f"no function named {function!r}; this app has: {known}",
-                                                     function=function, known=sorted(self.pool.functions)))
-        else:
-            limits = self._limits.get(function)
-            if limits is None:  # worked out once per function: the configuration does not change
-                limits = self._limits[function] = self.settings.limits_for(function,
-                                                                           self.settings.functions.get(function))
-            self.pool.submit(Job(job_id, function, body, limits))
-
-    def _answer_unreadable(self, body: bytes, exc: Exception) -> None:
-        """A body that is not JSON to Python may still name its job: answer it rather than leave it held.
-
-        A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
-        replica (found by tests/test_fuzz.py).
-        """
-        found = _JOB_ID.search(body)
-        job_id = found.group(1).decode("utf-8", "replace") if found else ""
-        if not job_id or self.ledger.accept(job_id, "") is None:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
-            return
-        if isinstance(exc, RecursionError):
-            reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
-        elif isinstance(exc, UnicodeDecodeError):
-            reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
-        else:
-            reason = f"it is not valid JSON ({exc})"
-        self._answer_now(job_id, InvalidInput(f"the job cannot be read: {reason}"))
+        limits = self._limits.get(intake.function)
+        if limits is None:  # worked out once per function: the configuration does not change
+            limits = self._limits[intake.function] = self.settings.limits_for(
+                intake.function, self.settings.functions.get(intake.function))
+        self.pool.submit(Job(intake.job_id, intake.function, body, limits))
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
