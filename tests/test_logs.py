@@ -21,10 +21,10 @@ import structlog
 from structlog.testing import capture_logs
 
 from cmworker import logs
-from cmworker.limits import JobLimits
+from cmworker.config import load_config
 from cmworker.replica.intake import Accepted, parse_job
 from cmworker.replica.ledger import Ledger
-from cmworker.replica.poller import Poller, Settings
+from cmworker.replica.poller import Poller
 from cmworker.replica.service import Service, discover
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS
@@ -206,10 +206,13 @@ def test_the_fixed_line_goes_where_structlog_is_pointed() -> None:
 
 # -- the canonical line and the stats line, from a poller running in this process ------------------
 
-def _poller(rt: EmbeddedRuntime, **settings: Any) -> Poller:
+def _poller(rt: EmbeddedRuntime, stats_interval: float | None,
+            logger_levels: tuple[tuple[str, str], ...] = ()) -> Poller:
     service = Service(discover(rt.env(0)))
-    return Poller(os.path.join(APPS, "misbehave.py"), service,
-                  Settings(workers=1, limits_for=lambda name, spec: JobLimits(timeout=5), **settings))
+    flags = {"app": os.path.join(APPS, "misbehave.py"), "workers": 1, "limits.timeout": 5, "worker_nice": 0,
+             "logging.stats_interval": "none" if stats_interval is None else stats_interval,
+             "logging.logger_levels": dict(logger_levels)}
+    return Poller(load_config(flags=flags, environ={}, cwd=APPS), service)
 
 
 def _run_in_thread(poller: Poller) -> threading.Thread:

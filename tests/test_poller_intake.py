@@ -5,14 +5,23 @@ sends junk."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 from typing import Any
 
 import pytest
 
+from cmworker.config import load_config
 from cmworker.replica.intake import Accepted, Immediate, Intake, Refused, parse_job
 from cmworker.replica.ledger import Ledger
+from cmworker.replica.poller import Poller
+from cmworker.replica.service import Service, discover
+from cmworker.runtime.client import decode_answer
+from cmworker.runtime.embedded import EmbeddedRuntime
+from tests.pool_harness import APPS
 
 FUNCTIONS = ["echo"]
+WAIT = 30.0
 
 
 def job(**v1: Any) -> bytes:
@@ -94,3 +103,25 @@ def test_an_unreadable_body_that_names_its_job_is_answered_invalid_input(body: b
 def test_an_unreadable_body_of_a_job_held_already_gets_no_second_answer() -> None:
     intake = parse_job(b'{"computeModuleJobV1": {"jobId": "j9", ', FUNCTIONS, held={"j9"})
     assert isinstance(intake, Refused)
+
+
+# -- the limits a taken job runs under, from a poller running in this process ---------------------
+
+@pytest.mark.timeout(120)
+def test_the_limits_a_function_declared_reach_its_jobs() -> None:
+    """``cleans_up_on_soft_timeout`` declares a soft timeout of 0.2s and the configuration sets none: the
+    parent learns the declaration from the template, so the job gets its JobTimeout and cleans up."""
+    flags = {"app": os.path.join(APPS, "misbehave.py"), "workers": 1, "limits.timeout": 10,
+             "logging.stats_interval": "none", "worker_nice": 0}
+    with EmbeddedRuntime(long_poll=0.5) as rt:
+        poller = Poller(load_config(flags=flags, environ={}, cwd=APPS), Service(discover(rt.env(0))))
+        thread = threading.Thread(target=poller.run, daemon=True)
+        thread.start()
+        try:
+            [finished] = rt.store.wait_finished([rt.submit("cleans_up_on_soft_timeout", None)], WAIT)
+        finally:
+            poller.stop()
+            thread.join(WAIT)
+    assert not thread.is_alive()
+    assert finished is not None and finished.answer is not None, finished
+    assert decode_answer(finished.answer) == "cleaned up"

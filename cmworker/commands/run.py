@@ -39,7 +39,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error."""
-    from cmworker.replica.poller import Poller, Settings
+    from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
 
     # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
@@ -53,12 +53,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
-    settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
-                        max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
-                        log_level=config.log_level, logger_levels=config.logger_levels,
-                        stats_interval=config.stats_interval, worker_nice=config.worker_nice)
-    poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
-    return poller.run()
+    return Poller(config, service).run()
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:

@@ -30,12 +30,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from cmworker import logs
+from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
@@ -80,36 +80,23 @@ def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
 
 
-@dataclass
-class Settings:
-    workers: int
-    limits_for: Callable[[str, Mapping[str, object] | None], JobLimits]
-    shutdown_grace: float = 25.0
-    kill_grace: float = 0.05
-    max_jobs_per_worker: int = 0
-    worker_nice: int = 0
-    posters: int = 2
-    log_level: str = "INFO"
-    logger_levels: tuple[tuple[str, str], ...] = ()
-    stats_interval: float | None = 60.0
-    functions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # declared, by function
-    schemas: list[dict[str, Any]] | None = None
+# Threads that post answers beside the poll thread. A poster retrying an answer sleeps out its backoff;
+# the other keeps the rest flowing meanwhile.
+POSTERS = 2
 
 
 class Poller:
     """Runs one replica: the pool, the poll loop and the posters, until a signal or a fatal error."""
 
-    def __init__(self, app: str, service: Service, settings: Settings,
-                 check_functions: Callable[[list[str]], None] | None = None) -> None:
-        self.check_functions = check_functions
+    def __init__(self, config: Config, service: Service) -> None:
+        self.config = config
         self.service = service
-        self.settings = settings
         self.ledger = Ledger()
-        self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
-                         on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
-                         logger_levels=settings.logger_levels,
-                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker,
-                         worker_nice=settings.worker_nice)
+        self.pool = Pool(config.require_app(), workers=config.workers, on_answer=self._on_answer,
+                         on_stream=self._on_stream, on_output=self._on_output, on_state_change=self._poke,
+                         log_level=config.log_level, logger_levels=config.logger_levels,
+                         kill_grace=config.kill_grace, max_jobs_per_worker=config.max_jobs_per_worker,
+                         worker_nice=config.worker_nice)
         self.outcomes: collections.Counter[str] = collections.Counter()
         # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
@@ -140,14 +127,14 @@ class Poller:
 
     def run(self) -> int:
         self._install_signals()
-        if self.settings.stats_interval:
-            self._next_stats = time.monotonic() + self.settings.stats_interval
+        if self.config.stats_interval:
+            self._next_stats = time.monotonic() + self.config.stats_interval
         self.pool.start()
-        self._learn_functions()
+        self.config.check_functions(self.pool.functions)
         conn = self.service.connection()
         self._announce(conn)
         self._spare_connection = conn  # connected already: the first stream's POST goes out at once
-        for i in range(self.settings.posters):
+        for i in range(POSTERS):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
         while not self._stopping.is_set():
@@ -155,27 +142,19 @@ class Poller:
             self._handle_signals()
             if self._fatal is not None or self.pool.unhealthy is not None:
                 break
-        self._drain(self.settings.shutdown_grace)
+        self._drain(self.config.shutdown_grace)
         if self._fatal is not None:
             log.error("stopping: %s", self._fatal)
             return 1
         return self.exit_code
 
     def _log_stats(self) -> None:
-        assert self.settings.stats_interval
-        self._next_stats = time.monotonic() + self.settings.stats_interval
+        assert self.config.stats_interval
+        self._next_stats = time.monotonic() + self.config.stats_interval
         self._events.info("stats", jobs_by_outcome=dict(self.outcomes), jobs=sum(self.outcomes.values()),
                     workers_alive=len(self.pool.worker_pids()), respawns=self.pool.respawns,
                     held=len(self.ledger), parent_rss_bytes=psutil.Process().memory_info().rss,
-                    interval_s=self.settings.stats_interval)
-
-    def _learn_functions(self) -> None:
-        """Declared limits and schemas, as the template reported them: the parent never imports the app."""
-        info = self.pool.function_info
-        self.settings.functions = info
-        self.settings.schemas = [i["schema"] for i in info.values() if i.get("schema") is not None]
-        if self.check_functions is not None:
-            self.check_functions(self.pool.functions)
+                    interval_s=self.config.stats_interval)
 
     def stop(self) -> None:
         """Ask the replica to drain and exit (what SIGTERM does). Any thread."""
@@ -184,14 +163,13 @@ class Poller:
 
     def _announce(self, conn: Connection) -> None:
         """Post the schemas (failure is logged, not fatal) and the restart notification."""
-        if self.settings.schemas is not None:
-            try:
-                reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
-                                           "POST schemas", attempts=5)
-                if reply is not None and reply.status >= 300:
-                    log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
-            except RuntimeUnavailable as exc:
-                log.error("could not post the function schemas: %s", exc)
+        schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
+        try:
+            reply = self._with_retries(lambda: self.service.post_schemas(conn, schemas), "POST schemas", attempts=5)
+            if reply is not None and reply.status >= 300:
+                log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+        except RuntimeUnavailable as exc:
+            log.error("could not post the function schemas: %s", exc)
         reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
                                    attempts=30)
         if reply is not None and reply.status == 200:
@@ -231,7 +209,7 @@ class Poller:
         while not self.pool.closed:
             self._wait_main()
             self._handle_signals()
-        if not self.ledger.wait_empty(timeout=max(self.settings.shutdown_grace, 5.0)):
+        if not self.ledger.wait_empty(timeout=max(self.config.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
         self.ledger.close_outbox()
         for thread in self._threads:
@@ -297,7 +275,7 @@ class Poller:
             self.pool.close(grace=0.0, wait=False)
             return
         self._stopping.set()  # first: once the line below is out, no job is started any more
-        log.warning("stopping: finishing running jobs for up to %.0fs", self.settings.shutdown_grace)
+        log.warning("stopping: finishing running jobs for up to %.0fs", self.config.shutdown_grace)
 
     handle_sigint = handle_sigterm
 
@@ -322,7 +300,7 @@ class Poller:
         failures = 0
         try:
             while not self._stopping.is_set():
-                turn = self.ledger.poll_turn(self.settings.workers, timeout=0.5)
+                turn = self.ledger.poll_turn(self.config.workers, timeout=0.5)
                 if isinstance(turn, Outgoing):
                     self._post_once(conn, turn)
                     continue
@@ -364,11 +342,15 @@ class Poller:
         if isinstance(intake, Immediate):
             self._answer_now(intake.job_id, intake.error)
             return
-        limits = self._limits.get(intake.function)
-        if limits is None:  # worked out once per function: the configuration does not change
-            limits = self._limits[intake.function] = self.settings.limits_for(
-                intake.function, self.settings.functions.get(intake.function))
-        self.pool.submit(Job(intake.job_id, intake.function, body, limits))
+        self.pool.submit(Job(intake.job_id, intake.function, body, self._limits_of(intake.function)))
+
+    def _limits_of(self, function: str) -> JobLimits:
+        """Worked out once per function, as the configuration does not change, from the limits it declared
+        as the template reported them: the parent never imports the app."""
+        limits = self._limits.get(function)
+        if limits is None:
+            limits = self._limits[function] = self.config.limits_for(function, self.pool.function_info.get(function))
+        return limits
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
