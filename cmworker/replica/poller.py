@@ -80,16 +80,26 @@ def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
 
 
+def _unobserved(step: str, job_id: str) -> None:
+    pass
+
+
 # Threads that post answers beside the poll thread. A poster retrying an answer sleeps out its backoff;
 # the other keeps the rest flowing meanwhile.
 POSTERS = 2
+
+# Told of each step of a job's way through the parent, as observer(step, job_id), for tracing it
+# (scripts/trace_handoff.py): "get_start"/"get_end" around a GET job (job id "": not known yet), "submit"
+# as a job goes to the pool, "answer" as its answer comes back, "post_start"/"post_end" around its POST.
+Observer = Callable[[str, str], None]
 
 
 class Poller:
     """Runs one replica: the pool, the poll loop and the posters, until a signal or a fatal error."""
 
-    def __init__(self, config: Config, service: Service) -> None:
+    def __init__(self, config: Config, service: Service, observer: Observer | None = None) -> None:
         self.config = config
+        self._observe: Observer = observer or _unobserved
         self.service = service
         self.ledger = Ledger()
         self.pool = Pool(config.require_app(), workers=config.workers, on_answer=self._on_answer,
@@ -308,7 +318,9 @@ class Poller:
                 if not turn or not self.pool.wait_available(timeout=0.5):
                     continue
                 try:
+                    self._observe("get_start", "")
                     reply = self.service.get_job(conn)
+                    self._observe("get_end", "")
                 except TransportError as exc:
                     failures += 1
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
@@ -342,7 +354,9 @@ class Poller:
         if isinstance(intake, Immediate):
             self._answer_now(intake.job_id, intake.error)
             return
-        self.pool.submit(Job(intake.job_id, intake.function, body, self._limits_of(intake.function)))
+        job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
+        self._observe("submit", job.id)
+        self.pool.submit(job)
 
     def _limits_of(self, function: str) -> JobLimits:
         """Worked out once per function, as the configuration does not change, from the limits it declared
@@ -383,6 +397,7 @@ class Poller:
 
     def _on_answer(self, answer: Answer) -> None:
         """Runs on the pool's loop: hand the answer on and return; rendering the log line is the poster's job."""
+        self._observe("answer", answer.job.id)
         self.outcomes[answer.kind] += 1
         held = self.ledger.get(answer.job.id)
         if held is not None and held.stream is not None:
@@ -470,7 +485,9 @@ class Poller:
     def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes]) -> bool:
         """One POST of an answer: True when that is the end of it, False when it must be tried again."""
         try:
+            self._observe("post_start", job_id)
             reply = self.service.post_result(conn, job_id, body)
+            self._observe("post_end", job_id)
         except TransportError as exc:
             log.warning("POST result of job %s failed (%s); retrying", job_id, exc)
             return False
