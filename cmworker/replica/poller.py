@@ -1,11 +1,14 @@
-"""Serve compute-module jobs: admission, the job ledger, posting answers, and the process lifecycle.
+"""Serve compute-module jobs: the parent process's threads and its lifecycle.
 
-Threads of the parent process and what each owns::
+What a GET body asks for is decided in ``cmworker.replica.intake``, the jobs held are kept in
+``cmworker.replica.ledger``, the start-up exchange is ``cmworker.replica.announce``, and what jobs write
+is re-emitted by ``cmworker.replica.job_output``. Threads of the parent process and what each owns::
 
     main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
     poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held; while it
                waits for that, it posts the answer that frees a place (one attempt), then asks again
-    pool       the supervisor loop (cmworker.supervisor): workers, deadlines, memory, deaths
+    pool       the supervisor loop (cmworker.pool.supervisor): workers, deadlines, memory, deaths; it
+               hands answers and output on through the Poller's callbacks
     post-N     POST results/{jobId} for the answers the poll thread does not take, retried with backoff
                until the runtime has it
     stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
@@ -38,17 +41,15 @@ from cmworker import logs
 from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, Pool, StreamItem
+from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job
+from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
-job_output = logs.get_logger("cmworker.job")
-_SLS_PREFIX = '{"type": "service.1"'
-_PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error",
-              "FATAL": "critical"}
 
 _END = object()   # closes a stream's item queue
 
@@ -103,15 +104,14 @@ class Poller:
         self.service = service
         self.ledger = Ledger()
         self.pool = Pool(config.require_app(), workers=config.workers, on_answer=self._on_answer,
-                         on_stream=self._on_stream, on_output=self._on_output, on_state_change=self._poke,
+                         on_stream=self._on_stream, on_output=OutputRelay(), on_state_change=self._poke,
                          log_level=config.log_level, logger_levels=config.logger_levels,
                          kill_grace=config.kill_grace, max_jobs_per_worker=config.max_jobs_per_worker,
                          worker_nice=config.worker_nice)
         self.outcomes: collections.Counter[str] = collections.Counter()
-        # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
+        # A concrete logger, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
         self._events = events.bind()
-        self._job_output = job_output.bind()
         self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished")
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
@@ -142,7 +142,8 @@ class Poller:
         self.pool.start()
         self.config.check_functions(self.pool.functions)
         conn = self.service.connection()
-        self._announce(conn)
+        schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
+        announce(self.service, conn, schemas, self._stopping)
         self._spare_connection = conn  # connected already: the first stream's POST goes out at once
         for i in range(POSTERS):
             self._thread(self._post_loop, f"cmworker-post-{i}")
@@ -170,44 +171,6 @@ class Poller:
         """Ask the replica to drain and exit (what SIGTERM does). Any thread."""
         self._stopping.set()
         self._poke()
-
-    def _announce(self, conn: Connection) -> None:
-        """Post the schemas (failure is logged, not fatal) and the restart notification."""
-        schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
-        try:
-            reply = self._with_retries(lambda: self.service.post_schemas(conn, schemas), "POST schemas", attempts=5)
-            if reply is not None and reply.status >= 300:
-                log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
-        except RuntimeUnavailable as exc:
-            log.error("could not post the function schemas: %s", exc)
-        reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
-                                   attempts=30)
-        if reply is not None and reply.status == 200:
-            with contextlib.suppress(ValueError):
-                dropped = json.loads(reply.body)
-                if dropped:
-                    log.warning("the runtime dropped %d job(s) it thought were running here before this "
-                                "restart: %s", len(dropped), ", ".join(map(str, dropped)))
-
-    def _with_retries(self, call: Callable[[], Reply | None], what: str, attempts: int) -> Reply | None:
-        for attempt in range(attempts):
-            try:
-                reply = call()
-            except TransportError as exc:
-                log.warning("%s failed (%s); retrying", what, exc)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            if reply is not None and reply.status in (401, 403):
-                raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}) "
-                                         f"on {what}: check {self.service.endpoints.token_source}")
-            if reply is not None and reply.status >= 500:
-                log.warning("%s: HTTP %s; retrying", what, reply.status)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            return reply
-        raise RuntimeUnavailable(f"{what} failed {attempts} times in a row")
 
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
@@ -370,28 +333,6 @@ class Poller:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
         self.ledger.queue_answer(Outgoing(job_id, error.to_bytes(), None))
-
-    def _on_output(self, line: OutputLine) -> None:
-        """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
-        context = {"job_id": line.job_id, "function": line.function, "pid": line.pid}
-        if line.dropped:
-            self._job_output.warning("output_dropped", dropped_lines=line.dropped, **context)
-            return
-        if line.text.startswith(_SLS_PREFIX):
-            try:
-                record = json.loads(line.text)
-                params = {**record.get("params", {}), **{k: v for k, v in context.items() if v is not None}}
-                unsafe = record.get("unsafeParams", {})
-                method = _PY_METHOD.get(record.get("level"), "info")
-                getattr(self._job_output, method)(record.get("message", ""), **params, **unsafe, unsafe=list(unsafe),
-                                            origin=record.get("origin", "cmworker.job"),
-                                            safe=record.get("safe", False),
-                                            stack=record.get("stacktrace"))
-                return
-            except (ValueError, TypeError, AttributeError):
-                pass
-        emit = self._job_output.info if line.stream == "stdout" else self._job_output.warning
-        emit(line.text, stream=line.stream, safe=False, **context)
 
     # -- answers (pool thread -> posters) -------------------------------------------------------
 
