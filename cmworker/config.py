@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from cmworker.errors import ConfigError
 from cmworker.limits import JobLimits
@@ -71,9 +71,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found]  # not installed beside a 3.11+ tomllib
-
-if TYPE_CHECKING:
-    from cmworker.app.registry import FunctionSpec
 
 __all__ = [
     "CONFIG_ENV",
@@ -166,18 +163,15 @@ class Config:
                               f"${APP.env}, or as `app = \"...\"` in {DEFAULT_FILE}")
         return self.app
 
-    def limits_for(self, name: str, declared: FunctionSpec | Mapping[str, Any] | None = None) -> JobLimits:
+    def limits_for(self, name: str, declared: Mapping[str, object] | None = None) -> JobLimits:
         """The limits for function ``name``.
 
         Precedence: its ``[functions.NAME]`` table > ``declared`` (its decorator) > ``[limits]``; flags
-        and environment variables reach it only through ``[limits]``. ``declared`` is the function's
-        ``FunctionSpec``, or a mapping with its ``timeout``/``soft_timeout``/``memory_limit`` (the
-        parent process gets those from the template as JSON, not as a spec); ``None`` values are
-        undeclared. Raises ``ConfigError`` naming the function when the result has
-        ``soft_timeout >= timeout``.
+        and environment variables reach it only through ``[limits]``. ``declared`` maps what the function
+        declared, ``timeout``/``soft_timeout``/``memory_limit`` (``None``: undeclared), as the parent
+        process gets it from the template's JSON; keys that are not limits are ignored. Raises
+        ``ConfigError`` naming the function when the result has ``soft_timeout >= timeout``.
         """
-        if declared is not None and not isinstance(declared, Mapping) and declared.name != name:
-            raise ValueError(f"limits_for({name!r}) was given the declaration of {declared.name!r}")
         limits, origins = _layer_function_limits(self, name, declared)
         _check_soft_below_hard(limits, origins, f"function {name!r}: ")
         return limits
@@ -444,7 +438,7 @@ def _check_all_limits(config: Config) -> None:
         _check_soft_below_hard(limits, origins, f"function {name!r}: ")
 
 
-def _layer_function_limits(config: Config, name: str, declared: FunctionSpec | Mapping[str, Any] | None,
+def _layer_function_limits(config: Config, name: str, declared: Mapping[str, object] | None,
                            ) -> tuple[JobLimits, dict[str, str]]:
     """``[functions.NAME]`` > the decorator > ``[limits]``, and for each limit where it came from."""
     overrides = config.functions.get(name)
@@ -464,12 +458,10 @@ def _layer_function_limits(config: Config, name: str, declared: FunctionSpec | M
     return dataclasses.replace(config.limits, **cast(dict[str, Any], changes)), origins
 
 
-def _declared(declared: FunctionSpec | Mapping[str, Any] | None, limit: str) -> object:
+def _declared(declared: Mapping[str, object] | None, limit: str) -> object:
     """The value a function declared for ``limit``, or None."""
-    if isinstance(declared, Mapping):
-        return declared.get(limit)
-    # A FunctionSpec has no max_result_size: a function cannot declare one, only its table can.
-    return getattr(declared, limit, None)
+    # The decorator has no max_result_size: a function cannot declare one, only its table can.
+    return None if declared is None else declared.get(limit)
 
 
 def _check_soft_below_hard(limits: JobLimits, origins: Mapping[str, str], context: str) -> None:

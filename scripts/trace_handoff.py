@@ -2,17 +2,17 @@
 """Where the time between two jobs of a cmworker worker goes, step by step.
 
 ``cmworker run`` serves scripts/bench_apps/e2e_cmworker.py against an ``EmbeddedRuntime`` in this process,
-with timestamps added to its parent (``--serve TRACE``: this script, run as the client, wraps five methods
-before handing over to ``cmworker.cli``, and writes the timestamps to TRACE as it exits; it is started
-and stopped by bench_e2e's ``serving``). CPU-bound jobs (``e2e_work.spin_timed``) report when they started
+with timestamps added to its parent (``--serve TRACE``: this script, run as the client, serves with an
+observer of the ``Poller``'s steps, and writes the timestamps to TRACE as it exits; it is started and
+stopped by bench_e2e's ``serving``). CPU-bound jobs (``e2e_work.spin_timed``) report when they started
 and ended inside the worker. Joined on the job id and the worker's pid, each hand-off from one job of a worker
 to its next reads:
 
     job ends (in the worker) -> the parent has its answer -> POST result sent -> POST answered
     -> GET job sent -> GET answered -> job handed to the worker -> job starts (in the worker)
 
-All times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide). The wrappers cost a few microseconds
-per step. A diagnostic, not a benchmark: the VM's speed drifts, so compare steps within one run.
+All times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide); recording one is a list append. A
+diagnostic, not a benchmark: the VM's speed drifts, so compare steps within one run.
 
     .venv/bin/python scripts/trace_handoff.py [--batches N] [--jobs J] [--job-ms MS] [--workers W]
 """
@@ -20,7 +20,6 @@ per step. A diagnostic, not a benchmark: the VM's speed drifts, so compare steps
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import json
 import statistics
@@ -35,53 +34,25 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "scripts" / "bench_apps"
 STEPS = ("the parent has the answer", "POST result sent", "POST answered", "GET job sent", "GET answered",
          "job handed to the worker", "job starts")
-MARKS = ("answer", "post0", "post1", "get0", "get1", "submit")
+# The Poller's steps (its observer's) of the earlier job of a hand-off, and of the later one.
+EARLIER = ("answer", "post_start", "post_end")
+LATER = ("get_start", "get_end", "submit")
 
 
 def serve(trace: str, argv: list[str]) -> int:
     """The traced client: ``cmworker run`` with a timestamp on each step of the parent's hand-off."""
     from cmworker import cli
-    from cmworker.pool import supervisor
-    from cmworker.replica import poller, service
+    from cmworker.commands import run
 
     marks: list[tuple[float, str, str]] = []
 
-    def mark(name: str, job_id: str = "") -> None:
-        marks.append((time.monotonic(), name, job_id))
+    def observe(step: str, job_id: str) -> None:
+        marks.append((time.monotonic(), step, job_id))
 
-    on_answer, post_result = poller.Poller._on_answer, service.Service.post_result
-    get_job, submit = service.Service.get_job, supervisor.Pool.submit
-
-    def traced_on_answer(self: Any, answer: Any) -> None:
-        mark("answer", answer.job.id)
-        on_answer(self, answer)
-
-    def traced_post_result(self: Any, conn: Any, job_id: str, body: Any) -> Any:
-        mark("post0", job_id)
-        reply = post_result(self, conn, job_id, body)
-        mark("post1", job_id)
-        return reply
-
-    def traced_get_job(self: Any, conn: Any) -> Any:
-        mark("get0")
-        reply = get_job(self, conn)
-        mark("get1")
-        return reply
-
-    def traced_submit(self: Any, job: Any) -> None:
-        mark("submit", job.id)
-        submit(self, job)
-
-    poller.Poller._on_answer = traced_on_answer  # type: ignore[method-assign]
-    service.Service.post_result = traced_post_result  # type: ignore[method-assign]
-    service.Service.get_job = traced_get_job  # type: ignore[method-assign]
-    supervisor.Pool.submit = traced_submit  # type: ignore[method-assign]
-
-    def dump() -> None:
+    try:
+        return run.run_run(cli.build_parser("run").parse_args(argv), observer=observe)
+    finally:
         Path(trace).write_text(json.dumps(marks))
-
-    atexit.register(dump)
-    return cli.main(argv)
 
 
 def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[list[list[float]], int]:
@@ -92,7 +63,7 @@ def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[lis
     by_job: dict[str, dict[str, float]] = defaultdict(dict)
     last_get: dict[str, float] = {}
     for at, name, job_id in marks:
-        if name in ("get0", "get1"):
+        if name in ("get_start", "get_end"):
             last_get[name] = at
         elif name == "submit":
             by_job[job_id].update(last_get)
@@ -107,9 +78,9 @@ def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[lis
         runs.sort()
         for (_, end, earlier), (start, _, later) in itertools.pairwise(runs):
             a, b = by_job.get(earlier, {}), by_job.get(later, {})
-            if not {"answer", "post0", "post1"} <= a.keys() or not {"get0", "get1", "submit"} <= b.keys():
+            if not set(EARLIER) <= a.keys() or not set(LATER) <= b.keys():
                 continue  # the first job of a batch, or a step that was not traced
-            times = [end, a["answer"], a["post0"], a["post1"], b["get0"], b["get1"], b["submit"], start]
+            times = [end, *(a[step] for step in EARLIER), *(b[step] for step in LATER), start]
             if times != sorted(times):
                 interleaved += 1
                 continue

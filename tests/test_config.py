@@ -60,8 +60,8 @@ def error(directory: Path, text: str | None = None, **kwargs: Any) -> str:
     return str(caught.value)
 
 
-def spec(name: str = "f", **limits: Any) -> FunctionSpec:
-    return FunctionSpec(name=name, fn=lambda context, event: None, **limits)
+def spec(name: str = "f", **limits: Any) -> Mapping[str, object]:
+    return FunctionSpec(name=name, fn=lambda context, event: None, **limits).declared_limits()
 
 
 def load_docs_generator() -> ModuleType:
@@ -391,11 +391,6 @@ def test_limits_for_checks_soft_below_hard_with_the_declaration(tmp_path: Path) 
     assert message.startswith("function 'quick': ")
     assert 'timeout = "10s" (declared by @cmworker.function on \'quick\')' in message
     assert f'soft_timeout = "4m50s" (limits.soft_timeout, file {tmp_path / "cmworker.toml"})' in message
-
-
-def test_limits_for_rejects_a_declaration_of_another_function(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="'g'"):
-        load(tmp_path).limits_for("f", spec("g"))
 
 
 def test_a_config_built_in_code_resolves_limits() -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cmworker.replica.poller import Ledger, _Outgoing
+from cmworker.replica.ledger import Ledger, Outgoing
 
 WAIT = 10.0
 
@@ -37,13 +37,13 @@ def test_the_waiting_poll_thread_takes_the_answer_and_posters_take_the_next() ->
     ledger = full_ledger()
     poster, posted = in_thread(ledger.next_answer)
     poll, turns = in_thread(lambda: ledger.poll_turn(2, timeout=WAIT))
-    until(lambda: ledger._poll_waiting)
-    first = _Outgoing("j1", b"1", None)
+    until(lambda: ledger.poll_waiting)
+    first = Outgoing("j1", b"1", None)
     ledger.queue_answer(first)
     poll.join(WAIT)
     assert turns == [first]
     assert posted == [] and poster.is_alive()  # the poster was passed over, and still waits
-    second = _Outgoing("j2", b"2", None)
+    second = Outgoing("j2", b"2", None)
     ledger.queue_answer(second)  # the poll thread is busy posting the first: a poster takes it
     poster.join(WAIT)
     assert posted == [second]
@@ -52,8 +52,8 @@ def test_the_waiting_poll_thread_takes_the_answer_and_posters_take_the_next() ->
 def test_a_retry_is_left_to_the_posters() -> None:
     ledger = full_ledger()
     poll, turns = in_thread(lambda: ledger.poll_turn(2, timeout=0.3))
-    until(lambda: ledger._poll_waiting)
-    retry = _Outgoing("j1", b"1", None, attempts=1)
+    until(lambda: ledger.poll_waiting)
+    retry = Outgoing("j1", b"1", None, attempts=1)
     ledger.queue_answer(retry)
     poster, posted = in_thread(ledger.next_answer)
     poster.join(WAIT)
@@ -65,7 +65,7 @@ def test_a_retry_is_left_to_the_posters() -> None:
 def test_with_a_free_place_the_poll_thread_asks_for_a_job_and_a_poster_posts() -> None:
     ledger = Ledger()
     ledger.accept("j1", "f")
-    waiting = _Outgoing("j1", b"1", None)
+    waiting = Outgoing("j1", b"1", None)
     ledger.queue_answer(waiting)
     assert ledger.poll_turn(2, timeout=WAIT) is True
     assert ledger.next_answer() is waiting
@@ -73,7 +73,7 @@ def test_with_a_free_place_the_poll_thread_asks_for_a_job_and_a_poster_posts() -
 
 def test_closing_the_outbox_lets_the_posters_go_once_it_is_empty() -> None:
     ledger = Ledger()
-    last = _Outgoing("j1", b"1", None)
+    last = Outgoing("j1", b"1", None)
     ledger.queue_answer(last)
     ledger.close_outbox()
     assert ledger.next_answer() is last

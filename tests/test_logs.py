@@ -21,9 +21,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from cmworker import logs
-from cmworker.limits import JobLimits
-from cmworker.replica.poller import Poller, Settings
-from cmworker.replica.service import Endpoints, Service, discover
+from cmworker.config import load_config
+from cmworker.replica.intake import Accepted, parse_job
+from cmworker.replica.ledger import Ledger
+from cmworker.replica.poller import Poller
+from cmworker.replica.service import Service, discover
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS
 
@@ -204,10 +206,13 @@ def test_the_fixed_line_goes_where_structlog_is_pointed() -> None:
 
 # -- the canonical line and the stats line, from a poller running in this process ------------------
 
-def _poller(rt: EmbeddedRuntime, **settings: Any) -> Poller:
+def _poller(rt: EmbeddedRuntime, stats_interval: float | None,
+            logger_levels: tuple[tuple[str, str], ...] = ()) -> Poller:
     service = Service(discover(rt.env(0)))
-    return Poller(os.path.join(APPS, "misbehave.py"), service,
-                  Settings(workers=1, limits_for=lambda name, spec: JobLimits(timeout=5), **settings))
+    flags = {"app": os.path.join(APPS, "misbehave.py"), "workers": 1, "limits.timeout": 5, "worker_nice": 0,
+             "logging.stats_interval": "none" if stats_interval is None else stats_interval,
+             "logging.logger_levels": dict(logger_levels)}
+    return Poller(load_config(flags=flags, environ={}, cwd=APPS), service)
 
 
 def _run_in_thread(poller: Poller) -> threading.Thread:
@@ -378,18 +383,15 @@ def test_a_secret_registered_twice_stays_redacted_until_both_holders_release_it(
 
 
 def test_a_jobs_credentials_are_redacted_while_it_is_held_and_released_with_it(tmp_path: Path) -> None:
-    settings = Settings(workers=2, limits_for=lambda name, spec: JobLimits())
-    endpoints = Endpoints("127.0.0.1", 1, "/job", "/results", None, None, "module-token", "test", ())
-    p = Poller(str(tmp_path / "unused.py"), Service(endpoints), settings)
-    p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: None  # type: ignore[method-assign]
+    ledger = Ledger()
     before = len(logs._secrets)
     for n in range(50):  # every job its own credentials, as in Foundry
         body = json.dumps({"computeModuleJobV1": {"jobId": f"j{n}", "queryType": "echo", "query": {},
                                                   "authHeader": f"Bearer user-token-{n:04}",
                                                   "temporaryCredentialsAuthToken": f"temp-creds-{n:04}"}})
-        p._accept(body.encode())
+        intake = parse_job(body.encode(), ["echo"], ledger)
+        assert isinstance(intake, Accepted) and ledger.accept(intake.job_id, intake.function, intake.secrets)
         assert "user-token" not in logs.redact(f"user-token-{n:04} temp-creds-{n:04}")
-        p.ledger.release(f"j{n}")
+        ledger.release(f"j{n}")
     assert len(logs._secrets) == before  # none of them is kept once its job is answered
     assert logs.redact("user-token-0007") == "user-token-0007"

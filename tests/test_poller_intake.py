@@ -1,84 +1,127 @@
-"""The poller's intake of raw GET bodies: whatever the runtime sends, the loop goes on, and every job
-whose id is known gets an answer. Bodies are fed straight in: the embedded runtime never sends junk."""
+"""The poller's intake of raw GET bodies (``parse_job``): whatever the runtime sends, the loop goes on,
+and every job whose id is known gets an answer. Bodies are fed straight in: the embedded runtime never
+sends junk."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import threading
 from typing import Any
 
 import pytest
 
-from cmworker.limits import JobLimits
-from cmworker.replica.poller import Poller, Settings, _Outgoing
-from cmworker.replica.service import Endpoints, Service
+from cmworker.config import load_config
+from cmworker.replica.intake import Accepted, Immediate, Intake, Refused, parse_job
+from cmworker.replica.ledger import Ledger
+from cmworker.replica.poller import Poller
+from cmworker.replica.service import Service, discover
+from cmworker.runtime.client import decode_answer
+from cmworker.runtime.embedded import EmbeddedRuntime
+from tests.pool_harness import APPS
 
-ENDPOINTS = Endpoints("127.0.0.1", 1, "/job", "/results", None, None, "t", "test", ())
-
-
-def poller(tmp_path: Path) -> Poller:
-    settings = Settings(workers=1, limits_for=lambda name, spec: JobLimits())
-    p = Poller(str(tmp_path / "unused.py"), Service(ENDPOINTS), settings)
-    p.pool.functions = ["echo"]
-    p.pool.submit = lambda job: p.ledger.queue_answer(_Outgoing(job.id, b"submitted", None))  # type: ignore[method-assign]
-    return p
-
-
-def drained(p: Poller) -> list[tuple[str, Any]]:
-    p.ledger.close_outbox()
-    out = []
-    while (outgoing := p.ledger.next_answer()) is not None:
-        body = outgoing.body
-        out.append((outgoing.job_id, body if body == b"submitted" else json.loads(body)))
-    return out
+FUNCTIONS = ["echo"]
+WAIT = 30.0
 
 
 def job(**v1: Any) -> bytes:
     return json.dumps({"type": "computeModuleJobV1", "computeModuleJobV1": v1}).encode()
 
 
+def payload(intake: Intake) -> dict[str, Any]:
+    """The answer posted at once for ``intake``, as the runtime receives it."""
+    assert isinstance(intake, Immediate), intake
+    answer: dict[str, Any] = json.loads(intake.error.to_bytes())
+    return answer
+
+
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"type": "computeModuleJobV1"}',
                                   job(queryType="echo", query=1), job(jobId=None, queryType="echo"),
                                   b"\xff\xfe\x00garbage"], ids=repr)
-def test_a_job_without_a_usable_id_is_logged_and_skipped(tmp_path: Path, body: bytes,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
-    p = poller(tmp_path)
-    p._accept(body)
-    assert drained(p) == []
-    assert len(p.ledger) == 0
-    assert "without a usable jobId" in caplog.text
+def test_a_job_without_a_usable_id_is_logged_and_skipped(body: bytes) -> None:
+    intake = parse_job(body, FUNCTIONS, held=())
+    assert isinstance(intake, Refused)  # no answer, and nothing held
+    assert "without a usable jobId" in intake.problem
 
 
-def test_missing_query_type_is_answered_invalid_input(tmp_path: Path) -> None:
-    p = poller(tmp_path)
-    p._accept(job(jobId="j1", query=1))
-    [(job_id, payload)] = drained(p)
-    assert (job_id, payload["kind"]) == ("j1", "invalid_input")
-    assert "queryType" in payload["error"]
+def test_missing_query_type_is_answered_invalid_input() -> None:
+    intake = parse_job(job(jobId="j1", query=1), FUNCTIONS, held=())
+    assert isinstance(intake, Immediate) and intake.job_id == "j1"
+    assert payload(intake)["kind"] == "invalid_input"
+    assert "queryType" in payload(intake)["error"]
 
 
-def test_unknown_function_is_answered_without_a_worker(tmp_path: Path) -> None:
-    p = poller(tmp_path)
-    p._accept(job(jobId="j2", queryType="nope", query=1))
-    [(_job_id, payload)] = drained(p)
-    assert payload["kind"] == "unknown_function" and payload["known"] == ["echo"]
+def test_unknown_function_is_answered_without_a_worker() -> None:
+    answer = payload(parse_job(job(jobId="j2", queryType="nope", query=1), FUNCTIONS, held=()))
+    assert answer["kind"] == "unknown_function" and answer["known"] == ["echo"]
 
 
-def test_job_handed_out_twice_runs_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    p = poller(tmp_path)
-    p._accept(job(jobId="j3", queryType="echo", query=1))
-    p._accept(job(jobId="j3", queryType="echo", query=1))
-    assert drained(p) == [("j3", b"submitted")]
-    assert "handed out again" in caplog.text
+def test_job_handed_out_twice_runs_once() -> None:
+    ledger = Ledger()
+    body = job(jobId="j3", queryType="echo", query=1)
+    first = parse_job(body, FUNCTIONS, ledger)
+    assert first == Accepted("j3", "echo")
+    assert ledger.accept(first.job_id, first.function) is not None
+    again = parse_job(body, FUNCTIONS, ledger)
+    assert isinstance(again, Refused) and "handed out again" in again.problem
 
 
-def test_a_numeric_job_id_is_used_as_text(tmp_path: Path) -> None:
-    p = poller(tmp_path)
-    p._accept(job(jobId=7, queryType="echo"))
-    assert drained(p) == [("7", b"submitted")]
+def test_a_numeric_job_id_is_used_as_text() -> None:
+    assert parse_job(job(jobId=7, queryType="echo"), FUNCTIONS, held=()) == Accepted("7", "echo")
 
 
-def test_type_field_may_be_absent(tmp_path: Path) -> None:
-    p = poller(tmp_path)
-    p._accept(json.dumps({"computeModuleJobV1": {"jobId": "j4", "queryType": "echo"}}).encode())
-    assert drained(p) == [("j4", b"submitted")]
+def test_type_field_may_be_absent() -> None:
+    body = json.dumps({"computeModuleJobV1": {"jobId": "j4", "queryType": "echo"}}).encode()
+    assert parse_job(body, FUNCTIONS, held=()) == Accepted("j4", "echo")
+
+
+def test_any_function_is_let_through_while_the_apps_are_unknown() -> None:
+    assert parse_job(job(jobId="j5", queryType="later"), [], held=()) == Accepted("j5", "later")
+
+
+def test_a_job_taken_while_stopping_is_answered_shutdown() -> None:
+    intake = parse_job(job(jobId="j6", queryType="echo"), FUNCTIONS, held=(), stopping=True)
+    assert payload(intake)["kind"] == "shutdown"
+
+
+def test_a_jobs_credentials_come_with_it_without_the_bearer_prefix() -> None:
+    body = job(jobId="j7", queryType="echo", authHeader="Bearer user-token", temporaryCredentialsAuthToken="temp")
+    assert parse_job(body, FUNCTIONS, held=()) == Accepted("j7", "echo", ("user-token", "temp"))
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"computeModuleJobV1": {"jobId": "j8", "query": ' + b"[" * 5000 + b"]" * 5000 + b"}}", "nested"),
+    (b'{"computeModuleJobV1": {"jobId": "j8", "query": "\xff"}}', "not UTF-8"),
+    (b'{"computeModuleJobV1": {"jobId": "j8", "query": }', "not valid JSON"),
+], ids=["deep", "bytes", "syntax"])
+def test_an_unreadable_body_that_names_its_job_is_answered_invalid_input(body: bytes, reason: str) -> None:
+    intake = parse_job(body, FUNCTIONS, held=())
+    assert isinstance(intake, Immediate) and intake.job_id == "j8"
+    assert payload(intake)["kind"] == "invalid_input" and reason in payload(intake)["error"]
+
+
+def test_an_unreadable_body_of_a_job_held_already_gets_no_second_answer() -> None:
+    intake = parse_job(b'{"computeModuleJobV1": {"jobId": "j9", ', FUNCTIONS, held={"j9"})
+    assert isinstance(intake, Refused)
+
+
+# -- the limits a taken job runs under, from a poller running in this process ---------------------
+
+@pytest.mark.timeout(120)
+def test_the_limits_a_function_declared_reach_its_jobs() -> None:
+    """``cleans_up_on_soft_timeout`` declares a soft timeout of 0.2s and the configuration sets none: the
+    parent learns the declaration from the template, so the job gets its JobTimeout and cleans up."""
+    flags = {"app": os.path.join(APPS, "misbehave.py"), "workers": 1, "limits.timeout": 10,
+             "logging.stats_interval": "none", "worker_nice": 0}
+    with EmbeddedRuntime(long_poll=0.5) as rt:
+        poller = Poller(load_config(flags=flags, environ={}, cwd=APPS), Service(discover(rt.env(0))))
+        thread = threading.Thread(target=poller.run, daemon=True)
+        thread.start()
+        try:
+            [finished] = rt.store.wait_finished([rt.submit("cleans_up_on_soft_timeout", None)], WAIT)
+        finally:
+            poller.stop()
+            thread.join(WAIT)
+    assert not thread.is_alive()
+    assert finished is not None and finished.answer is not None, finished
+    assert decode_answer(finished.answer) == "cleaned up"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from cmworker.limits import JobLimits
+from cmworker.config import load_config
 from cmworker.replica import transport
-from cmworker.replica.poller import Poller, Settings
+from cmworker.replica.poller import Poller
 from cmworker.replica.service import Service, discover
 from cmworker.runtime.client import decode_answer
 from cmworker.runtime.embedded import EmbeddedRuntime
@@ -39,8 +39,9 @@ def test_streams_post_on_connections_kept_from_earlier_requests(monkeypatch: pyt
 
     monkeypatch.setattr(transport.socket, "create_connection", counting)
     with EmbeddedRuntime(long_poll=0.5) as rt:
-        poller = Poller(os.path.join(APPS, "misbehave.py"), Service(discover(rt.env(0))),
-                        Settings(workers=2, limits_for=lambda name, spec: JobLimits(timeout=10), stats_interval=None))
+        config = load_config(flags={"app": os.path.join(APPS, "misbehave.py"), "workers": 2, "limits.timeout": 10,
+                                    "logging.stats_interval": "none", "worker_nice": 0}, environ={}, cwd=APPS)
+        poller = Poller(config, Service(discover(rt.env(0))))
         thread = threading.Thread(target=poller.run, daemon=True)
         thread.start()
         try:

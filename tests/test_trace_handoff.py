@@ -21,13 +21,13 @@ def test_steps_of_one_worker_are_joined_in_order_and_interleaved_ones_are_counte
             "c": [0.0, 1.5, 8, 0], "d": [1.520, 3.0, 8, 0],   # worker 8: c then d, its POST beside a GET
             "e": [5.0, 6.0, 7, 1]}                             # worker 7 again, in the next batch
     marks = [
-        [1.001, "answer", "a"], [1.002, "post0", "a"], [1.003, "post1", "a"],
-        [1.004, "get0", ""], [1.005, "get1", ""], [1.006, "submit", "b"],
-        [1.501, "answer", "c"], [1.502, "post0", "c"],
-        [1.503, "get0", ""], [1.505, "get1", ""], [1.506, "submit", "d"],
-        [1.504, "post1", "c"],
-        [2.001, "answer", "b"], [2.002, "post0", "b"], [2.003, "post1", "b"],
-        [4.0, "get0", ""], [5.0, "get1", ""], [5.0, "submit", "e"],  # waited for the next batch
+        [1.001, "answer", "a"], [1.002, "post_start", "a"], [1.003, "post_end", "a"],
+        [1.004, "get_start", ""], [1.005, "get_end", ""], [1.006, "submit", "b"],
+        [1.501, "answer", "c"], [1.502, "post_start", "c"],
+        [1.503, "get_start", ""], [1.505, "get_end", ""], [1.506, "submit", "d"],
+        [1.504, "post_end", "c"],
+        [2.001, "answer", "b"], [2.002, "post_start", "b"], [2.003, "post_end", "b"],
+        [4.0, "get_start", ""], [5.0, "get_end", ""], [5.0, "submit", "e"],  # waited for the next batch
     ]
     rows, interleaved = trace_handoff.hand_offs(sorted(marks), jobs)
     assert rows == [pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0])]

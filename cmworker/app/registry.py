@@ -64,6 +64,10 @@ class FunctionSpec:
         return (full if call.context is None else call.context(full),
                 query if call.event is None else call.event.build(query))
 
+    def declared_limits(self) -> dict[str, float | int | None]:
+        """The limits the function declared, by name, in the form ``Config.limits_for`` takes."""
+        return {"timeout": self.timeout, "soft_timeout": self.soft_timeout, "memory_limit": self.memory_limit}
+
 
 _registry: dict[str, FunctionSpec] = {}
 

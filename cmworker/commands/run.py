@@ -9,10 +9,14 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from cmworker import logs
 from cmworker.config import Config, add_config_flags, flags_from_args, load_config
 from cmworker.errors import CmworkerError
+
+if TYPE_CHECKING:
+    from cmworker.replica.poller import Observer
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +41,10 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, flags=flags)
 
 
-def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
-    """Serve the app against the runtime described by ``environ`` until a signal or a fatal error."""
-    from cmworker.replica.poller import Poller, Settings
+def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Observer | None = None) -> int:
+    """Serve the app against the runtime described by ``environ`` until a signal or a fatal error;
+    ``observer`` is told of each step of each job (``cmworker.replica.poller.Observer``)."""
+    from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
 
     # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
@@ -53,12 +58,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
-    settings = Settings(workers=config.workers, limits_for=config.limits_for, kill_grace=config.kill_grace,
-                        max_jobs_per_worker=config.max_jobs_per_worker, shutdown_grace=config.shutdown_grace,
-                        log_level=config.log_level, logger_levels=config.logger_levels,
-                        stats_interval=config.stats_interval, worker_nice=config.worker_nice)
-    poller = Poller(config.require_app(), service, settings, check_functions=config.check_functions)
-    return poller.run()
+    return Poller(config, service, observer).run()
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:
@@ -80,12 +80,12 @@ def _fatal(exc: BaseException) -> int:
     return 2
 
 
-def run_run(args: argparse.Namespace) -> int:
+def run_run(args: argparse.Namespace, observer: Observer | None = None) -> int:
     logs.configure("sls", "INFO")  # until the configuration is read: even its errors are SLS lines
     try:
         config = _load(args)
         _configure_logs(config, dev=False)
-        return serve(config)
+        return serve(config, observer=observer)
     except CmworkerError as exc:
         return _fatal(exc)
 

@@ -1,11 +1,14 @@
-"""Serve compute-module jobs: admission, the job ledger, posting answers, and the process lifecycle.
+"""Serve compute-module jobs: the parent process's threads and its lifecycle.
 
-Threads of the parent process and what each owns::
+What a GET body asks for is decided in ``cmworker.replica.intake``, the jobs held are kept in
+``cmworker.replica.ledger``, the start-up exchange is ``cmworker.replica.announce``, and what jobs write
+is re-emitted by ``cmworker.replica.job_output``. Threads of the parent process and what each owns::
 
     main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
     poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held; while it
                waits for that, it posts the answer that frees a place (one attempt), then asks again
-    pool       the supervisor loop (cmworker.supervisor): workers, deadlines, memory, deaths
+    pool       the supervisor loop (cmworker.pool.supervisor): workers, deadlines, memory, deaths; it
+               hands answers and output on through the Poller's callbacks
     post-N     POST results/{jobId} for the answers the poll thread does not take, retried with backoff
                until the runtime has it
     stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
@@ -25,34 +28,30 @@ import json
 import logging
 import os
 import queue
-import re
 import select
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from cmworker import logs
-from cmworker.app.registry import FunctionSpec
-from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
+from cmworker.config import Config
+from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, Pool, StreamItem
+from cmworker.replica.announce import announce
+from cmworker.replica.intake import Immediate, Refused, parse_job
+from cmworker.replica.job_output import OutputRelay
+from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
-job_output = logs.get_logger("cmworker.job")
-_SLS_PREFIX = '{"type": "service.1"'
-_PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error",
-              "FATAL": "critical"}
 
 _END = object()   # closes a stream's item queue
-# The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
-_JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 
 
 def _source_secrets(environ: Mapping[str, str]) -> list[str]:
@@ -82,176 +81,37 @@ def _constant(body: bytes) -> Callable[[], bytes]:
     return lambda: body
 
 
-def _not_run_here(*args: Any) -> None:
-    raise RuntimeError("the parent process never runs user code")
+def _unobserved(step: str, job_id: str) -> None:
+    pass
 
 
-@dataclass(eq=False)
-class _Held:
-    job_id: str
-    function: str
-    accepted: float
-    stream: queue.SimpleQueue[Any] | None = None
-    secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
+# Threads that post answers beside the poll thread. A poster retrying an answer sleeps out its backoff;
+# the other keeps the rest flowing meanwhile.
+POSTERS = 2
 
-
-@dataclass(eq=False)
-class _Outgoing:
-    """One answer waiting for its POST."""
-
-    job_id: str
-    body: bytes
-    answer: Answer | None  # None for answers made here (bad input, shutting down): nothing more to log
-    attempts: int = 0
-
-
-class Ledger:
-    """The jobs this replica holds (accepted from the runtime, not yet answered to it), and the answers
-    waiting for their POST.
-
-    Both live under one lock because the poll thread waits for either: a free place to take a job, or an
-    answer to post. When every worker is busy the next place frees up only once an answer is posted, so
-    the poll thread posts it itself and asks for the next job straight after, on the same connection: no
-    thread stands between the POST and the GET. The posters take every other answer, and all of them
-    while the poll thread is inside a GET or a POST.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, _Held] = {}
-        # One lock, three waits, so that a change wakes only the thread it concerns: an answer wakes the
-        # poll thread or one poster, not every waiting thread (each needless wake-up costs the free CPU
-        # of a hand-off some tens of microseconds, and the GIL a turn).
-        self._lock = threading.Lock()
-        self._poll = threading.Condition(self._lock)      # the poll thread, in poll_turn
-        self._posters = threading.Condition(self._lock)   # the posters, in next_answer
-        self._changed = threading.Condition(self._lock)   # wait_below: a job left the ledger
-        self._outbox: collections.deque[_Outgoing] = collections.deque()
-        self._poll_waiting = False
-        self._closed = False
-        self.posted = 0
-
-    def accept(self, job_id: str, function: str) -> _Held | None:
-        """Record a job; ``None`` when it is already held (the runtime handed it out twice)."""
-        with self._lock:
-            if job_id in self._jobs:
-                return None
-            held = self._jobs[job_id] = _Held(job_id, function, time.monotonic())
-            return held
-
-    def get(self, job_id: str) -> _Held | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    def release(self, job_id: str) -> None:
-        with self._lock:
-            held = self._jobs.pop(job_id, None)
-            self.posted += 1
-            self._poll.notify()
-            self._changed.notify_all()
-        if held is not None:
-            for secret in held.secrets:
-                logs.remove_secret(secret)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
-
-    def wait_below(self, limit: int, timeout: float) -> bool:
-        with self._lock:
-            return self._changed.wait_for(lambda: len(self._jobs) < limit, timeout)
-
-    def wait_empty(self, timeout: float) -> bool:
-        return self.wait_below(1, timeout)
-
-    # -- the outbox ---------------------------------------------------------------------------
-
-    def queue_answer(self, outgoing: _Outgoing) -> None:
-        with self._lock:
-            self._outbox.append(outgoing)
-            self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Wake the one thread whose turn the head of the outbox is (caller holds the lock)."""
-        if not self._outbox:
-            return
-        if self._poll_waiting and not self._outbox[0].attempts:
-            self._poll.notify()
-        else:
-            self._posters.notify()
-
-    def poll_turn(self, limit: int, timeout: float) -> _Outgoing | bool:
-        """The poll thread's wait: True when fewer than ``limit`` jobs are held (it may ask for one), else
-        an answer to post when one is waiting (first attempts only; retries are the posters' business),
-        False after ``timeout``."""
-        def ready() -> bool:
-            return len(self._jobs) < limit or bool(self._outbox and not self._outbox[0].attempts)
-
-        with self._lock:
-            self._poll_waiting = True
-            try:
-                self._poll.wait_for(ready, timeout)
-                if len(self._jobs) < limit:
-                    return True
-                if self._outbox and not self._outbox[0].attempts:
-                    return self._outbox.popleft()
-                return False
-            finally:
-                self._poll_waiting = False
-                self._hand_on()  # what is left is the posters'
-
-    def next_answer(self) -> _Outgoing | None:
-        """A poster's wait: the next answer the poll thread is not waiting to take; None once closed."""
-        def ready() -> bool:
-            return self._closed or bool(self._outbox and (not self._poll_waiting or self._outbox[0].attempts))
-
-        with self._lock:
-            self._posters.wait_for(ready)
-            outgoing = self._outbox.popleft() if self._outbox else None
-            self._hand_on()  # more waiting: the next poster's turn, or the poll thread's
-            return outgoing
-
-    def close_outbox(self) -> None:
-        """Let the posters go once the outbox is empty."""
-        with self._lock:
-            self._closed = True
-            self._posters.notify_all()
-
-
-@dataclass
-class Settings:
-    workers: int
-    limits_for: Callable[[str, FunctionSpec | None], JobLimits]
-    shutdown_grace: float = 25.0
-    kill_grace: float = 0.05
-    max_jobs_per_worker: int = 0
-    worker_nice: int = 0
-    posters: int = 2
-    log_level: str = "INFO"
-    logger_levels: tuple[tuple[str, str], ...] = ()
-    stats_interval: float | None = 60.0
-    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
-    schemas: list[dict[str, Any]] | None = None
+# Told of each step of a job's way through the parent, as observer(step, job_id), for tracing it
+# (scripts/trace_handoff.py): "get_start"/"get_end" around a GET job (job id "": not known yet), "submit"
+# as a job goes to the pool, "answer" as its answer comes back, "post_start"/"post_end" around its POST.
+Observer = Callable[[str, str], None]
 
 
 class Poller:
     """Runs one replica: the pool, the poll loop and the posters, until a signal or a fatal error."""
 
-    def __init__(self, app: str, service: Service, settings: Settings,
-                 check_functions: Callable[[list[str]], None] | None = None) -> None:
-        self.check_functions = check_functions
+    def __init__(self, config: Config, service: Service, observer: Observer | None = None) -> None:
+        self.config = config
+        self._observe: Observer = observer or _unobserved
         self.service = service
-        self.settings = settings
         self.ledger = Ledger()
-        self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
-                         on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
-                         logger_levels=settings.logger_levels,
-                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker,
-                         worker_nice=settings.worker_nice)
+        self.pool = Pool(config.require_app(), workers=config.workers, on_answer=self._on_answer,
+                         on_stream=self._on_stream, on_output=OutputRelay(), on_state_change=self._poke,
+                         log_level=config.log_level, logger_levels=config.logger_levels,
+                         kill_grace=config.kill_grace, max_jobs_per_worker=config.max_jobs_per_worker,
+                         worker_nice=config.worker_nice)
         self.outcomes: collections.Counter[str] = collections.Counter()
-        # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
+        # A concrete logger, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.
         self._events = events.bind()
-        self._job_output = job_output.bind()
         self._finished_line = logs.FixedLine(self._events, "cmworker.poller", "job_finished")
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
@@ -277,14 +137,15 @@ class Poller:
 
     def run(self) -> int:
         self._install_signals()
-        if self.settings.stats_interval:
-            self._next_stats = time.monotonic() + self.settings.stats_interval
+        if self.config.stats_interval:
+            self._next_stats = time.monotonic() + self.config.stats_interval
         self.pool.start()
-        self._learn_functions()
+        self.config.check_functions(self.pool.functions)
         conn = self.service.connection()
-        self._announce(conn)
+        schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
+        announce(self.service, conn, schemas, self._stopping)
         self._spare_connection = conn  # connected already: the first stream's POST goes out at once
-        for i in range(self.settings.posters):
+        for i in range(POSTERS):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
         while not self._stopping.is_set():
@@ -292,74 +153,24 @@ class Poller:
             self._handle_signals()
             if self._fatal is not None or self.pool.unhealthy is not None:
                 break
-        self._drain(self.settings.shutdown_grace)
+        self._drain(self.config.shutdown_grace)
         if self._fatal is not None:
             log.error("stopping: %s", self._fatal)
             return 1
         return self.exit_code
 
     def _log_stats(self) -> None:
-        assert self.settings.stats_interval
-        self._next_stats = time.monotonic() + self.settings.stats_interval
+        assert self.config.stats_interval
+        self._next_stats = time.monotonic() + self.config.stats_interval
         self._events.info("stats", jobs_by_outcome=dict(self.outcomes), jobs=sum(self.outcomes.values()),
                     workers_alive=len(self.pool.worker_pids()), respawns=self.pool.respawns,
                     held=len(self.ledger), parent_rss_bytes=psutil.Process().memory_info().rss,
-                    interval_s=self.settings.stats_interval)
-
-    def _learn_functions(self) -> None:
-        """Declared limits and schemas, as the template reported them: the parent never imports the app."""
-        info = self.pool.function_info
-        self.settings.functions = {
-            name: FunctionSpec(name, _not_run_here, bool(i.get("streaming")), i.get("timeout"),
-                               i.get("soft_timeout"), i.get("memory_limit"))
-            for name, i in info.items()}
-        self.settings.schemas = [i["schema"] for i in info.values() if i.get("schema") is not None]
-        if self.check_functions is not None:
-            self.check_functions(self.pool.functions)
+                    interval_s=self.config.stats_interval)
 
     def stop(self) -> None:
         """Ask the replica to drain and exit (what SIGTERM does). Any thread."""
         self._stopping.set()
         self._poke()
-
-    def _announce(self, conn: Connection) -> None:
-        """Post the schemas (failure is logged, not fatal) and the restart notification."""
-        if self.settings.schemas is not None:
-            try:
-                reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
-                                           "POST schemas", attempts=5)
-                if reply is not None and reply.status >= 300:
-                    log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
-            except RuntimeUnavailable as exc:
-                log.error("could not post the function schemas: %s", exc)
-        reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
-                                   attempts=30)
-        if reply is not None and reply.status == 200:
-            with contextlib.suppress(ValueError):
-                dropped = json.loads(reply.body)
-                if dropped:
-                    log.warning("the runtime dropped %d job(s) it thought were running here before this "
-                                "restart: %s", len(dropped), ", ".join(map(str, dropped)))
-
-    def _with_retries(self, call: Callable[[], Reply | None], what: str, attempts: int) -> Reply | None:
-        for attempt in range(attempts):
-            try:
-                reply = call()
-            except TransportError as exc:
-                log.warning("%s failed (%s); retrying", what, exc)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            if reply is not None and reply.status in (401, 403):
-                raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}) "
-                                         f"on {what}: check {self.service.endpoints.token_source}")
-            if reply is not None and reply.status >= 500:
-                log.warning("%s: HTTP %s; retrying", what, reply.status)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            return reply
-        raise RuntimeUnavailable(f"{what} failed {attempts} times in a row")
 
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
@@ -371,7 +182,7 @@ class Poller:
         while not self.pool.closed:
             self._wait_main()
             self._handle_signals()
-        if not self.ledger.wait_empty(timeout=max(self.settings.shutdown_grace, 5.0)):
+        if not self.ledger.wait_empty(timeout=max(self.config.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
         self.ledger.close_outbox()
         for thread in self._threads:
@@ -437,7 +248,7 @@ class Poller:
             self.pool.close(grace=0.0, wait=False)
             return
         self._stopping.set()  # first: once the line below is out, no job is started any more
-        log.warning("stopping: finishing running jobs for up to %.0fs", self.settings.shutdown_grace)
+        log.warning("stopping: finishing running jobs for up to %.0fs", self.config.shutdown_grace)
 
     handle_sigint = handle_sigterm
 
@@ -462,15 +273,17 @@ class Poller:
         failures = 0
         try:
             while not self._stopping.is_set():
-                turn = self.ledger.poll_turn(self.settings.workers, timeout=0.5)
-                if isinstance(turn, _Outgoing):
+                turn = self.ledger.poll_turn(self.config.workers, timeout=0.5)
+                if isinstance(turn, Outgoing):
                     self._post_once(conn, turn)
                     continue
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
                 if not turn or not self.pool.wait_available(timeout=0.5):
                     continue
                 try:
+                    self._observe("get_start", "")
                     reply = self.service.get_job(conn)
+                    self._observe("get_end", "")
                 except TransportError as exc:
                     failures += 1
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
@@ -491,105 +304,41 @@ class Poller:
             log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
             self._stopping.wait(backoff(failures))
             return
-        self._accept(reply.body)
+        self._take(reply.body)
 
-    def _accept(self, body: bytes) -> None:
-        """Turn one GET body into a pool job, or answer it at once when it cannot run."""
-        try:
-            document = json.loads(body)
-            v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
-        except KeyError:
-            v1 = None
-        except (ValueError, RecursionError) as exc:
-            self._answer_unreadable(body, exc)
+    def _take(self, body: bytes) -> None:
+        """Act on what the intake decided for one GET body: hold the job, then run it or answer it now."""
+        intake = parse_job(body, self.pool.functions, self.ledger, self._stopping.is_set())
+        if isinstance(intake, Refused):
+            log.error("%s", intake.problem)
             return
-        job_id = v1.get("jobId") if isinstance(v1, dict) else None
-        if isinstance(job_id, int) and not isinstance(job_id, bool):
-            job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
-        if not isinstance(job_id, str) or not job_id:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
+        if self.ledger.accept(intake.job_id, intake.function, intake.secrets) is None:
+            return  # never: parse_job found it not held, and no thread but this one adds jobs
+        if isinstance(intake, Immediate):
+            self._answer_now(intake.job_id, intake.error)
             return
-        function = v1.get("queryType") if isinstance(v1, dict) else None
-        secrets = []
-        if isinstance(v1, dict):
-            for key in ("authHeader", "temporaryCredentialsAuthToken"):
-                value = v1.get(key)
-                if isinstance(value, str) and value:
-                    secrets.append(value.removeprefix("Bearer "))
-        for secret in secrets:
-            logs.add_secret(secret)
-        held = self.ledger.accept(job_id, str(function))
-        if held is None:
-            log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
-            for secret in secrets:
-                logs.remove_secret(secret)
-            return
-        held.secrets = secrets
-        if not isinstance(function, str) or not function:
-            self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
-        elif self._stopping.is_set():
-            self._answer_now(job_id, ShuttingDown("cmworker is shutting down; this job was never started"))
-        elif self.pool.functions and function not in self.pool.functions:
-            known = ", ".join(sorted(self.pool.functions))
-            self._answer_now(job_id, UnknownFunction(f"no function named {function!r}; this app has: {known}",
-                                                     function=function, known=sorted(self.pool.functions)))
-        else:
-            limits = self._limits.get(function)
-            if limits is None:  # worked out once per function: the configuration does not change
-                limits = self._limits[function] = self.settings.limits_for(function,
-                                                                           self.settings.functions.get(function))
-            self.pool.submit(Job(job_id, function, body, limits))
+        job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
+        self._observe("submit", job.id)
+        self.pool.submit(job)
 
-    def _answer_unreadable(self, body: bytes, exc: Exception) -> None:
-        """A body that is not JSON to Python may still name its job: answer it rather than leave it held.
-
-        A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
-        replica (found by tests/test_fuzz.py).
-        """
-        found = _JOB_ID.search(body)
-        job_id = found.group(1).decode("utf-8", "replace") if found else ""
-        if not job_id or self.ledger.accept(job_id, "") is None:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
-            return
-        if isinstance(exc, RecursionError):
-            reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
-        elif isinstance(exc, UnicodeDecodeError):
-            reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
-        else:
-            reason = f"it is not valid JSON ({exc})"
-        self._answer_now(job_id, InvalidInput(f"the job cannot be read: {reason}"))
+    def _limits_of(self, function: str) -> JobLimits:
+        """Worked out once per function, as the configuration does not change, from the limits it declared
+        as the template reported them: the parent never imports the app."""
+        limits = self._limits.get(function)
+        if limits is None:
+            limits = self._limits[function] = self.config.limits_for(function, self.pool.function_info.get(function))
+        return limits
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
         self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
-        self.ledger.queue_answer(_Outgoing(job_id, error.to_bytes(), None))
-
-    def _on_output(self, line: OutputLine) -> None:
-        """Re-emit what a job (or the template) wrote, tagged with its job; worker log lines pass through."""
-        context = {"job_id": line.job_id, "function": line.function, "pid": line.pid}
-        if line.dropped:
-            self._job_output.warning("output_dropped", dropped_lines=line.dropped, **context)
-            return
-        if line.text.startswith(_SLS_PREFIX):
-            try:
-                record = json.loads(line.text)
-                params = {**record.get("params", {}), **{k: v for k, v in context.items() if v is not None}}
-                unsafe = record.get("unsafeParams", {})
-                method = _PY_METHOD.get(record.get("level"), "info")
-                getattr(self._job_output, method)(record.get("message", ""), **params, **unsafe, unsafe=list(unsafe),
-                                            origin=record.get("origin", "cmworker.job"),
-                                            safe=record.get("safe", False),
-                                            stack=record.get("stacktrace"))
-                return
-            except (ValueError, TypeError, AttributeError):
-                pass
-        emit = self._job_output.info if line.stream == "stdout" else self._job_output.warning
-        emit(line.text, stream=line.stream, safe=False, **context)
+        self.ledger.queue_answer(Outgoing(job_id, error.to_bytes(), None))
 
     # -- answers (pool thread -> posters) -------------------------------------------------------
 
     def _on_answer(self, answer: Answer) -> None:
         """Runs on the pool's loop: hand the answer on and return; rendering the log line is the poster's job."""
+        self._observe("answer", answer.job.id)
         self.outcomes[answer.kind] += 1
         held = self.ledger.get(answer.job.id)
         if held is not None and held.stream is not None:
@@ -598,7 +347,7 @@ class Poller:
                 held.stream.put(answer.body)
             held.stream.put(_END)
             return
-        self.ledger.queue_answer(_Outgoing(answer.job.id, answer.body, answer))
+        self.ledger.queue_answer(Outgoing(answer.job.id, answer.body, answer))
 
     def _log_finished(self, answer: Answer) -> None:
         """The one canonical line per job."""
@@ -627,7 +376,7 @@ class Poller:
         finally:
             conn.close()
 
-    def _post_once(self, conn: Connection, outgoing: _Outgoing) -> None:
+    def _post_once(self, conn: Connection, outgoing: Outgoing) -> None:
         """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
         if self._attempt_post(conn, outgoing.job_id, outgoing.body):
             self.ledger.release(outgoing.job_id)
@@ -637,7 +386,7 @@ class Poller:
             outgoing.attempts += 1
             self.ledger.queue_answer(outgoing)
 
-    def _post_stream(self, held: _Held) -> None:
+    def _post_stream(self, held: Held) -> None:
         """One chunked POST fed as items arrive; the items are kept so a failed POST can be replayed."""
         assert held.stream is not None
         sent: list[bytes] = []
@@ -677,7 +426,9 @@ class Poller:
     def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes]) -> bool:
         """One POST of an answer: True when that is the end of it, False when it must be tried again."""
         try:
+            self._observe("post_start", job_id)
             reply = self.service.post_result(conn, job_id, body)
+            self._observe("post_end", job_id)
         except TransportError as exc:
             log.warning("POST result of job %s failed (%s); retrying", job_id, exc)
             return False
