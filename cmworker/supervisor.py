@@ -712,7 +712,9 @@ class Pool:
 
     def _send_run(self, slot: _Slot, job: Job) -> bool:
         """Send the job to its worker; True when the loop must finish a partial send."""
-        if self.on_start is not None:  # from here on it can no longer be withdrawn
+        # From here on it can no longer be withdrawn. A job sent ahead to a worker that died before
+        # starting it is sent again, and on_start called again.
+        if self.on_start is not None:
             self._call(self.on_start, job)
         lim = job.limits
         return self._send(slot, Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0,
