@@ -198,14 +198,12 @@ class _Calls:
 
         The pool sends a job again when it was sent ahead to a worker that died before starting it: the
         future is running since the first send and is not marked again (``concurrent.futures`` logs a
-        CRITICAL "unexpected state" for that). Under the lock, because ``on_answer`` takes a future out
-        of ``futures`` under it before settling it: one found here is pending or running, never done,
-        even when a timeout answered the job before the thread that sent it got here.
+        CRITICAL "unexpected state" for that). A future found here is never done: the pool reports a
+        job sent before it can answer it, and every other way to settle a future takes it out first.
         """
-        with self.lock:
-            future = self.futures.get(job.id)
-            if future is not None and not future.running():
-                future.set_running_or_notify_cancel()
+        future = self.futures.get(job.id)  # one dict read: atomic, no lock needed
+        if future is not None and not future.running():
+            future.set_running_or_notify_cancel()
 
     def on_answer(self, answer: Answer) -> None:
         with self.lock:

@@ -12,15 +12,20 @@ Every wait has a deadline (``WAIT``); no test asserts a duration.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 import cmworker
 from cmworker import MemoryLimitExceeded, WorkerDied
+from cmworker.supervisor import Pool
 from tests import executor_jobs as jobs
 from tests.pool_harness import WAIT, descendants, wait_gone
 
@@ -137,3 +142,56 @@ def test_shutdown_cancelling_the_queue_then_a_death_runs_the_call_sent_ahead_onc
     wait_gone(descendants() - before)  # the replacement worker too
     assert not marker.exists()
     assert complaints(futures_log) == []
+
+
+def _waits_for_the_pool_lock(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked entering the pool's lock in ``Pool.submit``."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return (frame is not None and frame.f_code is threading.Condition.__enter__.__code__
+            and frame.f_back is not None and frame.f_back.f_code is Pool.submit.__code__)
+
+
+def test_a_call_sent_ahead_never_overtakes_the_call_its_worker_was_given(
+        futures_log: pytest.LogCaptureFixture) -> None:
+    """Two threads submit. The first call goes straight to the idle worker from its thread; the second,
+    queued, may be sent ahead to that worker by the pool's thread. It must reach the worker after the
+    first, or the worker runs it first and each future gets the other's result.
+
+    The first thread is held where it has given the call to the worker and not yet sent it (a profile
+    hook on ``Pool._send_run``) until the second call is queued and the pool has had two turns to send
+    it ahead, or until the second thread waits for the pool's lock (what keeps the order)."""
+    with cmworker.Executor(1) as one:
+        pool = one._calls.pool
+        assert pool is not None
+        second: list[concurrent.futures.Future[str]] = []
+        other = threading.Thread(target=lambda: second.append(one.submit(jobs.echo, "second")))
+
+        def queued_or_waiting() -> bool:
+            return pool.available == -1 or (_waits_for_the_pool_lock(other) and _waits_for_the_pool_lock(other))
+
+        def hold_the_send(frame: FrameType, event: str, arg: object) -> None:
+            if event == "call" and frame.f_code is Pool._send_run.__code__:
+                other.start()
+                wait_until(queued_or_waiting, "the second call was queued or waits for the pool's lock")
+                if pool.available == -1:
+                    turns = pool.turns
+                    wait_until(lambda: pool.turns >= turns + 2, "the pool took two turns")
+
+        sys.setprofile(hold_the_send)
+        try:
+            first = one.submit(jobs.echo, "first")
+        finally:
+            sys.setprofile(None)
+        other.join(WAIT)
+        assert (first.result(timeout=WAIT), second[0].result(timeout=WAIT)) == ("first", "second")
+    assert complaints(futures_log) == []
+
+
+def test_large_calls_sent_ahead_reach_the_worker_whole() -> None:
+    """A call larger than the socket's buffer is partly sent and partly left for the pool's loop to
+    flush; a call sent ahead to the same worker meanwhile must queue behind it, not into its middle."""
+    with cmworker.Executor(1) as one:
+        for size in (8 * MiB, 16 * MiB, 8 * MiB):
+            given = one.submit(jobs.length, b"a" * size)
+            ahead = one.submit(jobs.length, b"b" * (size + 1))
+            assert (given.result(timeout=WAIT), ahead.result(timeout=WAIT)) == (size, size + 1)
