@@ -13,18 +13,20 @@ Every wait has a deadline (``WAIT``); no test asserts a duration.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
+import pickle
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
 import pytest
 
 import cmworker
-from cmworker import MemoryLimitExceeded, WorkerDied
+from cmworker import JobTimeout, MemoryLimitExceeded, ResultNotSerializable, WorkerDied, errors
 from cmworker.supervisor import Pool
 from tests import executor_jobs as jobs
 from tests.pool_harness import WAIT, descendants, wait_gone
@@ -195,3 +197,137 @@ def test_large_calls_sent_ahead_reach_the_worker_whole() -> None:
             given = one.submit(jobs.length, b"a" * size)
             ahead = one.submit(jobs.length, b"b" * (size + 1))
             assert (given.result(timeout=WAIT), ahead.result(timeout=WAIT)) == (size, size + 1)
+
+
+# -- 2. every documented attribute of an error, on every instance -------------------------------------
+
+# The details each kind documents (docs/deploying.md, "What callers see when a job fails"; the README's
+# Executor example), and the ones the code adds: InvalidInput's field and expected, JobTimeout's soft.
+DOCUMENTED: dict[type[errors.JobError], dict[str, object]] = {
+    errors.UnknownFunction: {"function": "f", "known": ["g"]},
+    errors.InvalidInput: {"field": "a.b", "expected": "integer"},
+    errors.JobTimeout: {"timeout_s": 1.5, "soft": True, "pid": 12},
+    errors.MemoryLimitExceeded: {"limit_bytes": 100, "rss_bytes": 120, "pid": 12},
+    errors.WorkerDied: {"signal": "SIGSEGV", "exit_code": 3, "pid": 12, "output": "last", "likely_oom": True},
+    errors.ResultNotSerializable: {"type": "lock"},
+    errors.ResultTooLarge: {"size_bytes": 200, "limit_bytes": 100, "items_sent": 4},
+    errors.StreamFailed: {"items_sent": 4, "type": "ValueError", "traceback": "Traceback ..."},
+    errors.ShuttingDown: {"pid": 12},
+    errors.JobDropped: {"replica": 2},
+}
+
+
+def through_payload(error: errors.JobError) -> errors.JobError:
+    back = errors.error_from_payload(json.loads(error.to_bytes()))
+    assert back is not None and type(back) is type(error)
+    return back
+
+
+def through_pickle(error: errors.JobError) -> errors.JobError:
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    return back
+
+
+BUILT = {"made": lambda error: error, "from_payload": through_payload, "unpickled": through_pickle}
+
+
+def attributes(error: errors.JobError, names: Iterator[str] | list[str]) -> dict[str, object]:
+    return {name: getattr(error, name) for name in names}
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+@pytest.mark.parametrize("cls", list(DOCUMENTED), ids=lambda cls: cls.__name__)
+def test_an_error_without_details_has_every_documented_attribute_as_none(
+        cls: type[errors.JobError], how: str) -> None:
+    error = BUILT[how](cls("it went wrong"))
+    assert attributes(error, list(DOCUMENTED[cls])) == dict.fromkeys(DOCUMENTED[cls])
+    assert error.details == {} and error.message == "it went wrong"
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+@pytest.mark.parametrize("cls", list(DOCUMENTED), ids=lambda cls: cls.__name__)
+def test_an_error_keeps_every_documented_detail_it_was_given(cls: type[errors.JobError], how: str) -> None:
+    error = BUILT[how](cls("it went wrong", **DOCUMENTED[cls]))
+    assert attributes(error, list(DOCUMENTED[cls])) == DOCUMENTED[cls]
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+def test_a_remote_exception_has_its_type_and_traceback_however_it_was_built(how: str) -> None:
+    bare = BUILT[how](errors.RemoteException("it went wrong"))
+    assert isinstance(bare, errors.RemoteException)
+    assert (bare.remote_type, bare.remote_traceback) == (None, "")
+
+
+@pytest.mark.parametrize("cls", list(DOCUMENTED), ids=lambda cls: cls.__name__)
+def test_an_undocumented_attribute_is_still_an_attribute_error(cls: type[errors.JobError]) -> None:
+    with pytest.raises(AttributeError, match="no_such_detail"):
+        cls("it went wrong").no_such_detail  # noqa: B018
+
+
+@pytest.mark.parametrize("payload", [
+    {"kind": "timeout", "error": "it went wrong", "message": "a detail named message"},
+    {"kind": "timeout", "error": "it went wrong", "self": 1},
+    {"kind": "exception", "exception": "it went wrong", "message": "a detail named message"},
+], ids=["message", "self", "exception-message"])
+def test_a_payload_detail_named_like_a_constructor_argument_is_kept(payload: dict[str, object]) -> None:
+    """The payload comes from a worker or the runtime: any key is possible, and it must not stop the
+    error from being rebuilt (a TypeError from the constructor)."""
+    error = errors.error_from_payload(payload)
+    assert error is not None and error.message == "it went wrong"
+    assert {k: v for k, v in error.details.items() if k in payload} == \
+        {k: v for k, v in payload.items() if k not in ("kind", "error", "exception")}
+
+
+@pytest.fixture(scope="module")
+def ex() -> Iterator[cmworker.Executor]:
+    before = descendants()
+    executor = cmworker.Executor(1, preload=["tests.executor_jobs"])
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True)
+        wait_gone(descendants() - before)
+
+
+DEATH_DETAILS = {
+    jobs.segfault: {"signal": "SIGSEGV", "exit_code": None, "likely_oom": None},
+    jobs.exit3: {"exit_code": 3, "signal": None, "likely_oom": None},
+}
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+@pytest.mark.parametrize("fn", list(DEATH_DETAILS), ids=lambda fn: fn.__name__)
+def test_a_worker_death_has_signal_or_exit_code_and_the_other_is_none(
+        ex: cmworker.Executor, fn: Callable[[], None], how: str) -> None:
+    with pytest.raises(WorkerDied) as died:
+        ex.submit(fn).result(timeout=WAIT)
+    error = BUILT[how](died.value)
+    assert attributes(error, list(DEATH_DETAILS[fn])) == DEATH_DETAILS[fn]
+    assert isinstance(error.pid, int) and isinstance(error.output, str)
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+def test_a_soft_timeout_raised_in_the_worker_has_every_documented_attribute(ex: cmworker.Executor,
+                                                                             how: str) -> None:
+    """Raised inside the call, it comes back pickled: no pid (the parent did not kill anything)."""
+    with pytest.raises(JobTimeout) as info:
+        ex.submit_with(jobs.sleep_forever, timeout=WAIT, soft_timeout=0.1).result(timeout=WAIT)
+    error = BUILT[how](info.value)
+    assert attributes(error, ["timeout_s", "soft", "pid"]) == {"timeout_s": 0.1, "soft": True, "pid": None}
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+def test_a_hard_timeout_is_not_soft(ex: cmworker.Executor, how: str) -> None:
+    with pytest.raises(JobTimeout) as info:
+        ex.submit_with(jobs.sleep_forever, timeout=0.1).result(timeout=WAIT)
+    error = BUILT[how](info.value)
+    assert error.soft is None and error.timeout_s == 0.1 and isinstance(error.pid, int)
+
+
+@pytest.mark.parametrize("how", list(BUILT))
+def test_a_result_the_caller_cannot_unpickle_has_a_type_of_none(ex: cmworker.Executor, how: str) -> None:
+    """The parent makes this one (the worker pickled the result fine): it knows no type name."""
+    with pytest.raises(ResultNotSerializable) as info:
+        ex.submit(jobs.return_load_bomb).result(timeout=WAIT)
+    assert BUILT[how](info.value).type is None
