@@ -1,4 +1,4 @@
-"""Three holes, each shown first with real processes, and the rest of its class.
+"""Holes, each shown first with real processes, and the rest of its class.
 
 1. A call sent ahead to a busy worker (prefetch) that dies before starting it runs on the replacement
    worker; its future must be marked running once, not again when it is sent the second time
@@ -6,6 +6,8 @@
 2. Every documented attribute of an error (``WorkerDied.signal``/``exit_code``,
    ``MemoryLimitExceeded.rss_bytes``...) exists on every instance, ``None`` where it does not apply,
    however the error was made: raised in the parent, rebuilt from its payload, or unpickled.
+3. ``scripts/failures.py`` run by a Python without the official SDK says how to get it, at once, instead
+   of failing a minute later with the SDK client's ``No module named 'compute_modules'``.
 
 Every wait has a deadline (``WAIT``); no test asserts a duration.
 """
@@ -16,7 +18,9 @@ import concurrent.futures
 import json
 import logging
 import pickle
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -331,3 +335,25 @@ def test_a_result_the_caller_cannot_unpickle_has_a_type_of_none(ex: cmworker.Exe
     with pytest.raises(ResultNotSerializable) as info:
         ex.submit(jobs.return_load_bomb).result(timeout=WAIT)
     assert BUILT[how](info.value).type is None
+
+
+# -- 3. scripts/failures.py without the official SDK --------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_failures_script_without_the_sdk_names_the_command_that_installs_it() -> None:
+    """Run as after the Quick start (a base install): the SDK is hidden from this interpreter, as if not
+    installed. The script exits at once with a usage error naming ``scripts/failures``, and starts no
+    client or runtime."""
+    hide_the_sdk = textwrap.dedent(f"""
+        import runpy, sys
+        sys.modules["compute_modules"] = None  # what an interpreter without the package finds: nothing
+        sys.argv = ["scripts/failures.py", "--only", "crash"]
+        runpy.run_path({str(ROOT / "scripts" / "failures.py")!r}, run_name="__main__")
+    """)
+    before = descendants()
+    done = subprocess.run([sys.executable, "-c", hide_the_sdk], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "foundry-compute-modules" in done.stderr and "scripts/failures " in done.stderr
+    assert "crash" not in done.stdout and descendants() == before
