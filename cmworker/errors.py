@@ -29,6 +29,7 @@ both go through the kind registry that each leaf joins by declaring ``kind``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, ClassVar
 
@@ -81,19 +82,25 @@ class JobError(CmworkerError):
     """A job ended without a result. ``kind`` names the leaf; ``details`` are its structured facts.
 
     Details are JSON values (``timeout_s``, ``limit_bytes``, ``rss_bytes``, ``signal``, ``exit_code``,
-    ``pid``, ``output``…); they are also readable as attributes: ``err.timeout_s``.
+    ``pid``, ``output``…); they are also readable as attributes: ``err.timeout_s``. The details a leaf
+    documents are declared on it (annotations without a value): each is an attribute of every instance,
+    ``None`` where it does not apply (a worker killed by a signal has no ``exit_code``), however the
+    error was made: raised, rebuilt from its payload, or unpickled.
     """
 
     kind: ClassVar[str] = "error"
+    documented: ClassVar[frozenset[str]] = frozenset()  # the details declared on the class and its bases
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.documented = cls.documented | set(inspect.get_annotations(cls))
         if "kind" in cls.__dict__:
             if cls.kind in _KINDS:
                 raise TypeError(f"payload kind {cls.kind!r} is already taken by {_KINDS[cls.kind].__name__}")
             _KINDS[cls.kind] = cls
 
-    def __init__(self, message: str, **details: Any) -> None:
+    # ``message`` is positional-only so that a payload may carry a detail of any name, "message" too.
+    def __init__(self, message: str, /, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details
@@ -103,6 +110,8 @@ class JobError(CmworkerError):
         details = self.__dict__.get("details")
         if details is not None and name in details:
             return details[name]
+        if name in type(self).documented:
+            return None
         raise AttributeError(f"{type(self).__name__!s} has no attribute or detail {name!r}")
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -125,7 +134,7 @@ class RemoteException(JobError):
 
     kind = "exception"
 
-    def __init__(self, message: str, *, type: str | None = None, traceback: str = "", **details: Any) -> None:
+    def __init__(self, message: str, /, *, type: str | None = None, traceback: str = "", **details: Any) -> None:
         super().__init__(message, **details)
         self.remote_type = type
         self.remote_traceback = traceback
@@ -154,44 +163,68 @@ class RemoteException(JobError):
 
 class UnknownFunction(JobError):
     kind = "unknown_function"
+    function: str | None
+    known: list[str] | None  # the functions the app has
 
 
 class InvalidInput(JobError):
     kind = "invalid_input"
+    field: str | None  # the path of the field that does not fit, when a typed event was built
+    expected: str | None  # the data type that field expects
 
 
 class JobTimeout(JobError):
     """Raised inside a job at its soft timeout (catch it to clean up); answered as ``timeout``."""
 
     kind = "timeout"
+    timeout_s: float | None
+    soft: bool | None  # True when raised inside the job at its soft timeout
+    pid: int | None  # the worker the parent killed (a hard timeout)
 
 
 class MemoryLimitExceeded(JobError):
     kind = "memory_limit"
+    limit_bytes: int | None
+    rss_bytes: int | None  # what the job's process tree used when it was killed
+    pid: int | None
 
 
 class WorkerDied(JobError):
     kind = "worker_died"
+    signal: str | None  # its name ("SIGSEGV") when a signal ended the worker
+    exit_code: int | None  # when the worker exited
+    pid: int | None
+    output: str | None  # the job's last output lines
+    likely_oom: bool | None  # True when the kernel's out-of-memory killer did it
 
 
 class ResultNotSerializable(JobError):
     kind = "result_not_serializable"
+    type: str | None  # the result's class name
 
 
 class ResultTooLarge(JobError):
     kind = "result_too_large"
+    size_bytes: int | None
+    limit_bytes: int | None
+    items_sent: int | None  # for a stream: the items sent before the one too large
 
 
 class ShuttingDown(JobError):
     kind = "shutdown"
+    pid: int | None  # when the job was running
 
 
 class StreamFailed(JobError):
     kind = "stream_failed"
+    items_sent: int | None
+    type: str | None  # the class name of what the function raised
+    traceback: str | None
 
 
 class JobDropped(JobError):
     kind = "dropped"
+    replica: int | None  # the replica the runtime handed the job to
 
 
 # The official SDK's answer to an unknown query type, recognised so callers get a typed error from it too.

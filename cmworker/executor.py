@@ -83,8 +83,8 @@ class _RemoteTraceback(Exception):
 class _Future(concurrent.futures.Future[T]):
     """A future whose ``cancel`` withdraws its job from the pool's queue, and fails once it runs.
 
-    It stays pending until it is answered (``running()`` is never true): the pool does not report the
-    moment a worker takes a job, and a message per job to say so would cost every call.
+    It turns running when its job is sent to a worker (``_Calls.on_start``), which may be before the
+    worker starts it: a job sent ahead to a busy worker waits there for the current one to finish.
     """
 
     def __init__(self, calls: _Calls, job_id: str) -> None:
@@ -194,12 +194,16 @@ class _Calls:
     # -- pool thread ----------------------------------------------------------------------------
 
     def on_start(self, job: Job) -> None:
-        """The job was sent to a worker (to run now, or next after its current call): it is running."""
+        """The job was sent to a worker (to run now, or next after its current call): it is running.
+
+        The pool sends a job again when it was sent ahead to a worker that died before starting it: the
+        future is running since the first send and is not marked again (``concurrent.futures`` logs a
+        CRITICAL "unexpected state" for that). A future found here is never done: the pool reports a
+        job sent before it can answer it, and every other way to settle a future takes it out first.
+        """
         future = self.futures.get(job.id)  # one dict read: atomic, no lock needed
-        if future is not None:
-            # Raises RuntimeError for a job sent again after its worker died first: it is running already.
-            with contextlib.suppress(RuntimeError):
-                future.set_running_or_notify_cancel()
+        if future is not None and not future.running():
+            future.set_running_or_notify_cancel()
 
     def on_answer(self, answer: Answer) -> None:
         with self.lock:

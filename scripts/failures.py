@@ -19,8 +19,11 @@ Every cell of the table is written from those observations; times are seconds af
 was submitted (a client exit: seconds after the signal). Trials run a few at a time (``--parallel``), each
 with its own runtime and client, so timings carry some scheduling noise (tenths of a second).
 
-    .venv/bin/python scripts/failures.py [--only crash,hang] [--window 20] [--workers 1]
-                                         [--markdown FILE] [--json FILE]
+    scripts/failures [--only crash,hang] [--window 20] [--workers 1] [--markdown FILE] [--json FILE]
+
+``scripts/failures`` installs the official SDK into ``.venv`` first (the ``compare`` extra), then runs this
+script with ``.venv/bin/python``; run directly, it needs a Python where ``foundry-compute-modules`` is
+installed.
 
 The memory hog allocates ``--hog-mib`` (1 GiB) in the SDK's worker, which has no limit: that trial is
 skipped unless the machine has that much plus 2 GiB available. Client processes are always stopped, and
@@ -34,6 +37,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -613,6 +617,11 @@ def main() -> int:
     unknown = [k for k in keys if k not in BY_KEY]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(BY_KEY)}")
+    if importlib.util.find_spec("compute_modules") is None:
+        # The SDK's client runs with this interpreter: without it, every trial would fail to start.
+        parser.error(f"the official SDK (foundry-compute-modules) is not installed for {sys.executable}; "
+                     "run scripts/failures instead, which installs it into .venv first "
+                     "(or: pip install -e '.[compare]')")
     settings = replace(Settings(), window=args.window, workers=args.workers, hog_mib=args.hog_mib)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run every finally: stop the clients
     started = time.monotonic()

@@ -217,3 +217,16 @@ def hoard(size: int) -> int:
     """Keeps ``size`` bytes in the worker after the call: a worker that takes a while to tear down."""
     _HOARD.append(b"\x01" * size)
     return os.getpid()
+
+
+def die_on_signal(path: str, how: str) -> None:
+    """Waits until ``path`` exists (the test's go), then dies: ``segfault``, ``exit`` (code 7), or
+    ``allocate`` past any memory limit until the parent kills it. Gives up after a minute instead."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if how == "segfault":
+        segfault()
+    elif how == "exit":
+        os._exit(7)
+    allocate_slowly(16 * 2**20, 0.001)

@@ -301,7 +301,7 @@ class Pool:
         With a worker idle and nothing queued, the job goes straight to that worker from this thread;
         otherwise it waits in the queue for the next free worker.
         """
-        slot, wake = None, False
+        wake = False
         with self._lock:
             if self._stopping or self._closed:
                 closed = True
@@ -310,6 +310,10 @@ class Pool:
                 if self._idle and not self._pending:
                     slot = self._idle.pop()
                     wake = self._start_job(slot, job)
+                    # Sent before the lock is released: from then on the loop may send this worker its
+                    # next job ahead (prefetch), which must reach the worker after this one. Sent later,
+                    # it could overtake it, and each job would be answered with the other's result.
+                    wake = self._send_run(slot, job) or wake
                 else:
                     self._pending.append(job)
                     wake = True
@@ -317,8 +321,6 @@ class Pool:
             error = ShuttingDown("the pool is shutting down and no longer accepts jobs")
             self.on_answer(Answer(job, error.to_bytes(), error.kind, error))
             return
-        if slot is not None:
-            wake = self._send_run(slot, job) or wake
         if wake:
             self._wake()
 
@@ -713,7 +715,10 @@ class Pool:
 
     def _send_run(self, slot: _Slot, job: Job) -> bool:
         """Send the job to its worker; True when the loop must finish a partial send."""
-        if self.on_start is not None:  # from here on it can no longer be withdrawn
+        # From here on it can no longer be withdrawn, and it cannot have been answered yet (this runs
+        # under the lock in submit, on the loop's thread otherwise). A job sent ahead to a worker that
+        # died before starting it is sent again, and on_start called again.
+        if self.on_start is not None:
             self._call(self.on_start, job)
         lim = job.limits
         return self._send(slot, Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0,
@@ -947,9 +952,13 @@ class Pool:
     def _send(self, slot: _Slot, message: Message) -> bool:
         """Send without blocking; what does not fit waits in the slot's outbox for the loop to flush.
 
-        Returns True when an outbox was started, so the caller wakes the loop (which owns the selector).
+        Returns True when the message went to the outbox, so the caller wakes the loop (which owns the
+        selector).
         """
         parts = frame(message)
+        if slot.outbox:  # behind what is still waiting there: written now, it would land inside it
+            slot.outbox.append(memoryview(b"".join(bytes(p) for p in parts)))
+            return True
         try:
             sent = slot.sock.sendmsg(parts)
         except BlockingIOError:
