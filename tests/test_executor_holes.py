@@ -33,7 +33,7 @@ import pytest
 
 import cmworker
 from cmworker import JobTimeout, MemoryLimitExceeded, ResultNotSerializable, WorkerDied, errors
-from cmworker.supervisor import Pool
+from cmworker.pool.supervisor import Pool
 from tests import executor_jobs as jobs
 from tests.pool_harness import WAIT, descendants, wait_gone
 
