@@ -53,16 +53,25 @@ _PY_METHOD = {"TRACE": "debug", "DEBUG": "debug", "INFO": "info", "WARN": "warni
 _END = object()   # closes a stream's item queue
 # The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
 _JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
+# The credentials in such a body, found the same way.
+_CREDENTIAL = re.compile(rb'"(?:authHeader|temporaryCredentialsAuthToken)"\s*:\s*("(?:[^"\\]|\\.)*")')
+_CREDENTIAL_KEYS = ("authHeader", "temporaryCredentialsAuthToken")
+# "<scheme> <credentials>" (RFC 9110 §11.4); the scheme in any case: "Bearer", "bearer", "Basic"...
+_AUTH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*\s+(\S.*)", re.DOTALL)
 
 
 def _source_secrets(environ: Mapping[str, str]) -> list[str]:
-    """Every string in the sources' credentials file: none of them may reach a log line."""
+    """Every scalar in the sources' credentials file, none of which may reach a log line: strings, and
+    numbers as the file spells them and as Python prints them. Not booleans or null: they say nothing
+    secret, and "true" redacted everywhere would ruin every line (so would scalars shorter than
+    ``redaction.MIN_LENGTH``, which ``add_secret`` skips)."""
     from cmworker.context import SOURCE_CREDENTIALS_ENV
 
     path = environ.get(SOURCE_CREDENTIALS_ENV)
     try:
         with open(path or "", encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, parse_int=str, parse_float=lambda text: [text, repr(float(text))],
+                             parse_constant=lambda text: None)
     except (OSError, ValueError):
         return []
     found: list[str] = []
@@ -75,7 +84,27 @@ def _source_secrets(environ: Mapping[str, str]) -> list[str]:
             todo.extend(item)
         elif isinstance(item, str):
             found.append(item)
-    return found
+    return list(dict.fromkeys(found))
+
+
+def _job_secrets(v1: Any, body: bytes) -> list[str]:
+    """A job's credentials: each value, and an ``authHeader``'s credentials without their scheme. From
+    ``computeModuleJobV1`` when it could be parsed, else searched for in the raw body."""
+    if isinstance(v1, dict):
+        values = [v1.get(key) for key in _CREDENTIAL_KEYS]
+    else:
+        values = []
+        for found in _CREDENTIAL.finditer(body):
+            with contextlib.suppress(ValueError):
+                values.append(json.loads(found.group(1)))
+    secrets = []
+    for value in values:
+        if isinstance(value, str) and value:
+            secrets.append(value)
+            scheme = _AUTH_SCHEME.fullmatch(value)
+            if scheme:
+                secrets.append(scheme.group(1).strip())
+    return secrets
 
 
 def _constant(body: bytes) -> Callable[[], bytes]:
@@ -92,7 +121,6 @@ class _Held:
     function: str
     accepted: float
     stream: queue.SimpleQueue[Any] | None = None
-    secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
 
 
 @dataclass(eq=False)
@@ -144,13 +172,10 @@ class Ledger:
 
     def release(self, job_id: str) -> None:
         with self._lock:
-            held = self._jobs.pop(job_id, None)
+            self._jobs.pop(job_id, None)
             self.posted += 1
             self._poll.notify()
             self._changed.notify_all()
-        if held is not None:
-            for secret in held.secrets:
-                logs.remove_secret(secret)
 
     def __len__(self) -> int:
         with self._lock:
@@ -329,7 +354,8 @@ class Poller:
                 reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
                                            "POST schemas", attempts=5)
                 if reply is not None and reply.status >= 300:
-                    log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+                    log.error("the runtime refused the function schemas: HTTP %s %r", reply.status,
+                              logs.excerpt(reply.body, 500))
             except RuntimeUnavailable as exc:
                 log.error("could not post the function schemas: %s", exc)
         reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
@@ -488,7 +514,7 @@ class Poller:
             raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}): "
                                      f"check {self.service.endpoints.token_source}")
         if reply.status != 200:
-            log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
+            log.error("GET job answered HTTP %s: %r", reply.status, logs.excerpt(reply.body, 300))
             self._stopping.wait(backoff(failures))
             return
         self._accept(reply.body)
@@ -503,28 +529,21 @@ class Poller:
         except (ValueError, RecursionError) as exc:
             self._answer_unreadable(body, exc)
             return
+        for secret in _job_secrets(v1, body):  # kept after the answer: the job's code may print them later
+            logs.add_job_secret(secret)
         job_id = v1.get("jobId") if isinstance(v1, dict) else None
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
         if not isinstance(job_id, str) or not job_id:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
+            # Never the body itself: it holds the caller's credentials.
+            log.error("the runtime sent a job without a usable jobId; it cannot be answered (a body of %d "
+                      "bytes whose jobId is %s)", len(body), type(job_id).__name__ if job_id else "missing or empty")
             return
         function = v1.get("queryType") if isinstance(v1, dict) else None
-        secrets = []
-        if isinstance(v1, dict):
-            for key in ("authHeader", "temporaryCredentialsAuthToken"):
-                value = v1.get(key)
-                if isinstance(value, str) and value:
-                    secrets.append(value.removeprefix("Bearer "))
-        for secret in secrets:
-            logs.add_secret(secret)
         held = self.ledger.accept(job_id, str(function))
         if held is None:
             log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
-            for secret in secrets:
-                logs.remove_secret(secret)
             return
-        held.secrets = secrets
         if not isinstance(function, str) or not function:
             self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
         elif self._stopping.is_set():
@@ -546,17 +565,21 @@ class Poller:
         A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
         replica (found by tests/test_fuzz.py).
         """
-        found = _JOB_ID.search(body)
-        job_id = found.group(1).decode("utf-8", "replace") if found else ""
-        if not job_id or self.ledger.accept(job_id, "") is None:
-            log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
-            return
+        for secret in _job_secrets(None, body):
+            logs.add_job_secret(secret)
         if isinstance(exc, RecursionError):
             reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
         elif isinstance(exc, UnicodeDecodeError):
             reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
         else:
             reason = f"it is not valid JSON ({exc})"
+        found = _JOB_ID.search(body)
+        job_id = found.group(1).decode("utf-8", "replace") if found else ""
+        if not job_id or self.ledger.accept(job_id, "") is None:
+            # Never the body itself: it holds the caller's credentials.
+            log.error("the runtime sent a job without a usable jobId; it cannot be answered (a body of %d "
+                      "bytes: %s)", len(body), reason)
+            return
         self._answer_now(job_id, InvalidInput(f"the job cannot be read: {reason}"))
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
@@ -684,8 +707,8 @@ class Poller:
         if reply.status < 300 or reply.status == 409:
             return True  # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
         if 400 <= reply.status < 500:
-            log.error("the runtime refused the answer to job %s with HTTP %s: %.300r; giving up",
-                      job_id, reply.status, reply.body)
+            log.error("the runtime refused the answer to job %s with HTTP %s: %r; giving up",
+                      job_id, reply.status, logs.excerpt(reply.body, 300))
             return True
         log.warning("POST result of job %s: HTTP %s; retrying", job_id, reply.status)
         return False
