@@ -35,6 +35,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -262,6 +263,20 @@ def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None
     root.setLevel(threshold)
     for name, logger_level in logger_levels:
         logging.getLogger(name).setLevel(_PY_LEVELS.get(logger_level.upper(), logging.INFO))
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """What Python would print to stderr as the process dies, logged as any line is (redacted, SLS)."""
+    logging.getLogger("cmworker").critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # as Python's own hook: a thread may end itself so
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("cmworker").error("uncaught %s in %s", args.exc_type.__name__, name, exc_info=args.exc_value)
 
 
 def current_format() -> str:
