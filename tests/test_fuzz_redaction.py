@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
