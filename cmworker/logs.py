@@ -118,11 +118,16 @@ def scrub(value: Any) -> Any:
     return SECRETS.redact(str(value))
 
 
+def _holds_secret(text: str) -> bool:
+    """Whether a secret is in an SLS line, from its origin on: type, level and time are cmworker's own."""
+    return bool(SECRETS.found(text[max(text.find(', "origin": '), 0):]))
+
+
 def _encode_line(line: dict[str, Any]) -> str:
     """The SLS line; when a secret may be in it, encoded again from redacted fields (not patched as text:
     a secret made of JSON's own characters, or digits in a number, would break the line)."""
     text: str = _encoder.encode(line)
-    if SECRETS.found(text):
+    if _holds_secret(text):
         for key in _CONTENT:
             if key in line:
                 line[key] = scrub(line[key])
@@ -334,7 +339,7 @@ def _render(line: _Line) -> str:
     kind, level, when, thread, params = line
     text = (f"{{\"type\": \"service.1\", \"level\": \"{level}\", \"time\": \"{_now(when)}\"{kind._origin}"
             f"{encode_basestring_ascii(thread)}{kind._params}{_encoder.encode(params)}}}")
-    if SECRETS.found(text):  # as the SlsRenderer would do it, to the byte
+    if _holds_secret(text):  # as the SlsRenderer would do it, to the byte
         return _encode_line({"type": "service.1", "level": level, "time": _now(when), "origin": kind.origin,
                              "thread": thread, "message": kind.message, "safe": True, "params": params})
     return text
