@@ -4,8 +4,9 @@ Each example is a few jobs of tests/apps/leaky.py, each with a random secret as 
 quotes, backslashes, control characters and non-ASCII around and inside a core of letters. Each job
 shows secrets in random ways at random times: printed or logged in the job, kept in a module global and
 printed by a later job, printed by a thread after the job was answered, written in pieces across an
-overlong line with flushes between. The property: no secret, raw or JSON-escaped (with or without
-``ensure_ascii``), is ever in anything the process wrote, and every line on stdout is still JSON.
+overlong line with flushes between, logged in a line too long for the parent to parse. The property: no
+secret, raw or JSON-escaped (with or without ``ensure_ascii``), is ever in anything the process wrote,
+and every line on stdout is still JSON.
 
 Examples are derandomized (the same on every run) and few, so the file runs in well under a minute.
 """
@@ -30,8 +31,8 @@ SPECIAL = st.sampled_from(['"', "\\", "'", "\t", "\r", "\n", "\x00", "\x1b", "\x
 CORE = st.text(alphabet=string.ascii_letters.replace("x", "").replace("y", "") + string.digits,
                min_size=8, max_size=16)  # never the filler ("x", "y") of an overlong line
 # How a step shows the secret, and what marks its line in the log once it is there.
-SHOWN = {"print": "{n}", "stderr": "{n}", "json": "{n}", "json_utf8": "{n}", "log": "{n}", "unsafe": "{n}",
-         "traceback": "{n}", "thread": "{n} later:", "split": "end {n}"}
+SHOWN = {"print": "{n}", "stderr": "{n}", "json": "{n}", "json_utf8": "{n}", "log": "{n}", "log_long": "end-{n}",
+         "unsafe": "{n}", "traceback": "{n}", "thread": "{n} later:", "split": "end {n}"}
 
 
 @st.composite

@@ -78,6 +78,8 @@ _SHOW = {
     "repr": lambda n, s: print(n, {"secret": s}),
     "bytes_repr": lambda n, s: print(n, s.encode()),
     "log": lambda n, s: logging.getLogger("app").warning("%s secret %s", n, s),
+    # A log line longer than the parent's line limit: cut, it is logged as text, the secret JSON-escaped.
+    "log_long": lambda n, s: logging.getLogger("app").warning("%s %s %s end-%s", n, "z" * 20_000, s, n),
     "unsafe": lambda n, s: cmworker.get_logger("app").info(f"{n} calling", secret=s, nested={"deep": [s]}),
     "traceback": _log_traceback,
     "remember": lambda n, s: _remembered.update(secret=s),
