@@ -18,11 +18,12 @@ Which secrets, and for how long:
   logs. A secret of several lines also counts line by line, because output is logged a line at a time.
 
 Finding any of some 10,000 forms in every log line must cost little, and a compiled regex alternation
-does not (measured: ~8 ns per alternative per character). Each form of 7 bytes or more is indexed by its
-four 4-byte words at offsets 0-3 of its UTF-8: wherever the form occurs in a text, one of them is a word
-of the text at a 4-aligned offset. So a text is checked by reading it as 4-byte integers and asking the
-index whether any is known: one C-level set operation, no Python loop per character. Only on a hit are
-the forms behind the word looked for in earnest. Forms of 4-6 bytes are few and simply searched for.
+does not (measured: ~8 ns per alternative per character). Each form of 7 bytes or more is indexed by
+four 4-byte words of its UTF-8, at offsets k to k+3 (``_anchor`` picks k): wherever the form occurs in a
+text, one of them is a word of the text at a 4-aligned offset. So a text is checked by reading it as
+4-byte integers and asking the index whether any is known: one C-level set operation, no Python loop
+per character, and its cost does not grow with the number of secrets. Only on a hit are the forms
+behind the word looked for in earnest. Forms of 4-6 bytes are few and simply searched for.
 
 Readers take no lock: the index maps each word to a tuple of forms, and a writer replaces tuples and
 entries whole under its own lock, so a reader sees each entry before or after a change, never half of it.
@@ -43,6 +44,7 @@ JOB_SECRETS = 10_000
 MAX_FORMS = 50_000
 _WORD = 4  # bytes per indexed word; a form must span one aligned word wherever it occurs
 _INDEXED = 2 * _WORD - 1  # forms at least this long (bytes) are indexed, shorter ones searched for
+_CROWDED = 8  # forms behind an anchor's words past which a less crowded anchor is looked for
 _UNICODE_ESCAPE = re.compile(r"\\\\|\\u[0-9a-f]{4}")
 _PLAIN = re.compile(r"[ !#-&(-\[\]-~]*")  # printable ASCII but quotes and backslash: no escape changes it
 
@@ -103,6 +105,11 @@ def _words(data: bytes) -> memoryview:
     return memoryview(data + b"\0" * pad if pad else data).cast("I")
 
 
+def _words_at(data: bytes, k: int) -> tuple[int, ...]:
+    """The words at offsets k..k+3 of ``data``: one of them is aligned wherever ``data`` occurs."""
+    return tuple({int.from_bytes(data[d:d + _WORD], sys.byteorder) for d in range(k, k + _WORD)})
+
+
 def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
@@ -138,7 +145,8 @@ class Secrets:
         self._lasting: dict[str, tuple[str, ...]] = {}  # secret -> its forms
         self._jobs: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()  # oldest first
         self._holders: dict[str, int] = {}  # form -> how many secrets have it
-        self._index: dict[int, tuple[str, ...]] = {}  # word -> forms that have it at offset 0-3
+        self._index: dict[int, tuple[str, ...]] = {}  # word -> the forms it indexes
+        self._words: dict[str, tuple[int, ...]] = {}  # form -> its words in the index
         self._short: tuple[str, ...] = ()  # forms too short to be indexed
         self._lock = threading.Lock()  # writers only
         self.longest = 0  # bytes of the longest form ever held: how much of a cut line may be a secret
@@ -192,15 +200,34 @@ class Secrets:
         if len(data) < _INDEXED:
             self._short = (*self._short, form)
             return
-        for word in {int.from_bytes(data[d:d + _WORD], sys.byteorder) for d in range(_WORD)}:
+        words = self._anchor(data)
+        self._words[form] = words
+        for word in words:
             self._index[word] = (*self._index.get(word, ()), form)
 
+    def _anchor(self, data: bytes) -> tuple[int, ...]:
+        """The four words that index a form: those at offsets k..k+3 of its UTF-8, any 7 bytes of it
+        will do: its start, middle or end, else any other, whichever first has words that index few forms
+        yet (or the least crowded of all). Tokens often share a start (every JWT's header) or an end, and
+        a word shared by thousands of forms would make each of them a candidate wherever it is seen."""
+        last = len(data) - _INDEXED
+        best: tuple[int, ...] = ()
+        best_load = -1
+        for k in (0, last // 2, last, *range(1, last, 2)):
+            words = _words_at(data, k)
+            load = sum(len(self._index.get(word, ())) for word in words)
+            if best_load < 0 or load < best_load:
+                best, best_load = words, load
+            if best_load <= _CROWDED:
+                break
+        return best
+
     def _unindex_form(self, form: str) -> None:
-        data = _utf8(form)
-        if len(data) < _INDEXED:
+        words = self._words.pop(form, None)
+        if words is None:
             self._short = tuple(f for f in self._short if f != form)
             return
-        for word in {int.from_bytes(data[d:d + _WORD], sys.byteorder) for d in range(_WORD)}:
+        for word in words:
             left = tuple(f for f in self._index.get(word, ()) if f != form)
             if left:
                 self._index[word] = left

@@ -265,6 +265,18 @@ def test_overlapping_secrets_are_redacted_as_one_stretch() -> None:
     assert both.redact("x abcdefgh-1234-ijklmnop y") == "x <redacted> y"
 
 
+def test_tokens_sharing_a_long_start_are_each_redacted_wherever_they_fall() -> None:
+    """Every JWT starts alike: the index must not rely on a token's first bytes."""
+    header = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJmb3VuZHJ5In0."
+    tokens = [header + secrets.token_urlsafe(40) for _ in range(50)]
+    kept = Secrets()
+    for token in tokens:
+        kept.add(token, job=True)
+    for shift in range(4):  # each 4-byte alignment of the token in the text
+        assert [kept.redact(" " * shift + token + " end") for token in tokens] == [" " * shift + "<redacted> end"] * 50
+    assert kept.redact(header + "not-a-token") == header + "not-a-token"
+
+
 def test_each_line_of_a_multi_line_secret_is_a_secret() -> None:
     key = Secrets()
     key.add("-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIBAQ\n-----END KEY-----\n")
