@@ -281,8 +281,8 @@ class Poller:
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
-        for secret in _source_secrets(os.environ):
-            logs.add_secret(secret)
+        self._sources_seen: tuple[int, int] | None = None
+        self._register_sources()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
         self._signals: list[int] = []
@@ -519,8 +519,23 @@ class Poller:
             return
         self._accept(reply.body)
 
+    def _register_sources(self) -> None:
+        """The sources' credentials are secrets; read again whenever their file changes, since the
+        platform may write it after start-up, and jobs read it when they find it."""
+        from cmworker.context import SOURCE_CREDENTIALS_ENV
+
+        try:
+            stat = os.stat(os.environ.get(SOURCE_CREDENTIALS_ENV) or "")
+        except OSError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) != self._sources_seen:
+            self._sources_seen = (stat.st_mtime_ns, stat.st_size)
+            for secret in _source_secrets(os.environ):
+                logs.add_secret(secret)
+
     def _accept(self, body: bytes) -> None:
         """Turn one GET body into a pool job, or answer it at once when it cannot run."""
+        self._register_sources()  # before the job can read them
         try:
             document = json.loads(body)
             v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None

@@ -201,6 +201,19 @@ def test_every_source_credential_and_the_client_secret_are_redacted(replica: Rep
     assert_redacted_line(replica, n)
 
 
+def test_source_credentials_written_after_start_up_are_redacted(tmp_path: Path) -> None:
+    """The platform may write the file a little after the container starts; jobs read it then."""
+    late = tmp_path / "late.json"
+    with serving(tmp_path, env={"SOURCE_CREDENTIALS": str(late)}) as served:
+        served.answer(served.submit([]))  # serving, and the file is not there yet
+        password = "late-" + secrets.token_hex(8)
+        (tmp_path / "writing.json").write_text(json.dumps({"warehouse": {"password": password}}))
+        os.rename(tmp_path / "writing.json", late)
+        n = show(served, [["print", "source:warehouse:password"]], f"Bearer {plain()}")
+        assert leaks(served.text(), [password]) == []
+        assert_redacted_line(served, n)
+
+
 def test_what_the_app_prints_at_import_is_redacted(replica: Replica) -> None:
     replica.wait_for("import: sources")
     lines = replica.lines_with("import:")
