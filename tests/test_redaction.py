@@ -340,3 +340,14 @@ def test_an_uncaught_exception_in_a_thread_is_one_redacted_sls_line(hooks: None)
     assert line["message"] == "uncaught RuntimeError in careless" and line["level"] == "ERROR"
     assert f"RuntimeError: the call with {REDACTED} failed" in line["stacktrace"]
     assert leaks(out.getvalue(), [secret], reprs=True) == []
+
+
+def test_an_excerpt_of_a_reply_is_redacted_before_it_is_cut() -> None:
+    """What the parent logs of a runtime's reply: the cut must not leave a secret's start standing."""
+    secret = plain()
+    logs.add_secret(secret)
+    try:
+        text = logs.excerpt(("x" * 290 + secret).encode(), 300)
+    finally:
+        logs.remove_secret(secret)
+    assert text == "x" * 290 + REDACTED
