@@ -32,6 +32,7 @@ entries whole under its own lock, so a reader sees each entry before or after a 
 from __future__ import annotations
 
 import collections
+import itertools
 import re
 import sys
 import threading
@@ -213,7 +214,7 @@ class Secrets:
         last = len(data) - _INDEXED
         best: tuple[int, ...] = ()
         best_load = -1
-        for k in (0, last // 2, last, *range(1, last, 2)):
+        for k in itertools.chain((0, last // 2, last), range(1, last, 2)):
             words = _words_at(data, k)
             load = sum(len(self._index.get(word, ())) for word in words)
             if best_load < 0 or load < best_load:
