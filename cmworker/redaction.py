@@ -26,7 +26,8 @@ per character, and its cost does not grow with the number of secrets. Only on a 
 behind the word looked for in earnest. Forms of 4-6 bytes are few and simply searched for.
 
 Readers take no lock: the index maps each word to a tuple of forms, and a writer replaces tuples and
-entries whole under its own lock, so a reader sees each entry before or after a change, never half of it.
+entries whole under its own lock, so a reader sees each entry before or after a change, never half of it
+(each read is one C-level operation, which the GIL does not interrupt).
 """
 
 from __future__ import annotations
