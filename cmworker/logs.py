@@ -14,14 +14,15 @@ An SLS line::
 ``params`` carry the fields cmworker itself chose and vouches for; values that came from user code (the
 text a job printed, fields a job logged through ``get_logger``) go to ``unsafeParams`` and the line is
 marked ``"safe": false``. Secrets (the module token, each job's credentials, source credentials,
-``CLIENT_SECRET``) are registered with ``add_secret`` and replaced by ``<redacted>`` wherever they would
-appear in a line.
+``CLIENT_SECRET``) are registered with ``add_secret`` / ``add_job_secret`` and replaced by ``<redacted>``
+wherever they would appear in a line, in whatever spelling (``cmworker.redaction``): every renderer
+checks the finished line, and only when a secret may be in it renders the line again from redacted
+fields, so that the JSON stays whole.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import json
 import logging
@@ -34,9 +35,12 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
+
+from cmworker.redaction import REDACTED, SECRETS
 
 # SLS knows these six levels only; Python's WARNING and CRITICAL must be renamed, never passed through.
 SLS_LEVELS = {"trace": "TRACE", "debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN",
@@ -51,13 +55,9 @@ SAFE_PARAMS = frozenset({
     "parent_rss_bytes", "dropped_lines", "status", "attempt", "signal", "exit_code", "timeout_s",
     "limit_bytes", "rss_bytes", "count", "jobs_by_outcome", "workers_alive", "interval_s", "path",
 })
-REDACTED = "<redacted>"
-
-# How many holders each secret has: a job's credentials are registered when it is accepted and released
-# when it has been answered, so the set stays as small as the jobs held (a user's token shared by two
-# running jobs stays redacted until both are done).
-_secrets: collections.Counter[str] = collections.Counter()
-_secrets_lock = threading.Lock()
+# Fields of an SLS line that may carry text from outside cmworker, and so a secret.
+_CONTENT = ("origin", "thread", "message", "params", "unsafeParams", "stacktrace")
+_format = "sls"
 _session_id = os.environ.get("COMPUTE_SESSION_ID")
 _encoder = json.JSONEncoder(default=str)
 _second_text: tuple[int, str] = (-1, "")
@@ -76,28 +76,62 @@ _installed: _Installed | None = None
 
 
 def add_secret(value: str | None) -> None:
-    """Never print ``value``: every rendered line has it replaced by ``<redacted>``."""
-    if value and len(value) >= 4:  # shorter strings would redact ordinary words
-        with _secrets_lock:
-            _secrets[value] += 1
+    """Never print ``value`` (for the life of the process): every line has it replaced by ``<redacted>``."""
+    SECRETS.add(value)
 
 
-def remove_secret(value: str | None) -> None:
-    """Release one ``add_secret`` of ``value``; it is printed again once no holder is left."""
-    if value and len(value) >= 4:
-        with _secrets_lock:
-            if _secrets[value] > 1:
-                _secrets[value] -= 1
-            else:
-                _secrets.pop(value, None)
+def add_job_secret(value: str | None) -> None:
+    """Never print ``value``, one of a job's credentials: kept among the newest job secrets, long after
+    the job was answered (see ``cmworker.redaction``)."""
+    SECRETS.add(value, job=True)
+
+
+def remove_secret(value: str) -> None:
+    """Print ``value`` again (tests, and code that registered it by mistake)."""
+    SECRETS.remove(value)
 
 
 def redact(text: str) -> str:
-    if not _secrets:
-        return text
-    for secret in tuple(_secrets):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    return SECRETS.redact(text)
+
+
+def excerpt(data: bytes | str, limit: int) -> str:
+    """At most ``limit`` characters of ``data`` for a log line: redacted before it is cut, so that the cut
+    cannot leave part of a secret standing."""
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    return redact(text)[:limit]
+
+
+def scrub(value: Any) -> Any:
+    """``value`` as the SLS encoder will write it, with every secret redacted: strings (keys too), numbers
+    whose digits spell one (they become the string ``<redacted>``), and what ``str`` makes of the rest."""
+    if isinstance(value, str):
+        return SECRETS.redact(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return REDACTED if SECRETS.found(_encoder.encode(value)) else value
+    if isinstance(value, dict):
+        return {(scrub(k) if isinstance(k, (str, int, float)) else k): scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return SECRETS.redact(str(value))
+
+
+def _holds_secret(text: str) -> bool:
+    """Whether a secret is in an SLS line, from its origin on: type, level and time are cmworker's own."""
+    return bool(SECRETS.found(text[max(text.find(', "origin": '), 0):]))
+
+
+def _encode_line(line: dict[str, Any]) -> str:
+    """The SLS line; when a secret may be in it, encoded again from redacted fields (not patched as text:
+    a secret made of JSON's own characters, or digits in a number, would break the line)."""
+    text: str = _encoder.encode(line)
+    if _holds_secret(text):
+        for key in _CONTENT:
+            if key in line:
+                line[key] = scrub(line[key])
+        text = _encoder.encode(line)
     return text
 
 
@@ -147,7 +181,7 @@ class SlsRenderer:
             line["safe"] = False
         if stack:
             line["stacktrace"] = stack
-        return redact(_encoder.encode(line))
+        return _encode_line(line)
 
 
 class ConsoleRenderer:
@@ -233,6 +267,20 @@ def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None
     root.setLevel(threshold)
     for name, logger_level in logger_levels:
         logging.getLogger(name).setLevel(_PY_LEVELS.get(logger_level.upper(), logging.INFO))
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """What Python would print to stderr as the process dies, logged as any line is (redacted, SLS)."""
+    logging.getLogger("cmworker").critical("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # as Python's own hook: a thread may end itself so
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("cmworker").error("uncaught %s in %s", args.exc_type.__name__, name, exc_info=args.exc_value)
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:
@@ -260,6 +308,7 @@ class FixedLine:
     def __init__(self, fallback: Any, origin: str, message: str) -> None:
         self.fallback = fallback
         self.message = message
+        self.origin = origin
         self._origin = f", \"origin\": {encode_basestring_ascii(origin)}, \"thread\": "
         self._params = f", \"message\": {encode_basestring_ascii(message)}, \"safe\": true, \"params\": "
 
@@ -283,8 +332,12 @@ _Line = tuple[FixedLine, str, float, str, dict[str, Any]]  # (kind, level, time,
 
 def _render(line: _Line) -> str:
     kind, level, when, thread, params = line
-    return (f"{{\"type\": \"service.1\", \"level\": \"{level}\", \"time\": \"{_now(when)}\"{kind._origin}"
+    text = (f"{{\"type\": \"service.1\", \"level\": \"{level}\", \"time\": \"{_now(when)}\"{kind._origin}"
             f"{encode_basestring_ascii(thread)}{kind._params}{_encoder.encode(params)}}}")
+    if _holds_secret(text):  # as the SlsRenderer would do it, to the byte
+        return _encode_line({"type": "service.1", "level": level, "time": _now(when), "origin": kind.origin,
+                             "thread": thread, "message": kind.message, "safe": True, "params": params})
+    return text
 
 
 class _Deferred:
@@ -326,7 +379,7 @@ class _Deferred:
             for i, (writer, line) in enumerate(pending):
                 batch.append(_render(line))
                 if i + 1 == len(pending) or pending[i + 1][0] is not writer:
-                    writer.msg(redact("\n".join(batch)))
+                    writer.msg("\n".join(batch))
                     batch = []
 
 

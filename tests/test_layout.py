@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "cmworker"
 
 WORKER_SIDE = ("pool.worker", "pool.template", "app")
-FOUNDATION = ("errors", "units", "logs", "config", "settings", "limits", "_version")
+FOUNDATION = ("errors", "units", "logs", "redaction", "config", "settings", "limits", "_version")
 NETWORK = ("requests", "urllib3", "http.client")
 PARENT_ONLY = ("supervisor", "executor", "replica", "runtime")  # never loaded by `import cmworker`
 MAX_LINES = 600

@@ -84,9 +84,9 @@ def test_a_job_taken_while_stopping_is_answered_shutdown() -> None:
     assert payload(intake)["kind"] == "shutdown"
 
 
-def test_a_jobs_credentials_come_with_it_without_the_bearer_prefix() -> None:
-    body = job(jobId="j7", queryType="echo", authHeader="Bearer user-token", temporaryCredentialsAuthToken="temp")
-    assert parse_job(body, FUNCTIONS, held=()) == Accepted("j7", "echo", ("user-token", "temp"))
+def test_a_jobs_credentials_come_with_it_with_and_without_their_scheme() -> None:
+    body = job(jobId="j7", queryType="echo", authHeader="bearer user-token", temporaryCredentialsAuthToken="temp")
+    assert parse_job(body, FUNCTIONS, held=()) == Accepted("j7", "echo", ("bearer user-token", "user-token", "temp"))
 
 
 @pytest.mark.parametrize(("body", "reason"), [

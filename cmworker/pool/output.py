@@ -14,9 +14,11 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+from cmworker.redaction import SECRETS
+
 READ_SIZE = 256 * 1024
 LAST_LINES = 20
-MAX_LINE = 16 * 1024            # a longer line without a newline is cut into pieces of this size
+MAX_LINE = 16 * 1024            # a longer line without a newline is cut, never inside a secret (_cut)
 LINE_BURST, LINE_RATE = 2000.0, 1000.0
 
 
@@ -46,8 +48,10 @@ class LineReader:
         lines = (self._partial.pop(fd, b"") + data).split(b"\n")
         tail = lines.pop()
         if len(tail) > MAX_LINE:
-            lines.append(tail)
-        elif tail:
+            head, tail = _cut(tail)
+            if head:
+                lines.append(head)
+        if tail:
             self._partial[fd] = tail
         return lines, False
 
@@ -55,6 +59,20 @@ class LineReader:
     def unread(self) -> bool:
         """Whether the last read of some pipe filled its buffer, so that output may be left in it."""
         return bool(self._full)
+
+
+def _cut(line: bytes) -> tuple[bytes, bytes]:
+    """An overlong partial line as (what is logged now, what waits for more): the cut never falls inside a
+    secret, and what waits is long enough to hold any secret that the next read may complete, so that
+    no secret is ever logged as two harmless halves."""
+    longest = SECRETS.longest
+    cut = len(line) - max(longest - 1, 0)
+    if cut > 0 and longest:
+        start = max(cut - longest, 0)
+        for begin, end in SECRETS.spans(line[start:cut + longest]):
+            if begin + start < cut < end + start:
+                cut = begin + start
+    return line[:max(cut, 0)], line[max(cut, 0):]
 
 
 class WorkerOutput:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from cmworker import logs
 from cmworker.errors import RuntimeUnavailable
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
@@ -25,7 +26,8 @@ def announce(service: Service, conn: Connection, schemas: list[dict[str, Any]], 
     try:
         reply = _with_retries(service, lambda: service.post_schemas(conn, schemas), "POST schemas", 5, stopping)
         if reply is not None and reply.status >= 300:
-            log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+            log.error("the runtime refused the function schemas: HTTP %s %r", reply.status,
+                      logs.excerpt(reply.body, 500))
     except RuntimeUnavailable as exc:
         log.error("could not post the function schemas: %s", exc)
     reply = _with_retries(service, lambda: service.restart_notification(conn), "restart notification", 30,

@@ -9,29 +9,39 @@
     Refused    give it no answer: it has no usable job id, so none can be posted, or the job is held
                already, and its one answer will come from the run under way; ``problem`` is for the log
 
-The poll thread acts on the decision (``Poller``); nothing here touches the ledger, the pool or the logs.
+Each carries the job's credentials (``secrets``), found even in a body that cannot be parsed: the poll
+thread registers them with the log redaction before it logs anything of the job. No ``problem`` quotes
+the body, which holds those credentials. The poll thread acts on the decision (``Poller``); nothing
+here touches the ledger, the pool or the logs. ``source_secrets`` reads the sources' credentials file, whose every
+scalar is a secret too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Collection, Container
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.errors import InvalidInput, JobError, ShuttingDown, UnknownFunction
 
 # The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
 _JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 _CREDENTIALS = ("authHeader", "temporaryCredentialsAuthToken")
+# The credentials in such a body, found the same way.
+_CREDENTIAL = re.compile(rb'"(?:authHeader|temporaryCredentialsAuthToken)"\s*:\s*("(?:[^"\\]|\\.)*")')
+# "<scheme> <credentials>" (RFC 9110 section 11.4); the scheme in any case: "Bearer", "bearer", "Basic"...
+_AUTH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*\s+(\S.*)", re.DOTALL)
 
 
 @dataclass(frozen=True)
 class Accepted:
     job_id: str
     function: str
-    secrets: tuple[str, ...] = ()  # its credentials: kept out of every log line while it is held
+    secrets: tuple[str, ...] = ()  # its credentials: kept out of every log line from now on
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Immediate:
 @dataclass(frozen=True)
 class Refused:
     problem: str
+    secrets: tuple[str, ...] = ()
 
 
 Intake = Accepted | Immediate | Refused
@@ -61,15 +72,18 @@ def parse_job(body: bytes, functions: Collection[str], held: Container[str], sto
     except (ValueError, RecursionError) as exc:
         return _unreadable(body, exc, held)
     if not isinstance(v1, dict):
-        return Refused(_no_job_id(body))
+        return Refused(_no_job_id(body, "no computeModuleJobV1 object"), job_secrets(None, body))
+    secrets = job_secrets(v1, body)
     job_id = v1.get("jobId")
     if isinstance(job_id, int) and not isinstance(job_id, bool):
         job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
     if not isinstance(job_id, str) or not job_id:
-        return Refused(_no_job_id(body))
+        return Refused(_no_job_id(body, f"its jobId is {type(job_id).__name__ if job_id else 'missing or empty'}"),
+                       secrets)
     if job_id in held:
-        return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate")
-    return _route(job_id, v1.get("queryType"), _secrets(v1), functions, stopping)
+        return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
+                       secrets)
+    return _route(job_id, v1.get("queryType"), secrets, functions, stopping)
 
 
 def _route(job_id: str, function: object, secrets: tuple[str, ...], functions: Collection[str],
@@ -89,9 +103,49 @@ def _route(job_id: str, function: object, secrets: tuple[str, ...], functions: C
     return Immediate(job_id, str(function), error, secrets)
 
 
-def _secrets(v1: dict[str, Any]) -> tuple[str, ...]:
-    values = (v1.get(key) for key in _CREDENTIALS)
-    return tuple(value.removeprefix("Bearer ") for value in values if isinstance(value, str) and value)
+def job_secrets(v1: dict[str, Any] | None, body: bytes) -> tuple[str, ...]:
+    """A job's credentials: each value, and an ``authHeader``'s credentials without their scheme. From
+    ``computeModuleJobV1`` when it could be parsed, else searched for in the raw body."""
+    values: list[object] = []
+    if v1 is not None:
+        values = [v1.get(key) for key in _CREDENTIALS]
+    else:
+        for found in _CREDENTIAL.finditer(body):
+            with contextlib.suppress(ValueError):
+                values.append(json.loads(found.group(1)))
+    secrets: list[str] = []
+    for value in values:
+        if isinstance(value, str) and value:
+            secrets.append(value)
+            scheme = _AUTH_SCHEME.fullmatch(value)
+            if scheme:
+                secrets.append(scheme.group(1).strip())
+    return tuple(secrets)
+
+
+def source_secrets(environ: Mapping[str, str]) -> list[str]:
+    """Every scalar in the sources' credentials file, none of which may reach a log line: strings, and
+    numbers as the file spells them and as Python prints them. Not booleans or null: they say nothing
+    secret, and "true" redacted everywhere would ruin every line (so would scalars shorter than
+    ``redaction.MIN_LENGTH``, which ``add_secret`` skips)."""
+    path = environ.get(SOURCE_CREDENTIALS_ENV)
+    try:
+        with open(path or "", encoding="utf-8") as f:
+            data = json.load(f, parse_int=str, parse_float=lambda text: [text, repr(float(text))],
+                             parse_constant=lambda text: None)
+    except (OSError, ValueError):
+        return []
+    found: list[str] = []
+    todo: list[Any] = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return list(dict.fromkeys(found))
 
 
 def _unreadable(body: bytes, exc: Exception, held: Container[str]) -> Immediate | Refused:
@@ -100,18 +154,23 @@ def _unreadable(body: bytes, exc: Exception, held: Container[str]) -> Immediate 
     A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
     replica (found by tests/test_fuzz.py).
     """
-    found = _JOB_ID.search(body)
-    job_id = found.group(1).decode("utf-8", "replace") if found else ""
-    if not job_id or job_id in held:
-        return Refused(_no_job_id(body))
+    secrets = job_secrets(None, body)
     if isinstance(exc, RecursionError):
         reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
     elif isinstance(exc, UnicodeDecodeError):
         reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
     else:
         reason = f"it is not valid JSON ({exc})"
-    return Immediate(job_id, "", InvalidInput(f"the job cannot be read: {reason}"))
+    found = _JOB_ID.search(body)
+    job_id = found.group(1).decode("utf-8", "replace") if found else ""
+    if not job_id:
+        return Refused(_no_job_id(body, reason), secrets)
+    if job_id in held:
+        return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
+                       secrets)
+    return Immediate(job_id, "", InvalidInput(f"the job cannot be read: {reason}"), secrets)
 
 
-def _no_job_id(body: bytes) -> str:
-    return f"the runtime sent a job without a usable jobId; it cannot be answered: {body!r:.300}"
+def _no_job_id(body: bytes, why: str) -> str:
+    # Never the body itself: it holds the caller's credentials.
+    return f"the runtime sent a job without a usable jobId; it cannot be answered (a body of {len(body)} bytes: {why})"

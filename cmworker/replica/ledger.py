@@ -11,11 +11,9 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cmworker import logs
 from cmworker.pool.supervisor import Answer
 
 
@@ -27,7 +25,6 @@ class Held:
     function: str
     accepted: float
     stream: queue.SimpleQueue[Any] | None = None
-    secrets: list[str] = field(default_factory=list)  # its credentials, redacted until it is answered
 
 
 @dataclass(eq=False)
@@ -65,15 +62,12 @@ class Ledger:
         self._closed = False
         self.posted = 0
 
-    def accept(self, job_id: str, function: str, secrets: Iterable[str] = ()) -> Held | None:
-        """Record a job; ``None`` when it is already held (the runtime handed it out twice). Its ``secrets``
-        (credentials) are redacted from every log line until it is released."""
+    def accept(self, job_id: str, function: str) -> Held | None:
+        """Record a job; ``None`` when it is already held (the runtime handed it out twice)."""
         with self._lock:
             if job_id in self._jobs:
                 return None
-            held = self._jobs[job_id] = Held(job_id, function, time.monotonic(), secrets=list(secrets))
-        for secret in held.secrets:
-            logs.add_secret(secret)
+            held = self._jobs[job_id] = Held(job_id, function, time.monotonic())
         return held
 
     def __contains__(self, job_id: object) -> bool:
@@ -86,13 +80,10 @@ class Ledger:
 
     def release(self, job_id: str) -> None:
         with self._lock:
-            held = self._jobs.pop(job_id, None)
+            self._jobs.pop(job_id, None)
             self.posted += 1
             self._poll.notify()
             self._changed.notify_all()
-        if held is not None:
-            for secret in held.secrets:
-                logs.remove_secret(secret)
 
     def __len__(self) -> int:
         with self._lock:

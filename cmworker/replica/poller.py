@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -32,7 +31,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -43,7 +42,7 @@ from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, Pool, StreamItem
 from cmworker.replica.announce import announce
-from cmworker.replica.intake import Immediate, Refused, parse_job
+from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
@@ -52,29 +51,6 @@ log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
 
 _END = object()   # closes a stream's item queue
-
-
-def _source_secrets(environ: Mapping[str, str]) -> list[str]:
-    """Every string in the sources' credentials file: none of them may reach a log line."""
-    from cmworker.app.context import SOURCE_CREDENTIALS_ENV
-
-    path = environ.get(SOURCE_CREDENTIALS_ENV)
-    try:
-        with open(path or "", encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return []
-    found: list[str] = []
-    todo: list[Any] = [data]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, str):
-            found.append(item)
-    return found
 
 
 def _constant(body: bytes) -> Callable[[], bytes]:
@@ -116,8 +92,8 @@ class Poller:
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
-        for secret in _source_secrets(os.environ):
-            logs.add_secret(secret)
+        self._sources_seen: tuple[int, int] | None = None
+        self._register_sources()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
         self._signals: list[int] = []
@@ -301,18 +277,21 @@ class Poller:
             raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}): "
                                      f"check {self.service.endpoints.token_source}")
         if reply.status != 200:
-            log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
+            log.error("GET job answered HTTP %s: %r", reply.status, logs.excerpt(reply.body, 300))
             self._stopping.wait(backoff(failures))
             return
         self._take(reply.body)
 
     def _take(self, body: bytes) -> None:
         """Act on what the intake decided for one GET body: hold the job, then run it or answer it now."""
+        self._register_sources()  # before the job can read them
         intake = parse_job(body, self.pool.functions, self.ledger, self._stopping.is_set())
+        for secret in intake.secrets:  # kept after the answer: the job's code may print them later
+            logs.add_job_secret(secret)
         if isinstance(intake, Refused):
             log.error("%s", intake.problem)
             return
-        if self.ledger.accept(intake.job_id, intake.function, intake.secrets) is None:
+        if self.ledger.accept(intake.job_id, intake.function) is None:
             return  # never: parse_job found it not held, and no thread but this one adds jobs
         if isinstance(intake, Immediate):
             self._answer_now(intake.job_id, intake.error)
@@ -320,6 +299,20 @@ class Poller:
         job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
         self._observe("submit", job.id)
         self.pool.submit(job)
+
+    def _register_sources(self) -> None:
+        """The sources' credentials are secrets; read again whenever their file changes, since the
+        platform may write it after start-up, and jobs read it when they find it."""
+        from cmworker.app.context import SOURCE_CREDENTIALS_ENV
+
+        try:
+            stat = os.stat(os.environ.get(SOURCE_CREDENTIALS_ENV) or "")
+        except OSError:
+            return
+        if (stat.st_mtime_ns, stat.st_size) != self._sources_seen:
+            self._sources_seen = (stat.st_mtime_ns, stat.st_size)
+            for secret in source_secrets(os.environ):
+                logs.add_secret(secret)
 
     def _limits_of(self, function: str) -> JobLimits:
         """Worked out once per function, as the configuration does not change, from the limits it declared
@@ -435,8 +428,8 @@ class Poller:
         if reply.status < 300 or reply.status == 409:
             return True  # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
         if 400 <= reply.status < 500:
-            log.error("the runtime refused the answer to job %s with HTTP %s: %.300r; giving up",
-                      job_id, reply.status, reply.body)
+            log.error("the runtime refused the answer to job %s with HTTP %s: %r; giving up",
+                      job_id, reply.status, logs.excerpt(reply.body, 300))
             return True
         log.warning("POST result of job %s: HTTP %s; retrying", job_id, reply.status)
         return False
