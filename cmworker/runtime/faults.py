@@ -36,13 +36,14 @@ Spoil = Literal["trickle_head", "trickle_body", "interim_flood", "huge_length", 
 - ``endless_body``: no length, 64 KiB of body per interval for the fault's ``seconds`` (read to close).
 - ``endless_chunks``: chunks of 64 KiB, one per interval, for the fault's ``seconds``; no last chunk.
 
-The body faults need a body: a reply without one (a 204) becomes ``200`` with the body ``{}``.
+The body faults need a body: a reply without one (a 204) becomes ``200`` with ``PLACEHOLDER`` as its body.
 """
 BODY_SPOILS: frozenset[str] = frozenset({"trickle_body", "huge_length", "short_body", "huge_chunk",
                                          "endless_body", "endless_chunks"})
 HUGE_LENGTH = 10**17
 HUGE_CHUNK = b"fffffffffffffff"  # 2**60 - 1: the most hex digits a careful reader still parses
 _FILL = b"x" * 65536
+PLACEHOLDER = b'{"note": "the real reply had no body, and this fault needs one to spoil"}'
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def spoiled(spoil: Spoil, status: int, body: bytes) -> tuple[list[Step], bool]:
     """The steps of ``spoil`` applied to the reply ``status`` + ``body``, and whether, written in full,
     they still make a reply a client can read (a trickle does, a lying length does not)."""
     if spoil in BODY_SPOILS and not body:
-        status, body = 200, b"{}"
+        status, body = 200, PLACEHOLDER
     length = [] if status == 204 else [f"Content-Length: {len(body)}"]
     if spoil == "trickle_head":
         return [Step(_head(status, length), trickle=True), Step(body)], True

@@ -44,6 +44,23 @@ def not_found(exchange: Exchange) -> HttpError:
     return HttpError(404, f"no such path {exchange.path}")
 
 
+def without_dot_segments(path: str) -> str:
+    """The path with its ``.`` and ``..`` segments resolved (RFC 3986 §5.2.4), before any percent-decoding.
+
+    Servers and proxies do this before routing, so a result POST for job ``..`` sent as ``results/..``
+    reaches ``results``' parent, not the job; a client must send such an id as ``%2E%2E``.
+    """
+    parts = path.split("/")
+    kept: list[str] = []
+    for part in parts[1:]:
+        if part == "..":
+            if kept:
+                kept.pop()
+        elif part != ".":
+            kept.append(part)
+    return "/" + "/".join(kept) + ("/" if parts[-1] in (".", "..") else "")
+
+
 # --------------------------------------------------------------------------------------------
 # The module endpoints: what one replica's client talks to.
 
@@ -64,7 +81,7 @@ class ModuleApp:
 
     def handle(self, exchange: Exchange) -> None:
         self._check_token(exchange)
-        path = exchange.path
+        path = without_dot_segments(exchange.path)
         if path == JOB_PATH:
             require(exchange, "GET")
             self._get_job(exchange)

@@ -187,3 +187,12 @@ def test_a_job_id_cannot_be_used_twice(runtime: EmbeddedRuntime) -> None:
     runtime.submit("f", job_id="same")
     with pytest.raises(ValueError, match="already taken"):
         runtime.submit("f", job_id="same")
+
+
+def test_dot_segments_are_resolved_before_routing_as_servers_do(runtime: EmbeddedRuntime) -> None:
+    runtime.submit("f", job_id="..")
+    module = Module(runtime)
+    assert module.get_job()[0] == 200
+    assert module.post_result("..", b'"lost"').status == 404  # results/.. is the API's root, not the job
+    assert module.post_result("%2E%2E", b'"found"').status == 204
+    assert runtime.record.job("..").answer == b'"found"'  # type: ignore[union-attr]
