@@ -40,7 +40,7 @@ from cmworker import logs
 from cmworker.app import FunctionSpec
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
-from cmworker.service import Connection, Reply, Service, TransportError, backoff
+from cmworker.service import Connection, EmptyPolls, Reply, Service, TransportError, backoff
 from cmworker.supervisor import Answer, Job, OutputLine, Pool, StreamItem
 
 log = logging.getLogger("cmworker.poller")
@@ -281,9 +281,10 @@ class Poller:
             self._next_stats = time.monotonic() + self.settings.stats_interval
         self.pool.start()
         self._learn_functions()
-        conn = self.service.connection()
-        self._announce(conn)
-        self._spare_connection = conn  # connected already: the first stream's POST goes out at once
+        # Every start-up request runs off the main thread, so that a signal is acted on at once however
+        # long the runtime keeps refusing connections or taking its time to answer.
+        if self.settings.schemas is not None:
+            self._thread(self._post_schemas, "cmworker-schemas")
         for i in range(self.settings.posters):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
@@ -322,44 +323,53 @@ class Poller:
         self._stopping.set()
         self._poke()
 
+    def _post_schemas(self) -> None:
+        """Post the schemas until the runtime takes them, beside the job loop: a refusal is logged, not fatal.
+
+        A runtime may refuse connections for a while after start, and the schemas are how callers learn
+        the app's functions: they are retried for as long as it takes, not a fixed number of times.
+        """
+        conn = self.service.connection()
+        try:
+            reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
+                                       "POST schemas")
+            if reply is not None and reply.status >= 300:
+                log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+        except RuntimeUnavailable as exc:
+            log.error("could not post the function schemas: %s", exc)
+        finally:
+            conn.close()
+
     def _announce(self, conn: Connection) -> None:
-        """Post the schemas (failure is logged, not fatal) and the restart notification."""
-        if self.settings.schemas is not None:
-            try:
-                reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
-                                           "POST schemas", attempts=5)
-                if reply is not None and reply.status >= 300:
-                    log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
-            except RuntimeUnavailable as exc:
-                log.error("could not post the function schemas: %s", exc)
-        reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification",
-                                   attempts=30)
+        """The restart notification, before the first GET: sent later, it would drop the jobs just taken."""
+        reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification")
         if reply is not None and reply.status == 200:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 dropped = json.loads(reply.body)
-                if dropped:
+                if isinstance(dropped, list) and dropped:
                     log.warning("the runtime dropped %d job(s) it thought were running here before this "
                                 "restart: %s", len(dropped), ", ".join(map(str, dropped)))
 
-    def _with_retries(self, call: Callable[[], Reply | None], what: str, attempts: int) -> Reply | None:
-        for attempt in range(attempts):
+    def _with_retries(self, call: Callable[[], Reply | None], what: str) -> Reply | None:
+        """``call()`` until it gets a reply below 500 (or None: the runtime lacks that endpoint), with a
+        capped back-off between attempts; None once stopping, which cuts a back-off short."""
+        attempt = 0
+        while not self._stopping.is_set():
             try:
                 reply = call()
             except TransportError as exc:
-                log.warning("%s failed (%s); retrying", what, exc)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            if reply is not None and reply.status in (401, 403):
-                raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}) "
-                                         f"on {what}: check {self.service.endpoints.token_source}")
-            if reply is not None and reply.status >= 500:
-                log.warning("%s: HTTP %s; retrying", what, reply.status)
-                if self._stopping.wait(backoff(attempt)):
-                    return None
-                continue
-            return reply
-        raise RuntimeUnavailable(f"{what} failed {attempts} times in a row")
+                problem = str(exc)
+            else:
+                if reply is not None and reply.status in (401, 403):
+                    raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}) "
+                                             f"on {what}: check {self.service.endpoints.token_source}")
+                if reply is None or reply.status < 500:
+                    return reply
+                problem = f"HTTP {reply.status}"
+            attempt += 1
+            (log.warning if attempt < 5 else log.error)("%s failed (%s); retrying", what, problem)
+            self._stopping.wait(backoff(attempt))
+        return None
 
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
@@ -460,7 +470,11 @@ class Poller:
     def _poll_loop(self) -> None:
         conn = self.service.connection()
         failures = 0
+        empty = EmptyPolls()
         try:
+            self._announce(conn)
+            with self._spare_lock:  # connected already: the first stream's POST goes out at once
+                self._spare_connection, conn = conn, self.service.connection()
             while not self._stopping.is_set():
                 turn = self.ledger.poll_turn(self.settings.workers, timeout=0.5)
                 if isinstance(turn, _Outgoing):
@@ -469,6 +483,7 @@ class Poller:
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
                 if not turn or not self.pool.wait_available(timeout=0.5):
                     continue
+                started = time.monotonic()
                 try:
                     reply = self.service.get_job(conn)
                 except TransportError as exc:
@@ -476,39 +491,43 @@ class Poller:
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
                     self._stopping.wait(backoff(failures))
                     continue
-                failures = 0 if reply.status < 500 else failures + 1
-                self._on_get(reply, failures)
+                took = time.monotonic() - started
+                failures = 0 if reply.status < 300 else failures + 1
+                pause = empty.pause(took, self._on_get(reply, failures))
+                if pause:
+                    self._stopping.wait(pause)
         finally:
             conn.close()
 
-    def _on_get(self, reply: Reply, failures: int) -> None:
+    def _on_get(self, reply: Reply, failures: int) -> bool:
+        """Act on one GET job reply; True when it brought a job."""
         if reply.status == 204:
-            return
+            return False
         if reply.status in (401, 403):
             raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}): "
                                      f"check {self.service.endpoints.token_source}")
         if reply.status != 200:
             log.error("GET job answered HTTP %s: %s", reply.status, reply.body[:300])
             self._stopping.wait(backoff(failures))
-            return
-        self._accept(reply.body)
+            return False
+        return self._accept(reply.body)
 
-    def _accept(self, body: bytes) -> None:
-        """Turn one GET body into a pool job, or answer it at once when it cannot run."""
+    def _accept(self, body: bytes) -> bool:
+        """Turn one GET body into a pool job, or answer it at once when it cannot run; False when it
+        names no job."""
         try:
             document = json.loads(body)
             v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
         except KeyError:
             v1 = None
         except (ValueError, RecursionError) as exc:
-            self._answer_unreadable(body, exc)
-            return
+            return self._answer_unreadable(body, exc)
         job_id = v1.get("jobId") if isinstance(v1, dict) else None
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)  # ids are strings in the protocol; a number still names the job
         if not isinstance(job_id, str) or not job_id:
             log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
-            return
+            return False
         function = v1.get("queryType") if isinstance(v1, dict) else None
         secrets = []
         if isinstance(v1, dict):
@@ -523,7 +542,7 @@ class Poller:
             log.error("job %s was handed out again while still running here; ignoring the duplicate", job_id)
             for secret in secrets:
                 logs.remove_secret(secret)
-            return
+            return True
         held.secrets = secrets
         if not isinstance(function, str) or not function:
             self._answer_now(job_id, InvalidInput("the job has no queryType, so no function can run it"))
@@ -539,8 +558,9 @@ class Poller:
                 limits = self._limits[function] = self.settings.limits_for(function,
                                                                            self.settings.functions.get(function))
             self.pool.submit(Job(job_id, function, body, limits))
+        return True
 
-    def _answer_unreadable(self, body: bytes, exc: Exception) -> None:
+    def _answer_unreadable(self, body: bytes, exc: Exception) -> bool:
         """A body that is not JSON to Python may still name its job: answer it rather than leave it held.
 
         A RecursionError here (a query nested ~1,000 deep) once ended the poll thread and with it the
@@ -550,7 +570,7 @@ class Poller:
         job_id = found.group(1).decode("utf-8", "replace") if found else ""
         if not job_id or self.ledger.accept(job_id, "") is None:
             log.error("the runtime sent a job without a usable jobId; it cannot be answered: %.300r", body)
-            return
+            return False
         if isinstance(exc, RecursionError):
             reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
         elif isinstance(exc, UnicodeDecodeError):
@@ -558,6 +578,7 @@ class Poller:
         else:
             reason = f"it is not valid JSON ({exc})"
         self._answer_now(job_id, InvalidInput(f"the job cannot be read: {reason}"))
+        return True
 
     def _answer_now(self, job_id: str, error: JobError) -> None:
         self.outcomes[error.kind] += 1
@@ -668,7 +689,10 @@ class Poller:
         conn.close()
 
     def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> None:
-        """POST one answer until the runtime has it; then the job leaves the ledger."""
+        """POST one answer until the runtime has it; then the job leaves the ledger. An answer whose
+        earlier attempt failed (on the poll thread) waits its back-off first."""
+        if attempt:
+            time.sleep(backoff(min(attempt, 10)))
         while not self._attempt_post(conn, job_id, body()):
             attempt += 1
             time.sleep(backoff(min(attempt, 10)))
