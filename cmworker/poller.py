@@ -281,10 +281,6 @@ class Poller:
             self._next_stats = time.monotonic() + self.settings.stats_interval
         self.pool.start()
         self._learn_functions()
-        # Every start-up request runs off the main thread, so that a signal is acted on at once however
-        # long the runtime keeps refusing connections or taking its time to answer.
-        if self.settings.schemas is not None:
-            self._thread(self._post_schemas, "cmworker-schemas")
         for i in range(self.settings.posters):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
@@ -323,25 +319,17 @@ class Poller:
         self._stopping.set()
         self._poke()
 
-    def _post_schemas(self) -> None:
-        """Post the schemas until the runtime takes them, beside the job loop: a refusal is logged, not fatal.
-
-        A runtime may refuse connections for a while after start, and the schemas are how callers learn
-        the app's functions: they are retried for as long as it takes, not a fixed number of times.
-        """
-        conn = self.service.connection()
-        try:
-            reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
-                                       "POST schemas")
-            if reply is not None and reply.status >= 300:
-                log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
-        except RuntimeUnavailable as exc:
-            log.error("could not post the function schemas: %s", exc)
-        finally:
-            conn.close()
-
     def _announce(self, conn: Connection) -> None:
-        """The restart notification, before the first GET: sent later, it would drop the jobs just taken."""
+        """What precedes the first GET, on the poll thread: never on the main thread, which must act on a
+        signal at once however long the runtime keeps refusing connections or taking its time.
+
+        The schemas first, so that callers can see the functions before any job runs; if that attempt
+        fails, they are retried beside the job loop. Then the restart notification, retried until the
+        runtime takes it: sent after a GET, it would drop the jobs just taken.
+        """
+        if self.settings.schemas is not None and self.service.endpoints.schema_path is not None \
+                and not self._post_schemas(conn, attempts=1) and not self._stopping.is_set():
+            self._thread(self._post_schemas_until_taken, "cmworker-schemas")
         reply = self._with_retries(lambda: self.service.restart_notification(conn), "restart notification")
         if reply is not None and reply.status == 200:
             with contextlib.suppress(ValueError, RecursionError):
@@ -350,9 +338,32 @@ class Poller:
                     log.warning("the runtime dropped %d job(s) it thought were running here before this "
                                 "restart: %s", len(dropped), ", ".join(map(str, dropped)))
 
-    def _with_retries(self, call: Callable[[], Reply | None], what: str) -> Reply | None:
-        """``call()`` until it gets a reply below 500 (or None: the runtime lacks that endpoint), with a
-        capped back-off between attempts; None once stopping, which cuts a back-off short."""
+    def _post_schemas(self, conn: Connection, attempts: int | None) -> bool:
+        """Post the schemas (a refusal is logged, not fatal); False when they did not get through."""
+        try:
+            reply = self._with_retries(lambda: self.service.post_schemas(conn, self.settings.schemas or []),
+                                       "POST schemas", attempts)
+        except RuntimeUnavailable as exc:
+            log.error("could not post the function schemas: %s", exc)
+            return True
+        if reply is not None and reply.status >= 300:
+            log.error("the runtime refused the function schemas: HTTP %s %s", reply.status, reply.body[:500])
+        return reply is not None
+
+    def _post_schemas_until_taken(self) -> None:
+        """A runtime may refuse connections for a while after start: the schemas are how callers learn the
+        app's functions, so they are retried for as long as it takes, not a fixed number of times."""
+        conn = self.service.connection()
+        try:
+            self._post_schemas(conn, attempts=None)
+        finally:
+            conn.close()
+
+    def _with_retries(self, call: Callable[[], Reply | None], what: str,
+                      attempts: int | None = None) -> Reply | None:
+        """``call()`` until it gets a reply below 500 (or None: the runtime lacks that endpoint), at most
+        ``attempts`` times (None: until stopping), with a capped back-off between attempts that a stop cuts
+        short; None when no attempt got one."""
         attempt = 0
         while not self._stopping.is_set():
             try:
@@ -368,6 +379,8 @@ class Poller:
                 problem = f"HTTP {reply.status}"
             attempt += 1
             (log.warning if attempt < 5 else log.error)("%s failed (%s); retrying", what, problem)
+            if attempt == attempts:
+                return None
             self._stopping.wait(backoff(attempt))
         return None
 

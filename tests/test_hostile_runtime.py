@@ -168,7 +168,7 @@ def test_two_trickling_result_replies_hold_new_jobs_back_no_longer_than_a_post_m
     ("schemas", "trickle_head"), ("schemas", "huge_length"), ("schemas", "endless_body"),
     ("restart", "trickle_head"), ("restart", "huge_chunk"), ("restart", "interim_flood"),
 ])
-def test_a_spoiled_start_up_reply_neither_stops_nor_holds_up_serving(
+def test_a_spoiled_start_up_reply_costs_one_request_and_serving_goes_on(
         runtime: EmbeddedRuntime, tmp_path: Path, endpoint: str, spoil: str) -> None:
     job = runtime.submit("echo", endpoint)
     runtime.spoil_next(endpoint, spoil, **SPOILS[spoil])  # type: ignore[arg-type]
