@@ -17,7 +17,6 @@ numbers and the reasons for them are below and in docs/deploying.md ("Talking to
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -258,11 +257,13 @@ class Service:
         self.endpoints = endpoints
         self.long_poll_timeout = long_poll_timeout
         self.post_timeout = post_timeout
+        # Made now, so that an unusable CA bundle is a start-up error; without any, every connection
+        # fails instead (a Service that never connects, as in tests, needs none).
+        self._context = ssl_context(endpoints.ca_files) if endpoints.ca_files else None
 
-    @functools.cached_property
+    @property
     def context(self) -> ssl.SSLContext:
-        """Made at the first connection: a Service that never connects needs no CA."""
-        return ssl_context(self.endpoints.ca_files)
+        return self._context or ssl_context(self.endpoints.ca_files)
 
     def connection(self) -> Connection:
         return Connection(self.endpoints.host, self.endpoints.port, self.context,

@@ -153,6 +153,20 @@ def test_a_spoiled_result_reply_costs_one_post_and_takes_no_thread(
     assert len(runtime.record.result_posts(job)) >= 2  # the spoiled one, and a retry told 409
 
 
+@pytest.mark.parametrize("spoil", ["trickle_head", "huge_length", "garbage_status"])
+def test_a_spoiled_reply_to_a_streamed_answer_costs_one_replay(runtime: EmbeddedRuntime, tmp_path: Path,
+                                                               spoil: str) -> None:
+    job = runtime.submit("stream", {"n": 3})
+    runtime.spoil_next("result", spoil, **SPOILS[spoil])  # type: ignore[arg-type]
+    with serving(runtime, tmp_path) as proc:
+        snap = runtime.store.wait_finished([job], WAIT)[0]
+        assert snap is not None and snap.answer == b'{"i": 0}{"i": 1}{"i": 2}'
+        assert runtime.record.accepted(job) == 1
+        assert_still_serving(runtime, proc, tmp_path)
+    posts = runtime.record.result_posts(job)
+    assert len(posts) >= 2 and all(post.chunked for post in posts)
+
+
 def test_two_trickling_result_replies_hold_new_jobs_back_no_longer_than_a_post_may_take(
         runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     # Both workers' answers trickle: until a POST gives up, both jobs are held and no third is taken.
@@ -217,6 +231,26 @@ def test_with_the_ca_file_absent_nothing_is_sent_and_run_exits_naming_it(imposto
     log = (tmp_path / "run.log").read_text()
     assert f"CONNECTIONS_TO_OTHER_PODS_CA_PATH={missing}" in log and "did not appear" in log
     assert_received_nothing(impostor)
+
+
+def test_an_unusable_ca_file_is_a_start_up_error_naming_it(impostor: EmbeddedRuntime, tmp_path: Path) -> None:
+    bad = tmp_path / "runtime-ca.pem"
+    bad.write_text("not a certificate\n")
+    env = {"CONNECTIONS_TO_OTHER_PODS_CA_PATH": str(bad), "DEFAULT_CA_PATH": "", "SSL_CERT_FILE": str(impostor.ca_path)}
+    with serving(impostor, tmp_path, env) as proc:
+        assert proc.wait(WAIT) == 2
+    assert f"cannot use the runtime's CA bundle {bad}" in (tmp_path / "run.log").read_text()
+    assert_received_nothing(impostor)
+
+
+def test_sigterm_while_waiting_for_the_ca_file_exits_0_at_once(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    env = {"CONNECTIONS_TO_OTHER_PODS_CA_PATH": str(tmp_path / "not-yet.pem"), "DEFAULT_CA_PATH": ""}
+    with serving(runtime, tmp_path, env) as proc:
+        time.sleep(2.0)  # discovery waits up to a minute for the file
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0  # not the start-up error a minute later
+    assert "before connecting to the runtime" in (tmp_path / "run.log").read_text()
 
 
 def test_a_ca_file_written_after_start_is_waited_for(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
