@@ -98,6 +98,8 @@ def test_legacy_connection_file_written_late_and_half_written_first(tmp_path: Pa
         path.write_text('{"host": "local')  # caught mid-write first
         time.sleep(0.3)
         path.write_text(json.dumps(info))
+        time.sleep(0.3)
+        (tmp_path / "trust.pem").write_text("the CA comes last")  # waited for like the file naming it
 
     timer = threading.Timer(0.2, write)
     timer.start()

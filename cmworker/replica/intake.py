@@ -56,6 +56,7 @@ class Immediate:
 class Refused:
     problem: str
     secrets: tuple[str, ...] = ()
+    duplicate: bool = False  # it names a job held already: a job all the same, not an empty reply
 
 
 Intake = Accepted | Immediate | Refused
@@ -82,7 +83,7 @@ def parse_job(body: bytes, functions: Collection[str], held: Container[str], sto
                        secrets)
     if job_id in held:
         return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
-                       secrets)
+                       secrets, duplicate=True)
     return _route(job_id, v1.get("queryType"), secrets, functions, stopping)
 
 
@@ -167,7 +168,7 @@ def _unreadable(body: bytes, exc: Exception, held: Container[str]) -> Immediate 
         return Refused(_no_job_id(body, reason), secrets)
     if job_id in held:
         return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
-                       secrets)
+                       secrets, duplicate=True)
     return Immediate(job_id, "", InvalidInput(f"the job cannot be read: {reason}"), secrets)
 
 

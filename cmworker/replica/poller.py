@@ -45,7 +45,7 @@ from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
-from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
+from cmworker.replica.service import Connection, EmptyPolls, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
@@ -117,10 +117,6 @@ class Poller:
             self._next_stats = time.monotonic() + self.config.stats_interval
         self.pool.start()
         self.config.check_functions(self.pool.functions)
-        conn = self.service.connection()
-        schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
-        announce(self.service, conn, schemas, self._stopping)
-        self._spare_connection = conn  # connected already: the first stream's POST goes out at once
         for i in range(POSTERS):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
@@ -247,7 +243,12 @@ class Poller:
     def _poll_loop(self) -> None:
         conn = self.service.connection()
         failures = 0
+        empty = EmptyPolls()
         try:
+            schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
+            announce(self.service, conn, schemas, self._stopping, self._thread)
+            with self._spare_lock:  # connected already: the first stream's POST goes out at once
+                self._spare_connection, conn = conn, self.service.connection()
             while not self._stopping.is_set():
                 turn = self.ledger.poll_turn(self.config.workers, timeout=0.5)
                 if isinstance(turn, Outgoing):
@@ -256,6 +257,7 @@ class Poller:
                 # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
                 if not turn or not self.pool.wait_available(timeout=0.5):
                     continue
+                started = time.monotonic()
                 try:
                     self._observe("get_start", "")
                     reply = self.service.get_job(conn)
@@ -265,40 +267,45 @@ class Poller:
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
                     self._stopping.wait(backoff(failures))
                     continue
-                failures = 0 if reply.status < 500 else failures + 1
-                self._on_get(reply, failures)
+                failures = 0 if reply.status < 300 else failures + 1
+                pause = empty.pause(time.monotonic() - started, self._on_get(reply, failures))
+                if pause:
+                    self._stopping.wait(pause)
         finally:
             conn.close()
 
-    def _on_get(self, reply: Reply, failures: int) -> None:
+    def _on_get(self, reply: Reply, failures: int) -> bool:
+        """Act on one GET job reply; True when it brought a job."""
         if reply.status == 204:
-            return
+            return False
         if reply.status in (401, 403):
             raise RuntimeUnavailable(f"the runtime rejected the module auth token (HTTP {reply.status}): "
                                      f"check {self.service.endpoints.token_source}")
         if reply.status != 200:
             log.error("GET job answered HTTP %s: %r", reply.status, logs.excerpt(reply.body, 300))
             self._stopping.wait(backoff(failures))
-            return
-        self._take(reply.body)
+            return False
+        return self._take(reply.body)
 
-    def _take(self, body: bytes) -> None:
-        """Act on what the intake decided for one GET body: hold the job, then run it or answer it now."""
+    def _take(self, body: bytes) -> bool:
+        """Act on what the intake decided for one GET body: hold the job, then run it or answer it now.
+        False when the body named no job."""
         self._register_sources()  # before the job can read them
         intake = parse_job(body, self.pool.functions, self.ledger, self._stopping.is_set())
         for secret in intake.secrets:  # kept after the answer: the job's code may print them later
             logs.add_job_secret(secret)
         if isinstance(intake, Refused):
             log.error("%s", intake.problem)
-            return
+            return intake.duplicate
         if self.ledger.accept(intake.job_id, intake.function) is None:
-            return  # never: parse_job found it not held, and no thread but this one adds jobs
+            return True  # never: parse_job found it not held, and no thread but this one adds jobs
         if isinstance(intake, Immediate):
             self._answer_now(intake.job_id, intake.error)
-            return
+            return True
         job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
         self._observe("submit", job.id)
         self.pool.submit(job)
+        return True
 
     def _register_sources(self) -> None:
         """The sources' credentials are secrets; read again whenever their file changes, since the
@@ -410,7 +417,10 @@ class Poller:
         conn.close()
 
     def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> None:
-        """POST one answer until the runtime has it; then the job leaves the ledger."""
+        """POST one answer until the runtime has it; then the job leaves the ledger. An answer whose
+        earlier attempt failed (on the poll thread) waits its back-off first."""
+        if attempt:
+            time.sleep(backoff(min(attempt, 10)))
         while not self._attempt_post(conn, job_id, body()):
             attempt += 1
             time.sleep(backoff(min(attempt, 10)))

@@ -9,8 +9,12 @@ piece, and replies are read from one buffered reader that lives as long as the c
 221 µs with this (docs/benchmarks.md, "The transport").
 
 What a reply may be follows RFC 9112: a status line, at most ``MAX_HEADERS`` header lines of at most
-``MAX_LINE`` bytes, then a body framed by ``Transfer-Encoding: chunked``, ``Content-Length``, or the end of
-the connection; ``1xx`` replies are skipped. Anything else is a ``TransportError`` and the connection is
+``MAX_LINE`` bytes and ``MAX_HEAD`` bytes in all, then a body framed by ``Transfer-Encoding: chunked``,
+``Content-Length``, or the end of the connection; at most ``MAX_INTERIM`` ``1xx`` replies are skipped.
+The other end is not trusted to be sane: each request has one deadline for the whole of it (connect,
+TLS handshake, every write and every read), so a reply that trickles in byte by byte costs no more time
+than one that never comes; and a body is refused, before any of it is read, as soon as it announces or
+reaches more than the caller's ``max_body``. Anything else is a ``TransportError`` and the connection is
 dropped: a request is only ever retried on a fresh one.
 """
 
@@ -18,16 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import select
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-MAX_LINE = 65536
+MAX_LINE = 16 * 1024      # one status or header line; nothing the runtime or a proxy sends comes near it
 MAX_HEADERS = 100
-_SMALL_BODY = 64 * 1024  # up to this size a body goes out in the same write as the head
+MAX_HEAD = 64 * 1024      # a status line and its header lines together
+MAX_INTERIM = 10          # 1xx replies before the final one: a server sends one or two, if any
+MAX_BODY = 2**20          # the default bound on a reply's body (callers that expect more say so)
+_PIECE = 2**20            # a large body is read in pieces of this size, as it arrives
+_SMALL_BODY = 64 * 1024   # up to this size a body goes out in the same write as the head
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")    # a request target: no spaces, no control characters
 _FIELD = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # a header value: no CR, LF or other controls
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -45,7 +55,41 @@ class TransportError(Exception):
 
 
 class BadReply(Exception):
-    """What came back is not an HTTP/1.x reply this client can read."""
+    """What came back is not an HTTP/1.x reply this client will read."""
+
+
+class _Deadline(io.RawIOBase):
+    """The socket under a connection's buffered reader: no read waits past the current request's deadline.
+
+    A socket timeout bounds one read only; a reply that sends a byte just before each timeout would hold
+    a request for as long as it likes (a GET trickling its headers held the poll loop ~25 s with a 3 s
+    poll timeout). Setting the timeout to what is left before every read makes the bound the request's.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        self.sock.settimeout(_left(self.deadline))
+        return self.sock.recv_into(buffer)
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the request ran out of time")
+    return left
+
+
+def _send(sock: ssl.SSLSocket, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    while view:
+        sock.settimeout(_left(deadline))
+        view = view[sock.send(view):]
 
 
 class Connection:
@@ -65,11 +109,20 @@ class Connection:
                 raise ValueError(f"the {name} header may not contain control characters")
         self._fields = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode("latin-1")
         self._sock: ssl.SSLSocket | None = None
+        self._stream: _Deadline | None = None
         self._reader: io.BufferedReader | None = None
 
     def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-                content_type: str | None = None, timeout: float | None = None) -> Reply:
-        """Send one request and read its reply. An iterable body goes out chunked, each piece as it comes."""
+                content_type: str | None = None, timeout: float | None = None,
+                max_body: int = MAX_BODY) -> Reply:
+        """Send one request and read its reply, all of it within ``timeout`` seconds (the connection's by
+        default): connecting, writing and reading, however slowly the reply comes. A reply body over
+        ``max_body`` bytes is refused.
+
+        An iterable body goes out chunked, each piece as it comes. Waiting for the next piece is not the
+        runtime's time (a stream's items come as its job yields them), so each piece gets ``timeout`` to
+        be written, and the reply ``timeout`` from the last piece.
+        """
         if not _TARGET.fullmatch(path):
             raise ValueError(f"not a request target: {path!r}")
         head = f"{method} {path} HTTP/1.1\r\n".encode("latin-1") + self._fields
@@ -83,17 +136,20 @@ class Connection:
             writes = [head + (b"Content-Length: 0\r\n\r\n" if method in ("POST", "PUT") else b"\r\n")]
         else:
             writes, pieces = [head + b"Transfer-Encoding: chunked\r\n\r\n"], body
+        seconds = timeout or self.timeout
         try:
-            sock, reader = self._connect()
-            sock.settimeout(timeout or self.timeout)
+            deadline = time.monotonic() + seconds
+            sock, stream, reader = self._connect(deadline)
             for data in writes:
-                sock.sendall(data)
+                _send(sock, data, deadline)
             if pieces is not None:
                 for piece in pieces:
                     if piece:  # an empty chunk would end the body
-                        sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
-                sock.sendall(b"0\r\n\r\n")
-            status, data, close = read_reply(reader, method)
+                        _send(sock, b"%x\r\n" % len(piece) + piece + b"\r\n", time.monotonic() + seconds)
+                deadline = time.monotonic() + seconds
+                _send(sock, b"0\r\n\r\n", deadline)
+            stream.deadline = deadline
+            status, data, close = read_reply(reader, method, max_body)
         except (OSError, BadReply) as exc:
             self.close()
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
@@ -101,26 +157,29 @@ class Connection:
             self.close()
         return Reply(status, data)
 
-    def _connect(self) -> tuple[ssl.SSLSocket, io.BufferedReader]:
+    def _connect(self, deadline: float) -> tuple[ssl.SSLSocket, _Deadline, io.BufferedReader]:
         if self._sock is not None and _dropped(self._sock):
             self.close()  # the other end closed it while it was idle (a restart, an idle timeout)
-        if self._sock is None or self._reader is None:
-            raw = socket.create_connection((self.host, self.port), self.timeout)
+        if self._sock is None or self._stream is None or self._reader is None:
+            raw = socket.create_connection((self.host, self.port), _left(deadline))
             try:
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                raw.settimeout(_left(deadline))  # the TLS handshake counts against the request too
                 self._sock = self.context.wrap_socket(raw, server_hostname=self.host)
             except BaseException:
                 raw.close()
                 raise
-            self._reader = self._sock.makefile("rb")
-        return self._sock, self._reader
+            self._stream = _Deadline(self._sock)
+            self._reader = io.BufferedReader(self._stream, 65536)
+        self._stream.deadline = deadline
+        return self._sock, self._stream, self._reader
 
     def close(self) -> None:
         for closable in (self._reader, self._sock):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     closable.close()
-        self._sock = self._reader = None
+        self._sock = self._stream = self._reader = None
 
 
 def _dropped(sock: socket.socket) -> bool:
@@ -137,25 +196,35 @@ def _dropped(sock: socket.socket) -> bool:
         return True
 
 
-def read_reply(reader: io.BufferedIOBase, method: str) -> tuple[int, bytes, bool]:
+def read_reply(reader: io.BufferedIOBase, method: str, max_body: int = MAX_BODY) -> tuple[int, bytes, bool]:
     """Read one reply: its status, its body, and whether the connection must be closed after it."""
-    while True:
-        version, status = _status_line(reader)
-        headers = _header_lines(reader)
-        if not 100 <= status < 200:
-            break
+    version, status, headers = _final_head(reader)
     connection = headers.get("connection", "").lower()
     close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
     if method == "HEAD" or status in (204, 304):
         return status, b"", close
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return status, _chunked_body(reader), close
+        return status, _chunked_body(reader, max_body), close
     length = headers.get("content-length")
     if length is None:  # the body ends with the connection
-        return status, reader.read(), True
+        return status, _to_the_end(reader, max_body), True
     if not _DIGITS.fullmatch(length):
         raise BadReply(f"Content-Length is {length!r}")
+    if int(length) > max_body:
+        raise BadReply(f"the body announces {length} bytes; at most {max_body} are read")
     return status, _exactly(reader, int(length)), close
+
+
+def _final_head(reader: io.BufferedIOBase) -> tuple[str, int, dict[str, str]]:
+    """The status line and headers of the final reply, past any interim (1xx) ones."""
+    for _ in range(MAX_INTERIM + 1):
+        version, status, budget = _status_line(reader)
+        headers = _header_lines(reader, budget)
+        if status == 101:
+            raise BadReply("the server switched protocols, unasked")
+        if not 100 <= status < 200:
+            return version, status, headers
+    raise BadReply(f"more than {MAX_INTERIM} interim (1xx) replies")
 
 
 def _line(reader: io.BufferedIOBase, what: str) -> bytes:
@@ -165,7 +234,8 @@ def _line(reader: io.BufferedIOBase, what: str) -> bytes:
     return line
 
 
-def _status_line(reader: io.BufferedIOBase) -> tuple[str, int]:
+def _status_line(reader: io.BufferedIOBase) -> tuple[str, int, int]:
+    """The version and status of a reply, and how many bytes are left of ``MAX_HEAD`` for its headers."""
     line = _line(reader, "the status line")
     if not line:
         raise BadReply("the connection closed without a reply")
@@ -173,14 +243,17 @@ def _status_line(reader: io.BufferedIOBase) -> tuple[str, int]:
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 \
             or not parts[1].isdigit():
         raise BadReply(f"not an HTTP status line: {line[:100]!r}")
-    return parts[0].decode(), int(parts[1])
+    return parts[0].decode(), int(parts[1]), MAX_HEAD - len(line)
 
 
-def _header_lines(reader: io.BufferedIOBase) -> dict[str, str]:
-    """Header fields by lower-case name; repeated fields are joined with commas."""
+def _header_lines(reader: io.BufferedIOBase, budget: int = MAX_HEAD) -> dict[str, str]:
+    """Header fields by lower-case name, in at most ``budget`` bytes; repeated fields are joined with commas."""
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADERS + 1):
         line = _line(reader, "a header line")
+        budget -= len(line)
+        if budget < 0:
+            raise BadReply(f"the head of the reply is longer than {MAX_HEAD} bytes")
         if line in (b"\r\n", b"\n"):
             return headers
         if not line:
@@ -192,8 +265,10 @@ def _header_lines(reader: io.BufferedIOBase) -> dict[str, str]:
     raise BadReply(f"more than {MAX_HEADERS} header lines")
 
 
-def _chunked_body(reader: io.BufferedIOBase) -> bytes:
-    pieces = []
+def _chunked_body(reader: io.BufferedIOBase, max_body: int) -> bytes:
+    # One growing buffer, not a list of pieces: a body of a million one-byte chunks would cost ~50 bytes
+    # of list entry and bytes object per byte.
+    body = bytearray()
     while True:
         size_line = _line(reader, "a chunk size line").split(b";", 1)[0].strip()
         if not _HEX.fullmatch(size_line):
@@ -201,15 +276,37 @@ def _chunked_body(reader: io.BufferedIOBase) -> bytes:
         size = int(size_line, 16)
         if size == 0:
             break
-        pieces.append(_exactly(reader, size))
+        if len(body) + size > max_body:
+            raise BadReply(f"the chunked body goes past {max_body} bytes")
+        body += _exactly(reader, size)
         if _line(reader, "a chunk's end") not in (b"\r\n", b"\n"):
             raise BadReply("a chunk is longer than its size")
     _header_lines(reader)  # trailer fields, unused
-    return b"".join(pieces)
+    return bytes(body)
 
 
 def _exactly(reader: io.BufferedIOBase, size: int) -> bytes:
-    data = reader.read(size)
+    """``size`` bytes, read in pieces as they arrive: memory follows what came, not what was announced."""
+    if size <= _PIECE:
+        data = reader.read(size)
+    else:
+        pieces = []
+        left = size
+        while left and (piece := reader.read(min(left, _PIECE))):
+            pieces.append(piece)
+            left -= len(piece)
+        data = b"".join(pieces)
     if len(data) < size:
         raise BadReply(f"the connection closed {size - len(data)} bytes before the end of the body")
     return data
+
+
+def _to_the_end(reader: io.BufferedIOBase, max_body: int) -> bytes:
+    pieces = []
+    total = 0
+    while piece := reader.read(min(_PIECE, max_body + 1 - total)):
+        pieces.append(piece)
+        total += len(piece)
+        if total > max_body:
+            raise BadReply(f"the body goes past {max_body} bytes")
+    return b"".join(pieces)

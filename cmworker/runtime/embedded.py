@@ -13,7 +13,8 @@ State directory layout (a fresh temporary directory unless ``state_dir`` is give
     replica-1/...
 
 Fault injection covers what the poller must survive: 5xx answers, a hanging GET, a connection cut
-in the middle of a result POST, connections refused for a while, and a restart. A restart keeps the
+in the middle of a result POST, spoiled replies (trickling, lying about their length, floods of
+interim replies, garbage: ``spoil_next``), connections refused for a while, and a restart. A restart keeps the
 job state (queue, running jobs, answers), as a restart of Foundry's runtime keeps its queue: replicas
 reconnect and post the results of the jobs they hold as if nothing happened.
 """
@@ -32,9 +33,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-from cmworker.runtime.faults import Fault, FaultPlan
+from cmworker.runtime.faults import Fault, FaultKind, FaultPlan, Spoil
 from cmworker.runtime.server import JOB_PATH, RESTART_PATH, RESULTS_PATH, SCHEMAS_PATH, ModuleApp, QueryApp
 from cmworker.runtime.state import JobStore, Record, ReplicaState
 from cmworker.runtime.tls import TlsFiles, write_tls_files
@@ -214,11 +215,16 @@ class EmbeddedRuntime:
 
         return Client(self.query_url, token=self.caller_token, ca=self.ca_path)
 
-    def submit(self, query_type: str, query: Any = None, *, user_id: str = DEFAULT_USER_ID) -> str:
-        """Queue one query in-process (no HTTP); return its job id. ``query`` must be JSON-encodable."""
+    def submit(self, query_type: str, query: Any = None, *, user_id: str = DEFAULT_USER_ID,
+               job_id: str | None = None) -> str:
+        """Queue one query in-process (no HTTP); return its job id. ``query`` must be JSON-encodable.
+
+        ``job_id``: the id to hand it out under (any non-empty string not used before) instead of a
+        fresh UUID, to see how a replica copes with ids Foundry might send.
+        """
         query = {} if query is None else query
         json.dumps(query)  # fail here, not later in a GET that has already taken the job
-        return self.store.submit([(query_type, query, user_id)])[0]
+        return self.store.submit([(query_type, query, user_id)], None if job_id is None else [job_id])[0]
 
     # -- fault injection (module endpoints only; the query API is never disturbed) -------------
 
@@ -237,6 +243,25 @@ class EmbeddedRuntime:
     def drop_next_result(self, *, replica: int | None = None) -> None:
         """Cut the connection halfway through the next result POST, without answering it."""
         self._faults.arm(Fault("result_drop", replica))
+
+    def spoil_next(self, endpoint: Literal["get", "result", "schemas", "restart"], spoil: Spoil, count: int = 1,
+                   *, interval: float = 0.0, seconds: float = 120.0, replica: int | None = None) -> None:
+        """Spoil the replies to the next ``count`` requests to ``endpoint`` (see ``faults.Spoil`` for how).
+
+        ``interval``: the pause between trickled bytes, interim replies or pieces of an endless body;
+        ``seconds``: the longest a trickle, flood or endless body goes on. A spoiled reply to a GET that
+        took a job hands the job out only if the reply was readable and written in full (a trickle or a
+        flood the client waited for); otherwise the job goes back to the head of the queue. A spoiled
+        result reply comes after the answer was recorded, so a retried POST is answered 409.
+        """
+        if spoil not in get_args(Spoil):
+            raise ValueError(f"no such spoil: {spoil!r}")
+        if interval < 0 or seconds < 0:
+            raise ValueError("interval and seconds must be >= 0")
+        kind = cast(FaultKind, f"{endpoint}_spoil")
+        if kind not in get_args(FaultKind):
+            raise ValueError(f"no such endpoint: {endpoint!r}")
+        self._faults.arm(Fault(kind, replica, seconds=seconds, spoil=spoil, interval=interval), count)
 
     def clear_faults(self) -> None:
         self._faults.clear()

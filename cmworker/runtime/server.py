@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from cmworker.runtime.faults import GET_FAULTS, RESULT_FAULTS, FaultPlan
+from cmworker.runtime.faults import GET_FAULTS, RESTART_FAULTS, RESULT_FAULTS, SCHEMA_FAULTS, Fault, FaultPlan
 from cmworker.runtime.state import JobSnapshot, JobStore, answer_failed
 from cmworker.runtime.wire import DRAIN_LIMIT, SMALL_BODY, Disconnected, Exchange, HttpError
 
@@ -44,6 +44,23 @@ def not_found(exchange: Exchange) -> HttpError:
     return HttpError(404, f"no such path {exchange.path}")
 
 
+def without_dot_segments(path: str) -> str:
+    """The path with its ``.`` and ``..`` segments resolved (RFC 3986 §5.2.4), before any percent-decoding.
+
+    Servers and proxies do this before routing, so a result POST for job ``..`` sent as ``results/..``
+    reaches ``results``' parent, not the job; a client must send such an id as ``%2E%2E``.
+    """
+    parts = path.split("/")
+    kept: list[str] = []
+    for part in parts[1:]:
+        if part == "..":
+            if kept:
+                kept.pop()
+        elif part != ".":
+            kept.append(part)
+    return "/" + "/".join(kept) + ("/" if parts[-1] in (".", "..") else "")
+
+
 # --------------------------------------------------------------------------------------------
 # The module endpoints: what one replica's client talks to.
 
@@ -64,23 +81,25 @@ class ModuleApp:
 
     def handle(self, exchange: Exchange) -> None:
         self._check_token(exchange)
-        path = exchange.path
+        path = without_dot_segments(exchange.path)
         if path == JOB_PATH:
             require(exchange, "GET")
             self._get_job(exchange)
         elif path.startswith(RESULTS_PATH + "/"):
             require(exchange, "POST")
-            job_id = unquote(path[len(RESULTS_PATH) + 1:])
-            if not job_id or "/" in job_id:
+            # The job id is one path segment, decoded after the split: an id may contain "/" (sent as %2F).
+            segment = path[len(RESULTS_PATH) + 1:]
+            if not segment or "/" in segment:
                 raise not_found(exchange)
-            self._post_result(exchange, job_id)
+            self._post_result(exchange, unquote(segment))
         elif path == SCHEMAS_PATH:
             require(exchange, "POST")
             self._post_schemas(exchange)
         elif path == RESTART_PATH:
             require(exchange, "POST")
+            fault = self.faults.take(RESTART_FAULTS, self.replica)
             exchange.read_body(SMALL_BODY)  # carries nothing, but must be consumed
-            exchange.reply(200, json.dumps(self.store.restart_notification(self.replica)).encode())
+            _reply(exchange, fault, 200, json.dumps(self.store.restart_notification(self.replica)).encode())
         else:
             raise not_found(exchange)
 
@@ -96,13 +115,13 @@ class ModuleApp:
         fault = self.faults.take(GET_FAULTS, self.replica)
         if fault is not None and fault.kind == "get_status":
             raise HttpError(fault.status, f"injected fault: GET job answered {fault.status}")
-        if fault is not None and exchange.listener.wait_down(fault.seconds):  # get_hang
+        if fault is not None and fault.kind == "get_hang" and exchange.listener.wait_down(fault.seconds):
             raise Disconnected
         job = self.store.take(self.replica, self.long_poll, lambda: not exchange.current)
         if job is None:
             if not exchange.current:
                 raise Disconnected
-            exchange.reply(204)
+            _reply(exchange, fault, 204)
             return
         body = json.dumps({"type": "computeModuleJobV1", "computeModuleJobV1": {
             "jobId": job.id, "queryType": job.query_type, "query": job.query,
@@ -114,6 +133,11 @@ class ModuleApp:
         if exchange.peer_closed():
             self.store.requeue(job)
             raise Disconnected
+        if fault is not None and fault.kind == "get_spoil":
+            # A spoiled reply hands out no job, unless it was a readable one written in full.
+            if not exchange.spoil(fault, 200, body):
+                self.store.requeue(job)
+            return
         try:
             exchange.reply(200, body)
         except OSError:
@@ -130,11 +154,14 @@ class ModuleApp:
             if exc.status == 413:
                 self.store.record_post(self.replica, job_id, 413, 0, exchange.chunked)
             raise
-        if fault is not None:  # result_status: refused, not recorded as an answer
+        if fault is not None and fault.kind == "result_status":  # refused, not recorded as an answer
             self.store.record_post(self.replica, job_id, fault.status, len(body), exchange.chunked)
             raise HttpError(fault.status, f"injected fault: result POST answered {fault.status}")
         status, message = self.store.post_result(self.replica, job_id, body, failed=answer_failed(body),
                                                  chunked=exchange.chunked, first_chunk_at=exchange.first_chunk_at)
+        if fault is not None and fault.kind == "result_spoil":  # the answer counts: a retry gets 409
+            exchange.spoil(fault, status, b"" if status == 204 else _json_error(message))
+            return
         if status != 204:
             raise HttpError(status, message)
         exchange.reply(204)
@@ -148,6 +175,7 @@ class ModuleApp:
         raise Disconnected
 
     def _post_schemas(self, exchange: Exchange) -> None:
+        fault = self.faults.take(SCHEMA_FAULTS, self.replica)
         try:
             schemas = json.loads(exchange.read_body(self.max_result_size))
         except ValueError as exc:
@@ -159,7 +187,19 @@ class ModuleApp:
             if not isinstance(name, str) or not name:
                 raise HttpError(400, f"schema #{index} is not an object with a string functionName")
         self.store.post_schemas(self.replica, schemas)
-        exchange.reply(204)
+        _reply(exchange, fault, 204)
+
+
+def _reply(exchange: Exchange, fault: Fault | None, status: int, body: bytes = b"") -> None:
+    """The reply, spoiled if ``fault`` is a spoil."""
+    if fault is not None and fault.spoil is not None:
+        exchange.spoil(fault, status, body)
+    else:
+        exchange.reply(status, body)
+
+
+def _json_error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,11 +139,18 @@ class JobStore:
 
     # -- callers -----------------------------------------------------------------------------
 
-    def submit(self, queries: Iterable[tuple[str, Any, str]]) -> list[str]:
-        """Queue ``(query_type, query, user_id)`` items in order; return their new job ids."""
-        jobs = [Job(str(uuid.uuid4()), query_type, query, user_id)
-                for query_type, query, user_id in queries]
+    def submit(self, queries: Iterable[tuple[str, Any, str]], job_ids: Sequence[str] | None = None) -> list[str]:
+        """Queue ``(query_type, query, user_id)`` items in order; return their job ids (new UUIDs unless
+        ``job_ids`` gives them: non-empty and unused, else ``ValueError``)."""
+        items = list(queries)
+        ids = [str(uuid.uuid4()) for _ in items] if job_ids is None else list(job_ids)
+        if len(ids) != len(items) or not all(isinstance(i, str) and i for i in ids) or len(set(ids)) < len(ids):
+            raise ValueError("job ids must be distinct non-empty strings, one per query")
+        jobs = [Job(job_id, query_type, query, user_id)
+                for job_id, (query_type, query, user_id) in zip(ids, items, strict=True)]
         with self._lock:
+            if job_ids is not None and any(job_id in self._jobs for job_id in ids):
+                raise ValueError(f"a job id in {ids!r} is already taken")
             for job in jobs:
                 self._jobs[job.id] = job
             self._queue.extend(jobs)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Protocol, cast
 
+from cmworker.runtime.faults import Fault, Step, spoiled
+
 log = logging.getLogger("cmworker.runtime")
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -312,6 +314,39 @@ class Exchange:
         """Drop the connection without answering (fault injection)."""
         self.close = True
         cut(self.sock)
+
+    def spoil(self, fault: Fault, status: int, body: bytes) -> bool:
+        """Answer with the reply ``status`` + ``body`` spoiled as ``fault`` says, then close (fault
+        injection). True when what was written is a whole reply a client can read: a trickle or a flood
+        that ran to its end, not one cut short because the client left or the listener closed."""
+        assert fault.spoil is not None
+        steps, readable = spoiled(fault.spoil, status, body)
+        self.close = True
+        until = time.monotonic() + fault.seconds
+        try:
+            return all(self._write_step(step, fault.interval, until) for step in steps) and readable
+        except OSError:
+            return False
+
+    def _write_step(self, step: Step, interval: float, until: float) -> bool:
+        if step.repeat:
+            while time.monotonic() < until:
+                _write(self.sock, step.data)
+                if not self._pause(interval):
+                    return False
+            return True
+        if not step.trickle:
+            _write(self.sock, step.data)
+            return True
+        for index in range(len(step.data)):
+            _write(self.sock, step.data[index:index + 1])
+            if not self._pause(interval):
+                return False
+        return True
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep between spoiled pieces; False when the listener went down meanwhile."""
+        return not (seconds and self.listener.wait_down(seconds)) and self.current
 
     # -- request bodies ----------------------------------------------------------------------
 
