@@ -353,3 +353,24 @@ def test_streaming_function_posts_one_chunked_answer(runtime: EmbeddedRuntime, t
         failed = _raw_answer(runtime, runtime.submit("stream", {"n": 2, "fail": True}))
         items = failed.split(b"}{")
         assert len(items) == 3 and b'"kind": "stream_failed"' in items[-1]
+
+
+def test_declared_limits_that_contradict_the_configuration_stop_the_start_not_a_job(tmp_path: Path) -> None:
+    """A function declaring ``timeout="1s"`` under a ``[limits] soft_timeout`` of 5s cannot run any job:
+    ``cmworker run`` says so at start, naming the function, and takes no job (it used to take one and
+    then stop with it held)."""
+    app = tmp_path / "app.py"
+    app.write_text("import cmworker\n\n\n@cmworker.function(timeout='1s')\ndef quick(context, event):\n"
+                   "    return event\n")
+    config = tmp_path / "cmworker.toml"
+    config.write_text('[limits]\nsoft_timeout = "5s"\n')
+    with EmbeddedRuntime(long_poll=0.5) as rt:
+        job = rt.submit("quick", 1)
+        proc = subprocess.run([sys.executable, "-m", "cmworker", "run", str(app), "--workers", "1",
+                               "--config", str(config)], env={**os.environ, **rt.env(0)},
+                              capture_output=True, timeout=60)
+        assert rt.record.gets(0) == 0
+        [snapshot] = rt.store.snapshots([job])
+        assert snapshot is not None and snapshot.status == "queued" and snapshot.answer is None
+    assert proc.returncode == 2
+    assert b"quick" in proc.stdout + proc.stderr and b"soft_timeout" in proc.stdout + proc.stderr

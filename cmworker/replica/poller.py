@@ -116,7 +116,13 @@ class Poller:
         if self.config.stats_interval:
             self._next_stats = time.monotonic() + self.config.stats_interval
         self.pool.start()
-        self.config.check_functions(self.pool.functions)
+        try:
+            self.config.check_functions(self.pool.functions)
+            for name in self.pool.functions:  # limits that cannot hold fail here, naming the function,
+                self._limits_of(name)         # not later on a job the replica then cannot answer
+        except BaseException:
+            self.pool.close()
+            raise
         for i in range(POSTERS):
             self._thread(self._post_loop, f"cmworker-post-{i}")
         self._thread(self._poll_loop, "cmworker-poll")
