@@ -37,30 +37,12 @@ if TYPE_CHECKING:
     from cmworker.executor import Executor
     from cmworker.runtime.client import Client
 
+# The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
 __all__ = [
-    "AppLoadError",
-    "Client",
-    "CmworkerError",
-    "ConfigError",
-    "Context",
-    "Executor",
-    "InvalidInput",
-    "JobDropped",
-    "JobError",
-    "JobTimeout",
-    "MemoryLimitExceeded",
-    "PoolUnhealthy",
-    "RemoteException",
-    "ResultNotSerializable",
-    "ResultTooLarge",
-    "RuntimeUnavailable",
-    "ShuttingDown",
-    "StreamFailed",
-    "UnknownFunction",
-    "WorkerDied",
-    "__version__",
-    "function",
-    "get_logger",
+    "AppLoadError", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
+    "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "PoolUnhealthy", "RemoteException",
+    "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable", "ShuttingDown", "StreamFailed",
+    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
 ]
 
 

@@ -39,6 +39,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring, encode_basestring_ascii
+from typing import AnyStr
 
 REDACTED = "<redacted>"
 MIN_LENGTH = 4
@@ -122,20 +123,12 @@ def _merged(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _occurrences(text: str, found: Iterable[str]) -> Iterable[tuple[int, int]]:
+def _occurrences(text: AnyStr, found: Iterable[AnyStr]) -> Iterable[tuple[int, int]]:
     for form in found:
         at = text.find(form)
         while at != -1:
             yield at, at + len(form)
             at = text.find(form, at + 1)
-
-
-def _byte_occurrences(data: bytes, found: Iterable[bytes]) -> Iterable[tuple[int, int]]:
-    for form in found:
-        at = data.find(form)
-        while at != -1:
-            yield at, at + len(form)
-            at = data.find(form, at + 1)
 
 
 class Secrets:
@@ -276,7 +269,7 @@ class Secrets:
         if not self._index and not self._short:
             return []
         present = [form for form in map(_utf8, self._candidates(data)) if form in data]
-        return _merged(_byte_occurrences(data, present))
+        return _merged(_occurrences(data, present))
 
 
 SECRETS = Secrets()  # this process's
