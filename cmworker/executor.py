@@ -46,8 +46,10 @@ from typing import Any, Final, ParamSpec, TypeVar
 from cmworker.errors import PoolUnhealthy, RemoteException, ResultNotSerializable
 from cmworker.limits import JobLimits
 from cmworker.pool import pickled
+from cmworker.pool.jobs import Answer, Job
 from cmworker.pool.messages import MODE_PICKLE
-from cmworker.pool.supervisor import Answer, Job, Pool
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.supervisor import Pool
 from cmworker.units import format_duration, parse_duration, parse_size
 
 __all__ = ["Executor"]
@@ -334,8 +336,10 @@ class Executor(concurrent.futures.Executor):
         self._limits = _limits(timeout, soft_timeout, memory_limit)
         modules = [preload] if isinstance(preload, str) else list(preload)
         self._calls = calls = _Calls()
-        pool = Pool(None, workers=workers, on_answer=calls.on_answer, on_state_change=calls.on_state_change,
-                    on_start=calls.on_start, preload=modules, max_jobs_per_worker=recycle, prefetch=True)
+        # worker_nice=0: these workers are the caller's own computation on a shared machine; lowering them
+        # would make them yield to every other program on it.
+        options = PoolOptions(workers, preload=modules, max_jobs_per_worker=recycle, worker_nice=0, prefetch=True)
+        pool = Pool(options, on_answer=calls.on_answer, on_state_change=calls.on_state_change, on_start=calls.on_start)
         calls.pool = pool
         pool.start()  # raises AppLoadError when a preload module cannot be imported
         self._max_workers = workers
@@ -411,6 +415,17 @@ class Executor(concurrent.futures.Executor):
         """Stop taking calls. ``wait``: return once everything submitted has been answered and every
         worker is gone. ``cancel_futures``: cancel what is still queued (running calls finish)."""
         self._calls.shutdown(wait, cancel_futures)
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now."""
+        pool = self._calls.pool
+        return [] if pool is None else pool.worker_pids()
+
+    @property
+    def template_pid(self) -> int | None:
+        """The pid of the process the workers are forked from (the executor's child)."""
+        pool = self._calls.pool
+        return None if pool is None else pool.template_pid
 
     def __repr__(self) -> str:
         pool = self._calls.pool

@@ -287,18 +287,18 @@ class BlockingReader:
         """The next message, or ``None`` at end of stream."""
         buf = self.buf
         while len(buf) < HEADER.size:
-            if not self._fill(HEADER.size - len(buf)):
+            if not self._fill():
                 return None
         length, tag = HEADER.unpack_from(buf)
         end = HEADER.size + length
         while len(buf) < end:
-            if not self._fill(end - len(buf)):
+            if not self._fill():
                 return None
         body = bytes(buf[HEADER.size:end])
         del buf[:end]
         return decode(tag, memoryview(body))
 
-    def _fill(self, want: int) -> bool:
+    def _fill(self) -> bool:
         n = self.sock.recv_into(self._chunk)
         self.buf += memoryview(self._chunk)[:n]
         return n > 0

@@ -40,7 +40,7 @@ from cmworker import logs
 from cmworker.app.registry import FunctionSpec
 from cmworker.errors import InvalidInput, JobError, RuntimeUnavailable, ShuttingDown, UnknownFunction
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, PoolOptions, StreamItem
 from cmworker.replica.service import Connection, Reply, Service, TransportError, backoff
 
 log = logging.getLogger("cmworker.poller")
@@ -242,11 +242,12 @@ class Poller:
         self.service = service
         self.settings = settings
         self.ledger = Ledger()
-        self.pool = Pool(app, workers=settings.workers, on_answer=self._on_answer, on_stream=self._on_stream,
-                         on_output=self._on_output, on_state_change=self._poke, log_level=settings.log_level,
-                         logger_levels=settings.logger_levels,
-                         kill_grace=settings.kill_grace, max_jobs_per_worker=settings.max_jobs_per_worker,
-                         worker_nice=settings.worker_nice)
+        self.pool = Pool(PoolOptions(settings.workers, app, log_level=settings.log_level,
+                                     logger_levels=settings.logger_levels, kill_grace=settings.kill_grace,
+                                     max_jobs_per_worker=settings.max_jobs_per_worker,
+                                     worker_nice=settings.worker_nice),
+                         on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
+                         on_state_change=self._poke)
         self.outcomes: collections.Counter[str] = collections.Counter()
         # Concrete loggers, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.

@@ -1,0 +1,114 @@
+"""The worker processes, parent side: the template that forks them, and one slot per worker.
+
+Mechanism, not policy: the crew starts the template, spawns workers until the pool has its number, finds
+a worker by pid, backs off when fresh workers keep dying, and releases a dead worker's fds. What a death
+means for a job is decided by the pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+import selectors
+import signal
+from collections.abc import Callable
+
+from cmworker.pool import processes
+from cmworker.pool.jobs import OutputLine
+from cmworker.pool.messages import Message
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.slot import READ_SIZE, Slot
+from cmworker.pool.template_link import TemplateLink
+from cmworker.pool.timers import Timer
+
+_RESPAWN_BACKOFF_MAX = 2.0
+
+
+class Crew:
+    """The template (``template``) and the workers' slots (``slots``, by slot id)."""
+
+    def __init__(self, options: PoolOptions, selector: selectors.BaseSelector, clock: Callable[[], float],
+                 after: Callable[..., Timer], on_message: Callable[[Message], None],
+                 on_output: Callable[[OutputLine], None], on_template_exit: Callable[[int, bool], None]) -> None:
+        self.options = options
+        self.selector = selector
+        self.clock = clock
+        self.after = after
+        self.template = TemplateLink(options, selector, on_message, on_output, on_template_exit)
+        self.slots: dict[int, Slot] = {}
+        self.startup_failures = 0  # fresh workers that died in a row before taking a job
+        self._by_pid: dict[int, Slot] = {}
+        self._ids = itertools.count(1)
+        self._backoff: Timer | None = None
+        self._buffer = bytearray(READ_SIZE)  # every slot's reads: one loop thread reads them all
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in list(self.slots.values()) if s.pid is not None and s.state != "dead"]
+
+    def maintain(self, on_message: Callable[[Slot, Message], None], on_line: Callable[[OutputLine], None]) -> None:
+        """Start the template if there is none; once it is ready, spawn workers up to the pool's size.
+
+        Nothing while backing off after crashes.
+        """
+        if self._backoff is not None and not self._backoff.cancelled:
+            return
+        if self.template.state == "none":
+            self.template.start()
+            return
+        if self.template.state != "ready":
+            return
+        live = sum(s.state in ("starting", "idle", "busy") for s in self.slots.values())
+        for _ in range(self.options.workers - live):
+            slot, worker_fds = Slot.open(next(self._ids), self.selector, self.clock, self._buffer, on_message, on_line)
+            self.slots[slot.id] = slot
+            self.template.spawn(slot.id, worker_fds)
+
+    def learn_pid(self, slot: Slot | None, pid: int) -> None:
+        """The worker's pid, from the template (``Spawned``) or the worker itself (``Ready``)."""
+        if slot is not None and slot.pid is None:
+            slot.pid = pid
+            self._by_pid[pid] = slot
+
+    def find(self, slot_id: int) -> Slot | None:
+        return self.slots.get(slot_id)
+
+    def forget(self, pid: int) -> Slot | None:
+        """The slot of a worker that has exited, which no later message may name again."""
+        return self._by_pid.pop(pid, None)
+
+    def started(self) -> None:
+        """A fresh worker came up: the crash-loop count starts over."""
+        self.startup_failures = 0
+
+    def startup_failed(self, limit: int) -> bool:
+        """Count a worker (or template) that died at start-up; True once ``limit`` did so in a row.
+
+        Below the limit, spawning pauses for a backoff that doubles with each failure.
+        """
+        self.startup_failures += 1
+        if self.startup_failures >= limit:
+            return True
+        delay = min(_RESPAWN_BACKOFF_MAX, 0.05 * 2 ** (self.startup_failures - 1))
+        self._backoff = self.after(delay, self._end_backoff)
+        return False
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+
+    def release(self, slot: Slot) -> None:
+        """The worker is gone: close its fds and forget it."""
+        if slot.pid is not None:
+            self._by_pid.pop(slot.pid, None)
+        slot.close_socket()
+        slot.close_output()
+        slot.state = "dead"
+        del self.slots[slot.id]
+
+    def close(self) -> None:
+        """Kill every worker left and end the template."""
+        for slot in list(self.slots.values()):
+            if slot.pid is not None:
+                processes.kill_group(slot.pid, signal.SIGKILL)
+            slot.close_socket()
+            slot.close_output()
+        self.slots.clear()
+        self.template.close()  # it kills any worker left and exits
