@@ -50,18 +50,18 @@ class Dispatcher:
 
         False when the pool no longer takes jobs.
         """
-        slot, wake = None, False
         with self.lock:
             if self.stopping:
                 return False
             if self.idle and not self.pending:
                 slot = self.idle.pop()
                 wake = self.start(slot, job)
+                # Sent before the lock is let go: from then on the loop may send this worker its next
+                # job ahead (prefetch), which must not overtake this one in the worker's socket.
+                wake = self.send(slot, job) or wake
             else:
                 self.pending.append(job)
                 wake = True
-        if slot is not None:
-            wake = self.send(slot, job) or wake
         if wake:
             self.wake()
         return True
