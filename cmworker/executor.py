@@ -508,8 +508,9 @@ def _limits(timeout: float | str | None, soft_timeout: float | str | None,
         # rejects the same pair).
         raise ValueError(f"soft_timeout ({format_duration(soft)}) must be less than timeout "
                          f"({format_duration(hard)}): JobTimeout is raised inside the call before the kill")
-    # max_result_size=0: no cap on results, as concurrent.futures has none (the compute-module path's
-    # 32 MiB default is a runtime constraint, not a local one).
+    # max_result_size=0: no cap of the executor's own, as concurrent.futures has none (the compute-module
+    # path's 32 MiB default is a runtime constraint, not a local one); only the pool's frame limit
+    # applies (pool.messages.MAX_BODY, 1 GiB less a little).
     return JobLimits(timeout=hard, soft_timeout=soft, memory_limit=_size("memory_limit", memory_limit),
                      max_result_size=0)
 

@@ -177,15 +177,15 @@ def test_idle_worker_killed_from_outside_is_replaced() -> None:
         assert h.run("echo", 1).kind == "ok"
 
 
-def test_template_death_fails_running_jobs_and_the_pool_recovers() -> None:
+def test_template_death_lets_running_jobs_finish_and_the_pool_recovers() -> None:
+    """More cases in test_hostile_worker.py."""
     with running_pool() as h:
-        job = h.submit("sleep_forever", None)
+        job = h.submit("neighbour", {"sleep": 1.0, "n": 3})
         time.sleep(0.2)
         template = psutil.Process(h.pool.worker_pids()[0]).ppid()
         os.kill(template, signal.SIGKILL)
         answer = h.wait(job)
-        assert answer.kind == "worker_died"
-        assert "template" in h.payload(answer)["error"]
+        assert (answer.kind, h.payload(answer)) == ("ok", {"neighbour": 3})
         h.wait_full_strength()
         assert h.run("echo", 2).kind == "ok"
 

@@ -3,18 +3,26 @@
 Mechanism, not policy: the crew starts the template, spawns workers until the pool has its number, finds
 a worker by pid, backs off when fresh workers keep dying, and releases a dead worker's fds. What a death
 means for a job is decided by the pool.
+
+Workers are the template's children: it reaps them and reports each exit with its wait status. If the
+template dies, its workers live on, re-parented to init (or to cmworker itself when it is PID 1), and
+nobody reports them any more. So the crew holds a pidfd for every worker from the moment it learns its
+pid, and watches those of the orphans (``watch_orphan``): a pidfd turns readable when its process
+exits, whoever reaps it. The exit status is then unknown; the pool says so in the answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import selectors
 import signal
 from collections.abc import Callable
 
 from cmworker.pool import processes
 from cmworker.pool.jobs import OutputLine
-from cmworker.pool.messages import Message
+from cmworker.pool.messages import Message, Spawned
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import READ_SIZE, Slot
 from cmworker.pool.template_link import TemplateLink
@@ -33,7 +41,8 @@ class Crew:
         self.selector = selector
         self.clock = clock
         self.after = after
-        self.template = TemplateLink(options, selector, on_message, on_output, on_template_exit)
+        self.template = TemplateLink(options, selector, self._on_control, on_output, on_template_exit)
+        self._on_message = on_message
         self.slots: dict[int, Slot] = {}
         self.startup_failures = 0  # fresh workers that died in a row before taking a job
         self._by_pid: dict[int, Slot] = {}
@@ -44,7 +53,8 @@ class Crew:
     def pids(self) -> list[int]:
         return [s.pid for s in list(self.slots.values()) if s.pid is not None and s.state != "dead"]
 
-    def maintain(self, on_message: Callable[[Slot, Message], None], on_line: Callable[[OutputLine], None]) -> None:
+    def maintain(self, on_message: Callable[[Slot, Message], None], on_broken: Callable[[Slot, str], None],
+                 on_line: Callable[[OutputLine], None]) -> None:
         """Start the template if there is none; once it is ready, spawn workers up to the pool's size.
 
         Nothing while backing off after crashes.
@@ -58,18 +68,35 @@ class Crew:
             return
         live = sum(s.state in ("starting", "idle", "busy") for s in self.slots.values())
         for _ in range(self.options.workers - live):
-            slot, worker_fds = Slot.open(next(self._ids), self.selector, self.clock, self._buffer, on_message, on_line)
+            slot, worker_fds = Slot.open(next(self._ids), self.selector, self.clock, self._buffer, on_message,
+                                         on_broken, on_line)
             self.slots[slot.id] = slot
-            self.template.spawn(slot.id, worker_fds)
+            try:
+                self.template.spawn(slot.id, worker_fds)
+            except OSError:  # the template just died: reading its death, next, ends this slot
+                return
+
+    def _on_control(self, message: Message) -> None:
+        if isinstance(message, Spawned):
+            self.learn_pid(self.slots.get(message.slot), message.pid)
+        else:
+            self._on_message(message)
 
     def learn_pid(self, slot: Slot | None, pid: int) -> None:
         """The worker's pid, from the template (``Spawned``) or the worker itself (``Ready``)."""
         if slot is not None and slot.pid is None:
             slot.pid = pid
             self._by_pid[pid] = slot
+            with contextlib.suppress(AttributeError, OSError):  # no pidfds before Linux 5.3
+                slot.pidfd = os.pidfd_open(pid)
 
-    def find(self, slot_id: int) -> Slot | None:
-        return self.slots.get(slot_id)
+    def watch_orphan(self, slot: Slot, on_exit: Callable[[Slot], None]) -> bool:
+        """The template died: watch this worker's own exit instead; False for one that cannot be watched
+        (still starting, or no pidfd)."""
+        if slot.state == "starting" or not slot.watch_exit(on_exit):
+            return False
+        slot.orphan = True
+        return True
 
     def forget(self, pid: int) -> Slot | None:
         """The slot of a worker that has exited, which no later message may name again."""
@@ -94,12 +121,18 @@ class Crew:
     def _end_backoff(self) -> None:
         self._backoff = None
 
+    def retire(self, slot: Slot) -> None:
+        """Recycle a worker: closing its socket makes it exit; a replacement is spawned at once."""
+        slot.state = "retiring"
+        slot.close_socket()
+
     def release(self, slot: Slot) -> None:
         """The worker is gone: close its fds and forget it."""
         if slot.pid is not None:
             self._by_pid.pop(slot.pid, None)
         slot.close_socket()
         slot.close_output()
+        slot.close_pidfd()
         slot.state = "dead"
         del self.slots[slot.id]
 
@@ -110,5 +143,6 @@ class Crew:
                 processes.kill_group(slot.pid, signal.SIGKILL)
             slot.close_socket()
             slot.close_output()
+            slot.close_pidfd()
         self.slots.clear()
         self.template.close()  # it kills any worker left and exits

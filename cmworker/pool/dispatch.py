@@ -20,23 +20,24 @@ from collections.abc import Callable, Mapping
 from cmworker.pool.jobs import Job
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import Slot
-from cmworker.pool.timers import Timers
 
 
 class Dispatcher:
-    """``pending`` jobs and ``idle`` workers. ``arm(slot, job, now)`` arms a starting job's timers and
-    returns when the first is due; ``send(slot, job)`` sends a job to its worker and returns whether the
-    loop must finish the send; ``wake()`` wakes the loop."""
+    """``pending`` jobs and ``idle`` workers, guarded by ``lock``.
 
-    def __init__(self, options: PoolOptions, slots: Mapping[int, Slot], clock: Callable[[], float], *,
-                 arm: Callable[[Slot, Job, float], float], send: Callable[[Slot, Job], bool],
-                 wake: Callable[[], None]) -> None:
+    ``arm(slot, job, now)`` arms a starting job's timers and returns when the first is due;
+    ``send(slot, job)`` sends a job to its worker and returns whether the loop must finish the send;
+    ``wake()`` wakes the loop.
+    """
+
+    def __init__(self, options: PoolOptions, slots: Mapping[int, Slot], lock: threading.Condition,
+                 clock: Callable[[], float], *, arm: Callable[[Slot, Job, float], float],
+                 send: Callable[[Slot, Job], bool], wake: Callable[[], None]) -> None:
         self.options = options
         self.slots = slots
+        self.lock = lock
         self.clock = clock
         self.arm, self.send, self.wake = arm, send, wake
-        self.lock = threading.Condition()
-        self.timers = Timers()
         self.pending: collections.deque[Job] = collections.deque()
         self.idle: list[Slot] = []
         self.planned_wake = float("inf")  # when the loop means to wake next
@@ -123,7 +124,7 @@ class Dispatcher:
             return None
         recycle = self.options.max_jobs_per_worker
         for slot in self.slots.values():
-            if slot.state == "busy" and slot.next is None and not slot.answered \
+            if slot.state == "busy" and slot.next is None and not slot.answered and not slot.orphan \
                     and (not recycle or slot.jobs_done + 2 <= recycle):
                 return slot
         return None
@@ -134,6 +135,7 @@ class Dispatcher:
         Returns whether the loop must be woken because a new timer is due before it plans to wake.
         """
         now = self.clock()
+        slot.seq += 1
         slot.state, slot.job, slot.dispatched_at = "busy", job, now
         slot.answered, slot.streamed, slot.killed_for, slot.peak_rss = False, False, None, 0
         slot.output.start_job()

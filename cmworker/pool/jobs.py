@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -60,3 +62,11 @@ class OutputLine:
     text: str
     function: str | None = None
     dropped: int = 0
+
+
+def print_line(line: OutputLine) -> None:
+    """Write ``line`` to this process's own stdout or stderr (the pool's default ``on_output``)."""
+    stream = sys.stdout if line.stream == "stdout" else sys.stderr
+    with contextlib.suppress(Exception):
+        stream.write(line.text + "\n")
+        stream.flush()

@@ -4,6 +4,10 @@ A slot is opened before its worker exists: the parent makes the worker's socketp
 stderr pipes, keeps its own ends (watched by the pool's selector) and has the template fork a worker
 onto the other ends. Sends never block the loop (what does not fit waits in the slot's outbox) and
 reads take whatever is there.
+
+The worker runs user code, which can write to the worker's socket too: what comes from it is checked
+before the pool acts on it (``fault``). The first frame out of protocol ends the reading for good and
+is reported to ``on_broken``; the pool then ends that worker, and nothing else.
 """
 
 from __future__ import annotations
@@ -16,8 +20,21 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from cmworker.errors import JobError
 from cmworker.pool.jobs import Job, OutputLine
-from cmworker.pool.messages import FrameReader, Message, frame
+from cmworker.pool.messages import (
+    MAX_FRAME,
+    WORKER_MESSAGES,
+    Chunk,
+    Failure,
+    FrameReader,
+    Message,
+    ProtocolError,
+    Ready,
+    Result,
+    StreamEnd,
+    frame,
+)
 from cmworker.pool.output import WorkerOutput
 from cmworker.pool.processes import Exit
 from cmworker.pool.timers import Timer
@@ -39,6 +56,7 @@ class Slot:
     selector: selectors.BaseSelector
     buffer: bytearray                                  # shared by the pool's slots: see ``read_socket``
     on_message: Callable[[Slot, Message], None]
+    on_broken: Callable[[Slot, str], None]
     on_line: Callable[[OutputLine], None]
     pid: int | None = None
     state: str = "starting"
@@ -50,7 +68,11 @@ class Slot:
     jobs_done: int = 0
     peak_rss: int = 0
     exit: Exit | None = None
-    reader: FrameReader = field(default_factory=FrameReader)
+    reader: FrameReader = field(default_factory=lambda: FrameReader(WORKER_MESSAGES, MAX_FRAME, "a worker"))
+    seq: int = 0      # the number of the job it runs: the n-th job started on a worker ...
+    sent: int = 0     # ... is the n-th sent to it (Runs are numbered as they are sent)
+    pidfd: int | None = None  # the worker's pidfd, to see it end once no template reports it
+    orphan: bool = False      # its template died: it finishes what it was sent, then retires
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     writing: bool = False
     timers: list[Timer] = field(default_factory=list)
@@ -59,19 +81,19 @@ class Slot:
 
     @classmethod
     def open(cls, slot_id: int, selector: selectors.BaseSelector, clock: Callable[[], float], buffer: bytearray,
-             on_message: Callable[[Slot, Message], None], on_line: Callable[[OutputLine], None],
-             ) -> tuple[Slot, list[int]]:
+             on_message: Callable[[Slot, Message], None], on_broken: Callable[[Slot, str], None],
+             on_line: Callable[[OutputLine], None]) -> tuple[Slot, list[int]]:
         """A new slot watched by ``selector``, and the worker's ends (socket, stdout, stderr) to hand on.
 
-        What the worker sends goes to ``on_message``, what it writes to ``on_line``. The caller closes the
-        worker's ends once the template has them.
+        What the worker sends goes to ``on_message`` (or, out of protocol, to ``on_broken``), what it
+        writes to ``on_line``. The caller closes the worker's ends once the template has them.
         """
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_fd = child_sock.detach()
         slot = cls(slot_id, parent_sock, WorkerOutput(out_r, err_r, clock), clock(), selector, buffer,
-                   on_message, on_line)
+                   on_message, on_broken, on_line)
         parent_sock.setblocking(False)
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
@@ -132,9 +154,32 @@ class Slot:
             self.selector.modify(self.sock, selectors.EVENT_READ, self.on_socket)
 
     def read_socket(self) -> None:
-        """Pass on the messages readable now."""
-        for message in self._receive():
-            self.on_message(self, message)
+        """Pass on the messages readable now; at the first one out of protocol, report it and read no more
+        (the stream cannot be trusted to be in step from there)."""
+        try:
+            for message in self._receive():
+                fault = self.fault(message)
+                if fault is not None:
+                    raise ProtocolError(fault)
+                self.on_message(self, message)
+        except ProtocolError as exc:
+            self.close_socket()
+            self.on_broken(self, str(exc))
+
+    def fault(self, message: Message) -> str | None:
+        """What is out of protocol in ``message`` from this worker now, in a few words; None if nothing."""
+        name = type(message).__name__
+        if isinstance(message, Ready):
+            return None if self.state == "starting" else "a Ready message after it had started"
+        if not isinstance(message, Result | Failure | Chunk | StreamEnd):
+            return f"a {name} message"
+        if self.job is None:
+            return f"a {name} message while it had no job"
+        if message.seq != self.seq:
+            return f"a {name} for job {message.seq} while it runs job {self.seq}"
+        if isinstance(message, Failure) and message.kind not in _failure_kinds():
+            return f"a Failure of unknown kind {message.kind[:40]!r}"
+        return None
 
     def _receive(self) -> Iterator[Message]:
         # One buffer for every read of the pool's slots: a fresh 256 KiB allocation per answer cost two
@@ -157,6 +202,21 @@ class Slot:
             yield from self.reader.feed(memoryview(buf)[:n])
             if n < len(buf):
                 return
+
+    def watch_exit(self, on_exit: Callable[[Slot], None]) -> bool:
+        """Have the selector report the worker's exit (its pidfd turns readable); False if it cannot."""
+        if self.pidfd is None:
+            return False
+        self.selector.register(self.pidfd, selectors.EVENT_READ, lambda mask: on_exit(self))
+        return True
+
+    def close_pidfd(self) -> None:
+        if self.pidfd is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = None
 
     def close_socket(self) -> None:
         if self.sock.fileno() < 0:
@@ -205,3 +265,15 @@ class Slot:
         if not self.output.last:
             return ""
         return "; its last output:\n" + "\n".join(self.output.last)
+
+
+def _failure_kinds() -> set[str]:
+    """The payload kinds a worker may fail a job with: those of ``JobError`` and every class under it
+    (an Executor job may raise its own), looked up now, as classes may be defined at any time."""
+    kinds, todo = set(), [JobError]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if "kind" in vars(cls):
+            kinds.add(cls.kind)
+    return kinds

@@ -16,6 +16,13 @@ escalation, memory sample, respawn backoff). Nothing polls at a fixed interval; 
 Every job moves ``pending -> busy -> answered`` exactly once: ``_finish`` is the only place that calls
 ``on_answer``, and it refuses a job that is already answered (a result that races a kill is dropped).
 
+A worker runs user code, which can write to the worker's socket: a frame out of protocol (a kind only the
+template sends, an answer for a job it does not run, a bad length or body) ends that worker only, its job
+answered ``worker_died`` naming what it sent (``_on_broken``). If the template dies, the jobs running go
+on in its orphaned workers, watched through their pidfds, and are answered; those workers then retire and
+a new template forks their replacements (``_on_template_died``). Only a death after the template's comes
+without a wait status, and its answer says so.
+
 The pieces it drives live beside it: ``options`` (what the pool is), ``jobs`` (what goes in and out),
 ``dispatch`` (queued jobs, idle workers and the hand-over, shared with submitting threads), ``crew``
 (the template and the worker processes), ``slot`` (one worker and the I/O on its pipes),
@@ -25,16 +32,14 @@ The pieces it drives live beside it: ``options`` (what the pool is), ``jobs`` (w
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from cmworker.errors import (
@@ -49,8 +54,9 @@ from cmworker.errors import (
 from cmworker.pool import processes
 from cmworker.pool.crew import Crew
 from cmworker.pool.dispatch import Dispatcher
-from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem
+from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem, print_line
 from cmworker.pool.messages import (
+    MAX_BODY,
     Chunk,
     Exited,
     Failure,
@@ -58,7 +64,6 @@ from cmworker.pool.messages import (
     Ready,
     Result,
     Run,
-    Spawned,
     StreamEnd,
     TemplateFailed,
     TemplateReady,
@@ -66,7 +71,7 @@ from cmworker.pool.messages import (
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.processes import Exit
 from cmworker.pool.slot import Slot as _Slot
-from cmworker.pool.timers import Doorbell, Timer
+from cmworker.pool.timers import Doorbell, Timer, Timers
 from cmworker.units import describe_size, format_duration, format_size
 
 __all__ = ["Answer", "Job", "OutputLine", "Pool", "PoolOptions", "StreamItem"]
@@ -81,13 +86,6 @@ _ASSUMED_GROWTH = 16 * 2**30
 _SAMPLE_MIN, _SAMPLE_MAX = 0.002, 0.1
 # Crash-loop breaker: this many fresh workers dying in a row before taking a job stops respawning.
 _MAX_STARTUP_FAILURES = 5
-
-
-def _default_output(line: OutputLine) -> None:
-    stream = sys.stdout if line.stream == "stdout" else sys.stderr
-    with contextlib.suppress(Exception):
-        stream.write(line.text + "\n")
-        stream.flush()
 
 
 class Pool:
@@ -112,7 +110,7 @@ class Pool:
         self.options = options
         self.on_answer = on_answer
         self.on_stream = on_stream
-        self.on_output = on_output or _default_output
+        self.on_output = on_output or print_line
         self.on_state_change = on_state_change or (lambda: None)
         self.on_start = on_start
         self.clock = clock
@@ -125,14 +123,17 @@ class Pool:
         self._answers: collections.deque[Answer] = collections.deque()
         self._ready = threading.Event()
         self._bell = Doorbell()
+        # One lock for the queue, the idle workers and the timers: a submitting thread may start a job.
+        self._lock = threading.Condition()
+        self._timers = Timers(self._lock, clock)
+        self._after = self._timers.after
         self._crew = Crew(options, self._selector, clock, self._after,
-                          on_message=lambda message: self._handle(None, message),
+                          on_message=self._on_control_message,
                           on_output=lambda line: self._call(self.on_output, line),
                           on_template_exit=self._on_template_died)
         self._slots = self._crew.slots
-        self._desk = Dispatcher(options, self._slots, clock, arm=self._arm, send=self._send_run, wake=self._bell.ring)
-        # The desk's lock guards the queue, the idle workers, and the timers with them.
-        self._lock, self._timers = self._desk.lock, self._desk.timers
+        self._desk = Dispatcher(options, self._slots, self._lock, clock, arm=self._arm, send=self._send_run,
+                                wake=self._bell.ring)
         self._unhealthy: PoolUnhealthy | None = None
         self._load_error: AppLoadError | None = None
         self._stop_deadline: float | None = None
@@ -210,8 +211,7 @@ class Pool:
 
     def pending_timers(self) -> list[Timer]:
         """The timers in the pool's heap now, cancelled ones not yet dropped included."""
-        with self._lock:
-            return self._timers.pending()
+        return self._timers.pending()
 
     def close(self, grace: float = 0.0, wait: bool = True) -> None:
         """Stop: let running jobs finish for up to ``grace`` seconds, then kill them and answer ``shutdown``.
@@ -253,7 +253,7 @@ class Pool:
             while not self._finished():
                 self.turns += 1
                 self._wait_for_events()
-                self._fire_timers()
+                self._timers.fire_due()
                 self._desk.dispatch()
                 for slot in self._slots.values():
                     slot.watch_writes()
@@ -288,63 +288,60 @@ class Pool:
         return self._desk.stopping and not any(s.state == "busy" for s in self._slots.values()) \
             and not self._desk.pending and self._stop_deadline is not None
 
-    # -- timers ---------------------------------------------------------------------------------
-
-    def _after(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
-        with self._lock:
-            return self._timers.push(self.clock() + delay, callback, args)
-
-    def _cancel_timers(self, timers: Iterable[Timer]) -> None:
-        with self._lock:
-            self._timers.cancel(timers)
-
-    def _fire_timers(self) -> None:
-        now = self.clock()
-        with self._lock:
-            due = self._timers.pop_due(now)
-        for timer in due:
-            if not timer.cancelled:
-                timer.callback(*timer.args)
-
     # -- the template ---------------------------------------------------------------------------
 
     def _on_template_died(self, status: int, was_starting: bool) -> None:
+        """The template is gone. Its workers live on, re-parented: the jobs they run finish and are
+        answered (their deadlines and memory watch still hold); idle ones retire; a new template is
+        started for the jobs after. Only a worker that cannot be watched without the template (no pidfd,
+        or still starting) is killed, and its job answered ``worker_died``."""
         if self._desk.stopping:
             return
         if was_starting and self._load_error is None:
             self._load_error = AppLoadError(f"the app crashed while it was being imported (exit status {status})")
             self._ready.set()
             return
-        # Workers are the template's children; without it their deaths cannot be classified.
+        log.error("the worker template process died (exit status %s); the jobs running go on, and a new "
+                  "template is started", status)
         for slot in list(self._slots.values()):
-            if slot.state != "dead":
+            if not self._crew.watch_orphan(slot, self._on_worker_gone):
                 self._kill_slot(slot, signal.SIGKILL)
                 self._end_slot(slot, WorkerDied(
                     f"cmworker's worker template process died (exit status {status}), taking this job's "
                     "worker with it", pid=slot.pid))
+            elif self._desk.remove_idle(slot):
+                self._crew.retire(slot)
         self._startup_failed(f"the worker template process died with exit status {status}")
+
+    def _on_broken(self, slot: _Slot, what: str) -> None:
+        """The worker sent something out of protocol: user code wrote to its socket. End that worker only."""
+        log.warning("worker %s broke cmworker's protocol: it sent %s; it is killed", slot.pid, what)
+        self._desk.remove_idle(slot)
+        if slot.job is not None:
+            self._fail(slot, WorkerDied(
+                f"the worker running function {slot.job.function!r} broke cmworker's protocol and was "
+                f"killed: it sent {what}", pid=slot.pid, protocol_error=what, output="\n".join(slot.output.last)))
+        self._kill_job(slot, "protocol", signal.SIGKILL)
 
     # -- messages -------------------------------------------------------------------------------
 
-    def _handle(self, slot: _Slot | None, message: Message) -> None:
-        """Every message from a worker or the template is dispatched here, by type."""
+    def _on_worker_message(self, slot: _Slot, message: Message) -> None:
+        """A message from a worker, in protocol (``Slot.fault`` has checked it)."""
         if isinstance(message, Result | Failure | StreamEnd):
-            assert slot is not None
             self._on_answered(slot, message)
         elif isinstance(message, Chunk):
             self._on_chunk(slot, message)
         elif isinstance(message, Ready):
             self._on_ready(slot, message)
-        elif isinstance(message, Spawned):
-            self._crew.learn_pid(self._crew.find(message.slot), message.pid)
-        elif isinstance(message, Exited):
+
+    def _on_control_message(self, message: Message) -> None:
+        """A message from the template (only its kinds pass ``TemplateLink``; ``Spawned`` stays in the crew)."""
+        if isinstance(message, Exited):
             self._on_exited(message)
         elif isinstance(message, TemplateReady):
             self._on_template_ready(message)
         elif isinstance(message, TemplateFailed):
             self._on_template_failed(message)
-        else:
-            log.error("unexpected message %r", message)
 
     def _on_template_ready(self, message: TemplateReady) -> None:
         self._crew.template.state = "ready"
@@ -358,8 +355,7 @@ class Pool:
         self._desk.stall()
         self._ready.set()
 
-    def _on_ready(self, slot: _Slot | None, message: Ready) -> None:
-        assert slot is not None
+    def _on_ready(self, slot: _Slot, message: Ready) -> None:
         self._crew.learn_pid(slot, message.pid)
         if slot.state != "starting":
             return
@@ -374,26 +370,34 @@ class Pool:
         self._finish(slot, body, kind, cpu=message.cpu, from_worker=True)
         self._job_done(slot)
 
-    def _on_chunk(self, slot: _Slot | None, message: Chunk) -> None:
-        assert slot is not None
+    def _on_chunk(self, slot: _Slot, message: Chunk) -> None:
         if slot.job is not None and not slot.answered and self.on_stream is not None:
             slot.streamed = True
             self._call(self.on_stream, StreamItem(slot.job, bytes(message.body)))
 
     def _on_exited(self, message: Exited) -> None:
         slot = self._crew.forget(message.pid)
-        if slot is None:
-            return
+        if slot is not None:
+            slot.exit = Exit.from_status(message.pid, message.status, message.max_rss, message.cpu)
+            self._on_worker_gone(slot)
+
+    def _on_worker_gone(self, slot: _Slot) -> None:
+        """A worker exited: reported by its template with the wait status (``slot.exit``), or seen through
+        its pidfd once the template had died (no status then)."""
         if self._desk.remove_idle(slot):  # an idle worker that died must not be handed a job any more
             slot.state = "exited"
-        slot.exit = Exit.from_status(message.pid, message.status, message.max_rss, message.cpu)
         # The worker may have answered just before dying: read what it sent before judging it.
         slot.drain()
-        if slot.state == "starting":
+        if slot.state == "starting" and slot.exit is not None:
             self._end_slot(slot, None)
             self._startup_failed(f"a new worker {slot.exit.describe()} before taking a job" + slot.last_lines())
             return
-        error = None if slot.answered else self._death_error(slot, slot.exit)
+        error = None
+        if slot.job is not None and not slot.answered:
+            error = self._death_error(slot, slot.exit) if slot.exit is not None else WorkerDied(
+                f"the worker running function {slot.job.function!r} ended without answering after cmworker's "
+                "worker template had died, so its exit status is unknown", pid=slot.pid,
+                output="\n".join(slot.output.last))
         self._end_slot(slot, error)
 
     # -- dispatch and answers -------------------------------------------------------------------
@@ -419,7 +423,9 @@ class Pool:
         if self.on_start is not None:  # from here on it can no longer be withdrawn
             self._call(self.on_start, job)
         lim = job.limits
-        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, lim.max_result_size or 0))
+        slot.sent += 1
+        result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # over it, a frame breaks the protocol
+        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent))
 
     def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
@@ -437,7 +443,7 @@ class Pool:
             slot.drain_output()
         else:
             slot.emit(())  # only the count of lines the flood limit dropped, if any
-        self._cancel_timers(slot.timers)
+        self._timers.cancel(slot.timers)
         slot.timers.clear()
         now = self.clock()
         self._answers.append(Answer(job, body, kind, error, slot.streamed, slot.pid,
@@ -465,8 +471,8 @@ class Pool:
         if self._desk.start_next(slot):  # already in the worker's socket: it is running from now on
             return
         recycle = self.options.max_jobs_per_worker
-        if recycle and slot.jobs_done >= recycle:
-            self._retire(slot)
+        if slot.orphan or (recycle and slot.jobs_done >= recycle):
+            self._crew.retire(slot)
         else:
             self._desk.make_idle(slot)
 
@@ -545,12 +551,7 @@ class Pool:
         """Keep ``size`` live workers, unless stopping or unhealthy."""
         if self._desk.stopping or self._unhealthy is not None or self._load_error is not None:
             return
-        self._crew.maintain(self._handle, lambda line: self._call(self.on_output, line))
-
-    def _retire(self, slot: _Slot) -> None:
-        """Recycle a worker: closing its socket makes it exit; a replacement is spawned at once."""
-        slot.state = "retiring"
-        slot.close_socket()
+        self._crew.maintain(self._on_worker_message, self._on_broken, lambda line: self._call(self.on_output, line))
 
     def _end_slot(self, slot: _Slot, error: JobError | None) -> None:
         """The worker is gone: answer its job if still owed, release its fds, count a respawn."""

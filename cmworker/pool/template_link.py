@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import selectors
 import socket
@@ -19,9 +20,19 @@ import sys
 from collections.abc import Callable
 
 from cmworker.pool.jobs import OutputLine
-from cmworker.pool.messages import MAX_CONTROL_MESSAGE, Message, Spawn, pack_packet, unpack_packet
+from cmworker.pool.messages import (
+    MAX_CONTROL_MESSAGE,
+    TEMPLATE_MESSAGES,
+    Message,
+    ProtocolError,
+    Spawn,
+    pack_packet,
+    unpack_packet,
+)
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.output import LineReader
+
+log = logging.getLogger("cmworker.supervisor")
 
 
 class TemplateLink:
@@ -106,7 +117,15 @@ class TemplateLink:
             if not packet:
                 self._lost()
                 return
-            self.on_message(unpack_packet(packet))
+            try:
+                message = unpack_packet(packet, TEMPLATE_MESSAGES, "the template")
+            except ProtocolError as exc:
+                # The template has imported user code; one that sends nonsense is replaced, not believed.
+                log.error("the worker template sent %s; it is killed and replaced", exc)
+                assert self.process is not None
+                self.process.kill()
+                continue
+            self.on_message(message)
 
     def _lost(self) -> None:
         assert self.control is not None and self.process is not None

@@ -1,8 +1,9 @@
 """What wakes the supervisor loop: its timers, and a doorbell for other threads.
 
 Job deadlines, kill escalations, memory samples and respawn backoff are all timers in one heap; the loop
-sleeps in ``select`` until the earliest, or until a submitting thread rings the bell. ``Timers`` is not
-thread-safe: the pool guards it with its lock.
+sleeps in ``select`` until the earliest, or until a submitting thread rings the bell. A submitting thread
+that starts a job arms its timers itself, so the heap is guarded by a lock: the pool's, which guards its
+queue too (a reentrant one, taken again here by a caller that holds it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,48 +39,60 @@ def _never(*args: Any) -> None:
 
 
 class Timers:
-    """A heap of ``Timer``s by due time."""
+    """A heap of ``Timer``s by due time, guarded by ``lock``."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: threading.Condition, clock: Callable[[], float]) -> None:
+        self.lock, self.clock = lock, clock
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled = 0  # cancelled entries still in the heap
 
+    def after(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
+        return self.push(self.clock() + delay, callback, args)
+
     def push(self, when: float, callback: Callable[..., None], args: tuple[Any, ...]) -> Timer:
         timer = Timer(when, callback, args)
-        heapq.heappush(self._heap, (when, next(self._seq), timer))
+        with self.lock:
+            heapq.heappush(self._heap, (when, next(self._seq), timer))
         return timer
 
     def cancel(self, timers: Iterable[Timer]) -> None:
         """Cancel; once most of the heap is cancelled entries, rebuild it without them (it would
         otherwise grow by a job's timers until their deadlines pass)."""
-        for timer in timers:
-            if not timer.cancelled:
-                timer.cancel()
-                self._cancelled += 1
-        if self._cancelled > _REBUILD_AFTER and self._cancelled * 2 > len(self._heap):
-            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
-            self._cancelled = 0
+        with self.lock:
+            for timer in timers:
+                if not timer.cancelled:
+                    timer.cancel()
+                    self._cancelled += 1
+            if self._cancelled > _REBUILD_AFTER and self._cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     @property
     def next_when(self) -> float:
         """When the earliest timer is due (``inf`` when there is none)."""
-        return self._heap[0][0] if self._heap else float("inf")
+        with self.lock:
+            return self._heap[0][0] if self._heap else float("inf")
 
-    def pop_due(self, now: float) -> list[Timer]:
-        """Take the timers due by ``now`` off the heap, earliest first (cancelled ones included)."""
+    def fire_due(self) -> None:
+        """Run the callbacks of the timers due now (outside the lock), earliest first."""
+        now = self.clock()
         due = []
-        while self._heap and self._heap[0][0] <= now:
-            timer = heapq.heappop(self._heap)[2]
-            if timer.cancelled:
-                self._cancelled = max(0, self._cancelled - 1)
-            due.append(timer)
-        return due
+        with self.lock:
+            while self._heap and self._heap[0][0] <= now:
+                timer = heapq.heappop(self._heap)[2]
+                if timer.cancelled:
+                    self._cancelled = max(0, self._cancelled - 1)
+                due.append(timer)
+        for timer in due:
+            if not timer.cancelled:
+                timer.callback(*timer.args)
 
     def pending(self) -> list[Timer]:
         """Every timer still in the heap, cancelled ones that are yet to be dropped included."""
-        return [entry[2] for entry in self._heap]
+        with self.lock:
+            return [entry[2] for entry in self._heap]
 
 
 class Doorbell:
