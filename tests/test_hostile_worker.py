@@ -226,6 +226,22 @@ def test_a_job_that_kills_its_own_template_is_answered() -> None:
         assert_pool_serves_again(h)
 
 
+def test_a_replacement_template_that_cannot_start_makes_the_pool_unhealthy_not_silent(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app imported once, then every replacement template dies importing it: the job running on an
+    orphan is still answered, and a job queued behind is answered too, instead of waiting forever."""
+    monkeypatch.setenv("CMWORKER_TEST_IMPORTED", str(tmp_path / "imported"))
+    with running_pool("imports_once.py", workers=1) as h:
+        running = h.submit("nap", {"sleep": 1.0})
+        h.wait_sent(running)
+        kill_template(h)
+        queued = h.submit("nap", {"sleep": 0.0})
+        assert h.wait(running).kind == "ok"
+        answer = h.wait(queued)
+        assert answer.kind == "worker_died" and "template" in h.payload(answer)["error"]
+        assert h.pool.unhealthy is not None
+
+
 def test_no_orphaned_worker_outlives_a_pool_closed_meanwhile() -> None:
     with running_pool("hostile.py") as h:
         job = start_neighbour(h, 30.0)

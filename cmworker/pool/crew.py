@@ -93,6 +93,8 @@ class Crew:
     def watch_orphan(self, slot: Slot, on_exit: Callable[[Slot], None]) -> bool:
         """The template died: watch this worker's own exit instead; False for one that cannot be watched
         (still starting, or no pidfd)."""
+        if slot.orphan:  # of an earlier template, watched already
+            return True
         if slot.state == "starting" or not slot.watch_exit(on_exit):
             return False
         slot.orphan = True

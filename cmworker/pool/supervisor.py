@@ -295,9 +295,9 @@ class Pool:
         answered (their deadlines and memory watch still hold); idle ones retire; a new template is
         started for the jobs after. Only a worker that cannot be watched without the template (no pidfd,
         or still starting) is killed, and its job answered ``worker_died``."""
-        if self._desk.stopping:
+        if self._desk.stopping or self._load_error is not None:  # the latter: TemplateFailed said why
             return
-        if was_starting and self._load_error is None:
+        if was_starting and not self._ready.is_set():  # the pool's first template: the app cannot load
             self._load_error = AppLoadError(f"the app crashed while it was being imported (exit status {status})")
             self._ready.set()
             return
