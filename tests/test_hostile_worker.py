@@ -16,6 +16,7 @@ import signal
 import struct
 from typing import Any
 
+import psutil
 import pytest
 
 from cmworker.pool import messages as m
@@ -240,6 +241,18 @@ def test_a_replacement_template_that_cannot_start_makes_the_pool_unhealthy_not_s
         answer = h.wait(queued)
         assert answer.kind == "worker_died" and "template" in h.payload(answer)["error"]
         assert h.pool.unhealthy is not None
+
+
+def test_a_worker_replaced_leaves_no_fd_behind_in_the_parent() -> None:
+    """Each worker costs the parent a socket, two pipes and a pidfd: all go with the worker."""
+    with running_pool("hostile.py", workers=1, max_jobs_per_worker=1) as h:
+        h.run("pid")
+        h.wait_full_strength()
+        before = psutil.Process().num_fds()
+        for _ in range(30):
+            assert h.run("pid").kind == "ok"
+        h.wait_full_strength()
+        assert psutil.Process().num_fds() <= before
 
 
 def test_no_orphaned_worker_outlives_a_pool_closed_meanwhile() -> None:
