@@ -110,6 +110,9 @@ class Slot:
         Returns True when an outbox was started, so the caller wakes the loop (which owns the selector).
         """
         parts = frame(message)
+        if self.outbox:  # behind a message still being sent: never into the middle of it
+            self.outbox.append(memoryview(b"".join(bytes(p) for p in parts)))
+            return True
         try:
             sent = self.sock.sendmsg(parts)
         except BlockingIOError:
