@@ -424,7 +424,7 @@ class Pool:
             self._call(self.on_start, job)
         lim = job.limits
         slot.sent += 1
-        result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # over it, a frame breaks the protocol
+        result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # a bigger one: result_too_large
         return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent))
 
     def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
