@@ -336,8 +336,7 @@ class Executor(concurrent.futures.Executor):
         self._limits = _limits(timeout, soft_timeout, memory_limit)
         modules = [preload] if isinstance(preload, str) else list(preload)
         self._calls = calls = _Calls()
-        # worker_nice=0: these workers are the caller's own computation on a shared machine; lowering them
-        # would make them yield to every other program on it.
+        # worker_nice=0: they run the caller's own computation; lowered, they would yield to every other program.
         options = PoolOptions(workers, preload=modules, max_jobs_per_worker=recycle, worker_nice=0, prefetch=True)
         pool = Pool(options, on_answer=calls.on_answer, on_state_change=calls.on_state_change, on_start=calls.on_start)
         calls.pool = pool
