@@ -185,6 +185,19 @@ def test_jobs_running_when_the_template_is_killed_finish_and_are_answered() -> N
         assert not set(h.pool.worker_pids()) & workers
 
 
+def test_a_job_prefetched_to_an_orphaned_worker_runs_there_and_is_answered() -> None:
+    with running_pool("hostile.py", workers=1, prefetch=True) as h:
+        first = start_neighbour(h, 1.0, 1)
+        second = h.submit("neighbour", {"sleep": 0.0, "n": 2})
+        h.wait_sent(second)  # already in the worker's socket
+        worker = h.pool.worker_pids()[0]
+        kill_template(h)
+        assert assert_neighbour_answered(h, first, 1).pid == worker
+        assert assert_neighbour_answered(h, second, 2).pid == worker
+        wait_gone({worker})
+        assert_pool_serves_again(h)
+
+
 def test_idle_workers_of_a_dead_template_are_replaced() -> None:
     with running_pool("hostile.py") as h:
         h.wait_full_strength()
