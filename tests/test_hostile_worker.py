@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import subprocess
 from typing import Any
 
 import psutil
 import pytest
 
+from cmworker.errors import PoolUnhealthy
 from cmworker.pool import messages as m
 from tests.pool_harness import Harness, running_pool, wait_gone
 
@@ -72,6 +74,33 @@ def test_a_frame_out_of_protocol_ends_only_the_worker_that_sent_it(attack: str, 
         assert payload["pid"] == answer.pid
         wait_gone({answer.pid})
         assert assert_neighbour_answered(h, neighbour).pid != answer.pid
+        assert_pool_serves_again(h)
+
+
+def test_a_ready_message_forged_at_fork_names_no_process_the_pool_would_kill(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's pid comes from the template only: a fork hook of the app that forges a Ready naming
+    another process gets its workers killed as they start (until the crash-loop breaker stops it), and
+    that other process is never signalled."""
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        monkeypatch.setenv("CMWORKER_TEST_VICTIM", str(victim.pid))
+        with pytest.raises(PoolUnhealthy, match="broke cmworker's protocol"), running_pool("forges_ready.py"):
+            pass
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_an_exited_message_forged_at_fork_on_the_control_socket_fails_no_job() -> None:
+    """A fork hook of the app runs in each new worker while it still holds the template's control socket:
+    what it sends there does not come from the template, and is dropped."""
+    with running_pool("forges_exited_at_fork.py") as h:
+        neighbour = start_neighbour(h, 1.5)
+        assert h.run("exit_now").kind == "worker_died"  # its replacement's fork hook forges the Exited
+        h.wait_full_strength()
+        assert_neighbour_answered(h, neighbour)
         assert_pool_serves_again(h)
 
 

@@ -41,8 +41,7 @@ class Crew:
         self.selector = selector
         self.clock = clock
         self.after = after
-        self.template = TemplateLink(options, selector, self._on_control, on_output, on_template_exit)
-        self._on_message = on_message
+        self.template = TemplateLink(options, selector, on_message, on_output, on_template_exit)
         self.slots: dict[int, Slot] = {}
         self.startup_failures = 0  # fresh workers that died in a row before taking a job
         self._by_pid: dict[int, Slot] = {}
@@ -76,19 +75,16 @@ class Crew:
             except OSError:  # the template just died: reading its death, next, ends this slot
                 return
 
-    def _on_control(self, message: Message) -> None:
-        if isinstance(message, Spawned):
-            self.learn_pid(self.slots.get(message.slot), message.pid)
-        else:
-            self._on_message(message)
-
-    def learn_pid(self, slot: Slot | None, pid: int) -> None:
-        """The worker's pid, from the template (``Spawned``) or the worker itself (``Ready``)."""
+    def spawned(self, message: Spawned) -> Slot | None:
+        """The template forked the worker of a slot: its pid, which only the template may tell (a pid
+        from the worker itself could name any process, and the pool kills a worker's process group)."""
+        slot = self.slots.get(message.slot)
         if slot is not None and slot.pid is None:
-            slot.pid = pid
-            self._by_pid[pid] = slot
+            slot.pid = message.pid
+            self._by_pid[message.pid] = slot
             with contextlib.suppress(AttributeError, OSError):  # no pidfds before Linux 5.3
-                slot.pidfd = os.pidfd_open(pid)
+                slot.pidfd = os.pidfd_open(message.pid)
+        return slot
 
     def watch_orphan(self, slot: Slot, on_exit: Callable[[Slot], None]) -> bool:
         """The template died: watch this worker's own exit instead; False for one that cannot be watched

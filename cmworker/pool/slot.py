@@ -73,6 +73,8 @@ class Slot:
     sent: int = 0     # ... is the n-th sent to it (Runs are numbered as they are sent)
     pidfd: int | None = None  # the worker's pidfd, to see it end once no template reports it
     orphan: bool = False      # its template died: it finishes what it was sent, then retires
+    announced: bool = False   # it sent Ready (its pid comes from the template only: ``Spawned``)
+    broke: str | None = None  # what it sent out of protocol, if it did
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     writing: bool = False
     timers: list[Timer] = field(default_factory=list)
@@ -173,7 +175,11 @@ class Slot:
         """What is out of protocol in ``message`` from this worker now, in a few words; None if nothing."""
         name = type(message).__name__
         if isinstance(message, Ready):
-            return None if self.state == "starting" else "a Ready message after it had started"
+            if self.state != "starting" or self.announced:
+                return "a Ready message after it had started"
+            if self.pid is not None and message.pid != self.pid:
+                return f"a Ready message naming pid {message.pid}, not its own"
+            return None
         if not isinstance(message, Result | Failure | Chunk | StreamEnd):
             return f"a {name} message"
         if self.job is None:

@@ -64,6 +64,7 @@ from cmworker.pool.messages import (
     Ready,
     Result,
     Run,
+    Spawned,
     StreamEnd,
     TemplateFailed,
     TemplateReady,
@@ -316,6 +317,10 @@ class Pool:
     def _on_broken(self, slot: _Slot, what: str) -> None:
         """The worker sent something out of protocol: user code wrote to its socket. End that worker only."""
         log.warning("worker %s broke cmworker's protocol: it sent %s; it is killed", slot.pid, what)
+        slot.broke = what
+        if slot.state == "starting":  # its death counts toward the crash-loop breaker
+            self._kill_slot(slot, signal.SIGKILL)
+            return
         self._desk.remove_idle(slot)
         if slot.job is not None:
             self._fail(slot, WorkerDied(
@@ -332,12 +337,17 @@ class Pool:
         elif isinstance(message, Chunk):
             self._on_chunk(slot, message)
         elif isinstance(message, Ready):
-            self._on_ready(slot, message)
+            slot.announced = True
+            self._on_started(slot)
 
     def _on_control_message(self, message: Message) -> None:
-        """A message from the template (only its kinds pass ``TemplateLink``; ``Spawned`` stays in the crew)."""
+        """A message from the template (only its kinds pass ``TemplateLink``)."""
         if isinstance(message, Exited):
             self._on_exited(message)
+        elif isinstance(message, Spawned):
+            slot = self._crew.spawned(message)
+            if slot is not None:
+                self._on_started(slot)
         elif isinstance(message, TemplateReady):
             self._on_template_ready(message)
         elif isinstance(message, TemplateFailed):
@@ -355,9 +365,9 @@ class Pool:
         self._desk.stall()
         self._ready.set()
 
-    def _on_ready(self, slot: _Slot, message: Ready) -> None:
-        self._crew.learn_pid(slot, message.pid)
-        if slot.state != "starting":
+    def _on_started(self, slot: _Slot) -> None:
+        """A new worker is idle once it said Ready and the template told its pid (in either order)."""
+        if slot.state != "starting" or not slot.announced or slot.pid is None:
             return
         self._crew.started()
         self._desk.make_idle(slot)
@@ -390,7 +400,8 @@ class Pool:
         slot.drain()
         if slot.state == "starting" and slot.exit is not None:
             self._end_slot(slot, None)
-            self._startup_failed(f"a new worker {slot.exit.describe()} before taking a job" + slot.last_lines())
+            how = f"broke cmworker's protocol (it sent {slot.broke})" if slot.broke else slot.exit.describe()
+            self._startup_failed(f"a new worker {how} before taking a job" + slot.last_lines())
             return
         error = None
         if slot.job is not None and not slot.answered:

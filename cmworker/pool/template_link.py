@@ -5,6 +5,10 @@ pool's options. From then on the pool talks to it over one SOCK_SEQPACKET contro
 (with the new worker's fds) goes out; ``TemplateReady``, ``TemplateFailed``, ``Spawned`` and
 ``Exited`` come back. What the template prints (the app's import-time output) is passed on as output
 lines. When the control socket ends, the template is gone: its exit status is read and reported.
+
+Only the template may speak on the control socket, but a new worker holds it too for a moment after
+its fork (until it closes it), and the app's fork hooks run in that moment. So the kernel is asked to
+tell each packet's sender (``SO_PASSCRED``): a packet from any process but the template is dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +38,9 @@ from cmworker.pool.options import PoolOptions
 from cmworker.pool.output import LineReader
 
 log = logging.getLogger("cmworker.supervisor")
+
+_UCRED = struct.Struct("3i")  # what SCM_CREDENTIALS carries: pid, uid, gid
+_PASSCRED = hasattr(socket, "SO_PASSCRED") and hasattr(socket, "SCM_CREDENTIALS")
 
 
 class TemplateLink:
@@ -61,6 +69,8 @@ class TemplateLink:
 
     def start(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if _PASSCRED:
+            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         sys_path = json.dumps([p or os.getcwd() for p in sys.path])
         self.process = subprocess.Popen(
             [self.options.python, "-m", "cmworker.pool.template", str(child_end.fileno()), sys_path,
@@ -106,26 +116,40 @@ class TemplateLink:
                 pipe.close()
 
     def _on_control(self, mask: int) -> None:
-        assert self.control is not None
+        assert self.control is not None and self.process is not None
         while True:
             try:
-                packet = self.control.recv(MAX_CONTROL_MESSAGE)
+                packet, sender = self._receive(self.control)
             except BlockingIOError:
                 return
             except OSError:
-                packet = b""
+                packet, sender = b"", None
             if not packet:
                 self._lost()
                 return
+            if sender is not None and sender != self.process.pid:
+                log.warning("a packet from pid %s on the worker template's control socket was dropped: only "
+                            "the template may send there", sender)
+                continue
             try:
                 message = unpack_packet(packet, TEMPLATE_MESSAGES, "the template")
             except ProtocolError as exc:
                 # The template has imported user code; one that sends nonsense is replaced, not believed.
                 log.error("the worker template sent %s; it is killed and replaced", exc)
-                assert self.process is not None
                 self.process.kill()
                 continue
             self.on_message(message)
+
+    @staticmethod
+    def _receive(control: socket.socket) -> tuple[bytes, int | None]:
+        """One packet, and the pid of the process that sent it as the kernel tells it (None: not told)."""
+        if not _PASSCRED:
+            return control.recv(MAX_CONTROL_MESSAGE), None
+        packet, ancillary, _flags, _address = control.recvmsg(MAX_CONTROL_MESSAGE, socket.CMSG_SPACE(_UCRED.size))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+                return packet, _UCRED.unpack_from(data)[0]
+        return packet, None
 
     def _lost(self) -> None:
         assert self.control is not None and self.process is not None
