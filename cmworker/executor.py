@@ -46,8 +46,10 @@ from typing import Any, Final, ParamSpec, TypeVar
 from cmworker.errors import PoolUnhealthy, RemoteException, ResultNotSerializable
 from cmworker.limits import JobLimits
 from cmworker.pool import pickled
+from cmworker.pool.jobs import Answer, Job
 from cmworker.pool.messages import MODE_PICKLE
-from cmworker.pool.supervisor import Answer, Job, Pool
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.supervisor import Pool
 from cmworker.units import format_duration, parse_duration, parse_size
 
 __all__ = ["Executor"]
@@ -338,8 +340,9 @@ class Executor(concurrent.futures.Executor):
         self._limits = _limits(timeout, soft_timeout, memory_limit)
         modules = [preload] if isinstance(preload, str) else list(preload)
         self._calls = calls = _Calls()
-        pool = Pool(None, workers=workers, on_answer=calls.on_answer, on_state_change=calls.on_state_change,
-                    on_start=calls.on_start, preload=modules, max_jobs_per_worker=recycle, prefetch=True)
+        # worker_nice=0: they run the caller's own computation; lowered, they would yield to every other program.
+        options = PoolOptions(workers, preload=modules, max_jobs_per_worker=recycle, worker_nice=0, prefetch=True)
+        pool = Pool(options, on_answer=calls.on_answer, on_state_change=calls.on_state_change, on_start=calls.on_start)
         calls.pool = pool
         pool.start()  # raises AppLoadError when a preload module cannot be imported
         self._max_workers = workers
@@ -415,6 +418,23 @@ class Executor(concurrent.futures.Executor):
         """Stop taking calls. ``wait``: return once everything submitted has been answered and every
         worker is gone. ``cancel_futures``: cancel what is still queued (running calls finish)."""
         self._calls.shutdown(wait, cancel_futures)
+
+    @property
+    def available(self) -> int:
+        """Idle workers minus calls waiting in the queue: negative while calls wait for a worker."""
+        pool = self._calls.pool
+        return 0 if pool is None else pool.available
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now."""
+        pool = self._calls.pool
+        return [] if pool is None else pool.worker_pids()
+
+    @property
+    def template_pid(self) -> int | None:
+        """The pid of the process the workers are forked from (the executor's child)."""
+        pool = self._calls.pool
+        return None if pool is None else pool.template_pid
 
     def __repr__(self) -> str:
         pool = self._calls.pool
@@ -497,8 +517,9 @@ def _limits(timeout: float | str | None, soft_timeout: float | str | None,
         # rejects the same pair).
         raise ValueError(f"soft_timeout ({format_duration(soft)}) must be less than timeout "
                          f"({format_duration(hard)}): JobTimeout is raised inside the call before the kill")
-    # max_result_size=0: no cap on results, as concurrent.futures has none (the compute-module path's
-    # 32 MiB default is a runtime constraint, not a local one).
+    # max_result_size=0: no cap of the executor's own, as concurrent.futures has none (the compute-module
+    # path's 32 MiB default is a runtime constraint, not a local one); only the pool's frame limit
+    # applies (pool.messages.MAX_BODY, 1 GiB less a little).
     return JobLimits(timeout=hard, soft_timeout=soft, memory_limit=_size("memory_limit", memory_limit),
                      max_result_size=0)
 

@@ -248,6 +248,19 @@ class Setting(Generic[T]):
         """The key inside its table."""
         return self.key.rpartition(".")[2]
 
+    @property
+    def fixed_default(self) -> T:
+        """The typed default of a setting whose default does not depend on the environment.
+
+        For code that needs this setting's default outside ``Config`` (the pool's options), so that the
+        number is written once, here. ``ValueError`` for a setting such as ``workers`` whose default is
+        read from the environment.
+        """
+        raw, source, is_text = self.default({})
+        if source != DEFAULT or is_text:
+            raise ValueError(f"the default of {self.key} depends on the environment")
+        return self.validate(raw)
+
     def value_in(self, config: object) -> T:
         """This setting's value in ``config`` (a ``cmworker.config.Config``, which this module cannot name
         without importing it: config imports the declaration, never the other way)."""

@@ -15,14 +15,16 @@ from typing import Any
 import psutil
 
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool, StreamItem
+from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.supervisor import Pool
 
 APPS = os.path.join(os.path.dirname(__file__), "apps")
 WAIT = 30.0  # no single wait in a test may take longer than this
 
 
 class Harness:
-    def __init__(self, pool_kwargs: dict[str, Any]) -> None:
+    def __init__(self, options: PoolOptions) -> None:
         self.answers: dict[str, list[Answer]] = {}
         self.items: dict[str, list[bytes]] = {}
         self.output: list[OutputLine] = []
@@ -30,8 +32,8 @@ class Harness:
         self.cond = threading.Condition()
         self.ids = iter(range(10**9))
         self.started: list[str] = []  # job ids in the order they were sent to a worker
-        self.pool = Pool(on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
-                         on_start=self._on_start, **pool_kwargs)
+        self.pool = Pool(options, on_answer=self._on_answer, on_stream=self._on_stream, on_output=self._on_output,
+                         on_start=self._on_start)
 
     def _on_start(self, job: Job) -> None:
         with self.cond:
@@ -122,10 +124,15 @@ def wait_gone(pids: set[int], timeout: float = WAIT) -> None:
 
 @contextmanager
 def running_pool(app: str = "misbehave.py", **kwargs: Any) -> Iterator[Harness]:
-    """A started pool over ``tests/apps/<app>``; on exit it is closed and no process may remain."""
+    """A started pool over ``tests/apps/<app>``; on exit it is closed and no process may remain.
+
+    ``kwargs`` are ``PoolOptions``. Its workers run at the test's own priority unless ``worker_nice`` says
+    otherwise: the tests share the machine, and nice-19 workers would wait behind every other program.
+    """
     before = descendants()
     kwargs.setdefault("workers", 2)
-    harness = Harness({"app": os.path.join(APPS, app), **kwargs})
+    kwargs.setdefault("worker_nice", 0)
+    harness = Harness(PoolOptions(app=os.path.join(APPS, app), **kwargs))
     harness.pool.start()
     try:
         yield harness

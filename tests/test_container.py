@@ -367,9 +367,10 @@ def spawn_orphan(context, event):
 
 @cmworker.function
 def kill_template(context, event):
-    """Kill the worker template: its workers are re-parented to PID 1."""
+    """Kill the worker template: its workers are re-parented to PID 1, and this job still finishes."""
     os.kill(os.getppid(), 9)
-    time.sleep(30)
+    time.sleep(0.5)
+    return "survived"
 '''
 
 
@@ -643,9 +644,9 @@ def test_workers_orphaned_to_pid_1_are_reaped(container_factory: Callable[..., A
     container, runtime = container_factory()
     before = {p.pid for p in container.processes()[1:]}
     kind, payload = answer(runtime, runtime.submit("kill_template", {}), container)
-    assert kind == "worker_died", payload
+    assert (kind, payload) == ("ok", "survived")  # its orphaned worker finished the job
     # The real status, not one the PID-1 reaper made up by reaping the template before the pool could.
-    assert "exit status -9" in payload["error"], payload
+    assert "worker template process died (exit status -9)" in container.output()
     wait_for(lambda: not ({p.pid for p in container.processes()} & before), "the old pool to be gone", container)
     wait_for(lambda: not container.zombies(), "no zombie in the namespace", container)
     assert answer(runtime, runtime.submit("route_length", {"stops": [], "order": []}), container) == ("ok", 0.0)

@@ -45,9 +45,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def worker_pids(ex: cmworker.Executor) -> set[int]:
-    pool = ex._calls.pool
-    assert pool is not None
-    return set(pool.worker_pids())
+    return set(ex.worker_pids())
 
 
 def read_pid(pidfile: Path) -> int:
@@ -459,8 +457,7 @@ import cmworker
 from tests import executor_jobs as jobs
 
 ex = cmworker.Executor(2)
-pool = ex._calls.pool
-print(json.dumps({"workers": pool.worker_pids(), "template": pool._template.pid}), flush=True)
+print(json.dumps({"workers": ex.worker_pids(), "template": ex.template_pid}), flush=True)
 print(ex.submit(jobs.square, 4).result(timeout=30), flush=True)
 late = ex.submit(jobs.nap, 0.3, "late call finished")
 late.add_done_callback(lambda f: print(f.result(), flush=True))

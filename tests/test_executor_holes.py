@@ -16,24 +16,20 @@ Every wait has a deadline (``WAIT``); no test asserts a duration.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import pickle
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
 import cmworker
 from cmworker import JobTimeout, MemoryLimitExceeded, ResultNotSerializable, WorkerDied, errors
-from cmworker.pool.supervisor import Pool
 from tests import executor_jobs as jobs
 from tests.pool_harness import WAIT, descendants, wait_gone
 
@@ -61,11 +57,8 @@ def complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def sent_ahead(executor: cmworker.Executor, queued: int) -> Callable[[], bool]:
     """A condition: the pool has sent a call ahead to its one busy worker and ``queued`` calls are left
-    in its queue. The executor has no public view of its queue; the pool's ``available`` (idle workers
-    minus queued jobs) is one."""
-    pool = executor._calls.pool
-    assert pool is not None
-    return lambda: pool.available == -queued
+    in its queue (``available``: idle workers minus queued calls)."""
+    return lambda: executor.available == -queued
 
 
 # -- 1. a call sent ahead to a worker that dies -------------------------------------------------------
@@ -149,54 +142,6 @@ def test_shutdown_cancelling_the_queue_then_a_death_runs_the_call_sent_ahead_onc
     wait_gone(processes)
     wait_gone(descendants() - before)  # the replacement worker too
     assert not marker.exists()
-    assert complaints(futures_log) == []
-
-
-def _waits_for_the_pool_lock(thread: threading.Thread) -> bool:
-    """Whether ``thread`` is blocked entering the pool's lock in ``Pool.submit``."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    return (frame is not None and frame.f_code is threading.Condition.__enter__.__code__
-            and frame.f_back is not None and frame.f_back.f_code is Pool.submit.__code__)
-
-
-def test_a_call_sent_ahead_never_overtakes_the_call_its_worker_was_given(
-        futures_log: pytest.LogCaptureFixture) -> None:
-    """Two threads submit. The first call goes straight to the idle worker from its thread; the second,
-    queued, may be sent ahead to that worker by the pool's thread. It must reach the worker after the
-    first, or the worker runs it first and each future gets the other's result.
-
-    The first thread is held where it has given the call to the worker and not yet sent it (a profile
-    hook on ``Pool._send_run``) until the second call is queued and then sent ahead, or until the second
-    thread waits for the pool's lock (what keeps the order)."""
-    with cmworker.Executor(1) as one:
-        pool = one._calls.pool
-        assert pool is not None
-        second: list[concurrent.futures.Future[str]] = []
-        other = threading.Thread(target=lambda: second.append(one.submit(jobs.echo, "second")))
-
-        polls_seen_waiting = [0]
-
-        def queued_or_waiting() -> bool:
-            if pool.available == -1:
-                return True
-            # Twice in a row: a thread that takes a free lock passes there too, for an instant.
-            polls_seen_waiting[0] = polls_seen_waiting[0] + 1 if _waits_for_the_pool_lock(other) else 0
-            return polls_seen_waiting[0] >= 2
-
-        def hold_the_send(frame: FrameType, event: str, arg: object) -> None:
-            if event == "call" and frame.f_code is Pool._send_run.__code__:
-                other.start()
-                wait_until(queued_or_waiting, "the second call was queued or waits for the pool's lock")
-                if pool.available == -1:
-                    wait_until(lambda: pool.available == 0, "the second call was sent ahead")
-
-        sys.setprofile(hold_the_send)
-        try:
-            first = one.submit(jobs.echo, "first")
-        finally:
-            sys.setprofile(None)
-        other.join(WAIT)
-        assert (first.result(timeout=WAIT), second[0].result(timeout=WAIT)) == ("first", "second")
     assert complaints(futures_log) == []
 
 

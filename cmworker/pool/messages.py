@@ -9,6 +9,14 @@ compute-module path carries the job's JSON bytes in and the result's JSON bytes 
     worker -> parent     Ready, Result, Failure, Chunk, StreamEnd
     parent -> template   Spawn (+ the worker's socket and output pipes as SCM_RIGHTS)
     template -> parent   TemplateReady, TemplateFailed, Spawned, Exited
+
+A worker runs user code, and user code can write to the worker's socket: to the parent, every frame from
+a worker is untrusted input. ``FrameReader`` accepts only the kinds its channel may carry
+(``WORKER_MESSAGES`` or ``TEMPLATE_MESSAGES``) and frames up to ``MAX_FRAME`` bytes, and raises
+``ProtocolError`` (a few words naming what came instead) for anything else, for a body that does not
+decode, and for an unknown tag. Each ``Run`` carries the job's number on its worker (``seq``), and
+every answer, chunk and stream end the worker sends carries it back, so that a stray or forged answer
+cannot pass for the answer to the job the worker runs now.
 """
 
 from __future__ import annotations
@@ -18,12 +26,23 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
+from cmworker.units import format_size
+
 HEADER = struct.Struct("!IB")
 MAX_CONTROL_MESSAGE = 64 * 1024
+# The largest frame a worker may send. The parent holds a frame whole before decoding it, so a worker
+# that announces a bigger one broke the protocol; results and stream items are capped below it (the Run
+# message tells the worker its cap, and a bigger result is answered result_too_large).
+MAX_FRAME = 2**30
+MAX_BODY = MAX_FRAME - 1024
 
 # How a job's bytes are to be read: JSON (compute-module jobs) or cloudpickle (the local executor).
 MODE_JSON = 0
 MODE_PICKLE = 1
+
+
+class ProtocolError(ValueError):
+    """A frame that its channel may not carry; the message says what came, in a few words."""
 
 
 class Message:
@@ -49,14 +68,23 @@ def frame(message: Message) -> list[bytes | memoryview]:
 
 
 def decode(tag: int, body: memoryview) -> Message:
+    cls = message_class(tag)
     try:
-        cls = Message._registry[tag]
+        return cls.unpack(body)
+    except (struct.error, ValueError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"an undecodable {cls.__name__} message ({len(body)} bytes)") from exc
+
+
+def message_class(tag: int) -> type[Message]:
+    try:
+        return Message._registry[tag]
     except KeyError:
-        raise ValueError(f"unknown message tag {tag}") from None
-    return cls.unpack(body)
+        raise ProtocolError(f"a frame with unknown message tag {tag}") from None
 
 
 _F64 = struct.Struct("!d")
+_SEQ = struct.Struct("!Q")
+_ANSWER = struct.Struct("!Qd")  # the job's number, the CPU seconds it used
 
 
 @dataclass(frozen=True)
@@ -72,12 +100,15 @@ class Ready(Message):
         return cls(struct.unpack("!I", body)[0])
 
 
-_RUN = struct.Struct("!BdQH")
+_RUN = struct.Struct("!QBdQH")
 
 
 @dataclass(frozen=True)
 class Run(Message):
-    """One job: which function, in which mode, with which in-job limits, and its bytes."""
+    """One job: which function, in which mode, with which in-job limits, and its bytes.
+
+    ``seq`` numbers the jobs sent to one worker; everything the worker sends about the job carries it.
+    """
 
     tag = 2
     function: str
@@ -85,18 +116,19 @@ class Run(Message):
     mode: int = MODE_JSON
     soft_timeout: float = 0.0        # seconds; 0 = none
     max_result_size: int = 0         # bytes; 0 = unlimited
+    seq: int = 0
 
     def pack(self) -> bytes:
         name = self.function.encode()
-        return b"".join((_RUN.pack(self.mode, self.soft_timeout, self.max_result_size, len(name)), name,
-                         self.body))
+        return b"".join((_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name)),
+                         name, self.body))
 
     @classmethod
     def unpack(cls, body: memoryview) -> Run:
-        mode, soft, max_size, name_len = _RUN.unpack_from(body)
+        seq, mode, soft, max_size, name_len = _RUN.unpack_from(body)
         start = _RUN.size
         name = bytes(body[start:start + name_len]).decode()
-        return cls(name, body[start + name_len:], mode, soft, max_size)
+        return cls(name, body[start + name_len:], mode, soft, max_size, seq)
 
 
 @dataclass(frozen=True)
@@ -106,13 +138,15 @@ class Result(Message):
     tag = 3
     body: bytes | memoryview
     cpu: float = 0.0
+    seq: int = 0
 
     def pack(self) -> bytes:
-        return _F64.pack(self.cpu) + self.body
+        return _ANSWER.pack(self.seq, self.cpu) + self.body
 
     @classmethod
     def unpack(cls, body: memoryview) -> Result:
-        return cls(body[_F64.size:], _F64.unpack_from(body)[0])
+        seq, cpu = _ANSWER.unpack_from(body)
+        return cls(body[_ANSWER.size:], cpu, seq)
 
 
 @dataclass(frozen=True)
@@ -123,17 +157,21 @@ class Failure(Message):
     kind: str
     body: bytes | memoryview
     cpu: float = 0.0
+    seq: int = 0
 
     def pack(self) -> bytes:
         kind = self.kind.encode()
-        return b"".join((_F64.pack(self.cpu), bytes((len(kind),)), kind, self.body))
+        return b"".join((_ANSWER.pack(self.seq, self.cpu), bytes((len(kind),)), kind, self.body))
 
     @classmethod
     def unpack(cls, body: memoryview) -> Failure:
-        n = body[_F64.size]
-        start = _F64.size + 1
+        seq, cpu = _ANSWER.unpack_from(body)
+        n = body[_ANSWER.size]
+        start = _ANSWER.size + 1
         kind = bytes(body[start:start + n]).decode()
-        return cls(kind, body[start + n:], _F64.unpack_from(body)[0])
+        if len(kind) != n:
+            raise ValueError("the kind is cut short")
+        return cls(kind, body[start + n:], cpu, seq)
 
 
 @dataclass(frozen=True)
@@ -142,13 +180,14 @@ class Chunk(Message):
 
     tag = 5
     body: bytes | memoryview
+    seq: int = 0
 
-    def pack(self) -> bytes | memoryview:
-        return self.body
+    def pack(self) -> bytes:
+        return _SEQ.pack(self.seq) + self.body
 
     @classmethod
     def unpack(cls, body: memoryview) -> Chunk:
-        return cls(body)
+        return cls(body[_SEQ.size:], _SEQ.unpack_from(body)[0])
 
 
 @dataclass(frozen=True)
@@ -157,13 +196,15 @@ class StreamEnd(Message):
 
     tag = 6
     cpu: float = 0.0
+    seq: int = 0
 
     def pack(self) -> bytes:
-        return _F64.pack(self.cpu)
+        return _ANSWER.pack(self.seq, self.cpu)
 
     @classmethod
     def unpack(cls, body: memoryview) -> StreamEnd:
-        return cls(_F64.unpack_from(body)[0])
+        seq, cpu = _ANSWER.unpack(body)
+        return cls(cpu, seq)
 
 
 @dataclass(frozen=True)
@@ -243,12 +284,25 @@ class TemplateFailed(Message):
         return cls(bytes(body).decode(errors="replace"))
 
 
-class FrameReader:
-    """Accumulates bytes from a non-blocking stream and yields whole messages."""
+WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd)
+TEMPLATE_MESSAGES: tuple[type[Message], ...] = (TemplateReady, TemplateFailed, Spawned, Exited)
 
-    def __init__(self) -> None:
+
+class FrameReader:
+    """Accumulates bytes from a non-blocking stream and yields whole messages.
+
+    With ``accept``, a frame of any other kind is a ``ProtocolError`` as soon as its header is read;
+    so is a frame longer than ``max_frame``. After a ``ProtocolError`` the stream cannot be trusted to
+    be in step any more: read no further.
+    """
+
+    def __init__(self, accept: tuple[type[Message], ...] | None = None, max_frame: int | None = None,
+                 sender: str = "this sender") -> None:
         self._buf = bytearray()
         self._need = HEADER.size
+        self._accept = accept
+        self._max_frame = max_frame
+        self._sender = sender
 
     def feed(self, data: bytes | memoryview) -> list[Message]:
         buf = self._buf
@@ -256,6 +310,7 @@ class FrameReader:
         messages: list[Message] = []
         while len(buf) >= self._need:
             length, tag = HEADER.unpack_from(buf)
+            self._check_header(length, tag)
             end = HEADER.size + length
             if len(buf) < end:
                 self._need = end
@@ -264,6 +319,17 @@ class FrameReader:
             del buf[:end]
             self._need = HEADER.size
         return messages
+
+    def _check_header(self, length: int, tag: int) -> None:
+        _check_kind(message_class(tag), self._accept, self._sender)
+        if self._max_frame is not None and length > self._max_frame:
+            raise ProtocolError(f"a frame of {length} bytes, over the limit of {format_size(self._max_frame)}")
+
+
+def _check_kind(cls: type[Message], accept: tuple[type[Message], ...] | None, sender: str) -> None:
+    if accept is not None and cls not in accept:
+        name = cls.__name__
+        raise ProtocolError(f"{'an' if name[0] in 'AEIOU' else 'a'} {name} message, which {sender} may not send")
 
 
 def send_message(sock: socket.socket, message: Message) -> None:
@@ -287,18 +353,18 @@ class BlockingReader:
         """The next message, or ``None`` at end of stream."""
         buf = self.buf
         while len(buf) < HEADER.size:
-            if not self._fill(HEADER.size - len(buf)):
+            if not self._fill():
                 return None
         length, tag = HEADER.unpack_from(buf)
         end = HEADER.size + length
         while len(buf) < end:
-            if not self._fill(end - len(buf)):
+            if not self._fill():
                 return None
         body = bytes(buf[HEADER.size:end])
         del buf[:end]
         return decode(tag, memoryview(body))
 
-    def _fill(self, want: int) -> bool:
+    def _fill(self) -> bool:
         n = self.sock.recv_into(self._chunk)
         self.buf += memoryview(self._chunk)[:n]
         return n > 0
@@ -309,6 +375,14 @@ def pack_packet(message: Message) -> bytes:
     return b"".join(bytes(p) for p in frame(message))
 
 
-def unpack_packet(packet: bytes) -> Message:
-    length, tag = HEADER.unpack_from(packet)
-    return decode(tag, memoryview(packet)[HEADER.size:HEADER.size + length])
+def unpack_packet(packet: bytes, accept: tuple[type[Message], ...] | None = None,
+                  sender: str = "this sender") -> Message:
+    """The message in one control-socket datagram; ``ProtocolError`` if it is not whole, or not accepted."""
+    try:
+        length, tag = HEADER.unpack_from(packet)
+    except struct.error:
+        raise ProtocolError(f"a packet of {len(packet)} bytes, too short for a header") from None
+    if HEADER.size + length != len(packet):
+        raise ProtocolError(f"a packet of {len(packet)} bytes announcing {length} after its header")
+    _check_kind(message_class(tag), accept, sender)
+    return decode(tag, memoryview(packet)[HEADER.size:])

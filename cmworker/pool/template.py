@@ -43,6 +43,7 @@ from cmworker.pool.messages import (
     pack_packet,
     unpack_packet,
 )
+from cmworker.pool.options import PoolOptions
 
 _PR_SET_CHILD_SUBREAPER = 36
 # Workers volunteer to the kernel's OOM killer before the template or the parent do, so that an
@@ -51,16 +52,17 @@ _WORKER_OOM_SCORE_ADJ = b"500"
 
 
 def main(argv: list[str]) -> NoReturn:
-    options: dict[str, Any] = json.loads(argv[1])
-    sys.path[:] = options["sys_path"]
-    control = socket.socket(fileno=options["control_fd"])
+    """``python -m cmworker.pool.template CONTROL_FD SYS_PATH_JSON OPTIONS_JSON``."""
+    control = socket.socket(fileno=int(argv[1]))
+    sys.path[:] = json.loads(argv[2])
+    options = PoolOptions.from_json(argv[3])
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
     try:
-        for module in options.get("preload", []):
+        for module in options.preload:
             __import__(module)
-        functions = load_app(options["app"]) if options.get("app") else registry()
+        functions = load_app(options.app) if options.app else registry()
     except BaseException as exc:
         reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else traceback.format_exc()
         control.send(pack_packet(TemplateFailed(reason)))
@@ -74,16 +76,12 @@ def main(argv: list[str]) -> NoReturn:
     # so that a worker's first collection does not touch (and copy) every page of the app.
     gc.collect()
     gc.freeze()
-    Template(control, functions, options.get("log_level", "INFO"),
-             [tuple(pair) for pair in options.get("logger_levels", [])], options.get("worker_nice", 0)).run()
+    Template(control, functions, options).run()
 
 
 class Template:
-    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], log_level: str,
-                 logger_levels: list[tuple[str, str]], worker_nice: int = 0) -> None:
-        self.log_level = log_level
-        self.worker_nice = worker_nice
-        self.logger_levels = logger_levels
+    def __init__(self, control: socket.socket, functions: Mapping[str, FunctionSpec], options: PoolOptions) -> None:
+        self.options = options
         self.control = control
         self.functions = functions
         self.workers: set[int] = set()
@@ -154,12 +152,13 @@ class Template:
             os.close(err_fd)
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "wb") as f:
                 f.write(_WORKER_OOM_SCORE_ADJ)
-            if self.worker_nice:  # below the parent: its short bursts of work never wait behind a job
-                os.nice(self.worker_nice)
+            if self.options.worker_nice:  # below the parent: its short bursts of work never wait behind a job
+                os.nice(self.options.worker_nice)
             # Workers log SLS JSON on stderr; the parent adds the job's context and re-emits each line.
             from cmworker import logs
 
-            logs.configure("sls", self.log_level, stream=sys.stderr, logger_levels=self.logger_levels)
+            logs.configure("sls", self.options.log_level, stream=sys.stderr,
+                           logger_levels=self.options.logger_levels)
             from cmworker.pool.worker import serve
 
             serve(socket.socket(fileno=sock_fd), self.functions)

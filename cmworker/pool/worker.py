@@ -87,11 +87,11 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -
     _flush_output()
     cpu = time.process_time() - cpu_start
     if isinstance(reply, Result):
-        send_message(sock, Result(reply.body, cpu))
+        send_message(sock, Result(reply.body, cpu, run.seq))
     elif isinstance(reply, Failure):
-        send_message(sock, Failure(reply.kind, reply.body, cpu))
+        send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq))
     else:
-        send_message(sock, StreamEnd(cpu))
+        send_message(sock, StreamEnd(cpu, run.seq))
 
 
 def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> Result | Failure | StreamEnd:
@@ -159,7 +159,7 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
                     f"stream item {sent} is {describe_size(len(data))}, over the limit of "
                     f"{format_size(run.max_result_size)}", size_bytes=len(data),
                     limit_bytes=run.max_result_size, items_sent=sent))
-            send_message(sock, Chunk(data))
+            send_message(sock, Chunk(data, run.seq))
             sent += 1
     except JobTimeout as exc:
         return _failure(exc)

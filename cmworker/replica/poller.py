@@ -40,7 +40,7 @@ from cmworker import logs
 from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, Pool, StreamItem
+from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem
 from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
@@ -79,11 +79,8 @@ class Poller:
         self._observe: Observer = observer or _unobserved
         self.service = service
         self.ledger = Ledger()
-        self.pool = Pool(config.require_app(), workers=config.workers, on_answer=self._on_answer,
-                         on_stream=self._on_stream, on_output=OutputRelay(), on_state_change=self._poke,
-                         log_level=config.log_level, logger_levels=config.logger_levels,
-                         kill_grace=config.kill_grace, max_jobs_per_worker=config.max_jobs_per_worker,
-                         worker_nice=config.worker_nice)
+        self.pool = Pool(PoolOptions.from_config(config), on_answer=self._on_answer, on_stream=self._on_stream,
+                         on_output=OutputRelay(), on_state_change=self._poke)
         self.outcomes: collections.Counter[str] = collections.Counter()
         # A concrete logger, bound once with the configuration in force now: resolving a lazy logger on
         # every call cost ~8 us of the ~50 us a log line takes, on the path of every job.

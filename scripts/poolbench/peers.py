@@ -28,7 +28,9 @@ import pebble
 from bench_apps import noop_app
 
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, OutputLine, Pool
+from cmworker.pool.jobs import Answer, Job, OutputLine
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.supervisor import Pool
 
 APP = Path(noop_app.__file__).resolve()
 WORKERS = 2
@@ -105,8 +107,9 @@ class CmworkerPeer(Peer):
         return self._pool
 
     def start(self) -> None:
-        self._pool = Pool(str(APP), workers=WORKERS, on_answer=self._on_answer, on_output=self.output.append,
-                          preload=self.preload)
+        # worker_nice=0: measured beside pools whose workers run at the caller's priority.
+        options = PoolOptions(WORKERS, str(APP), preload=self.preload, worker_nice=0)
+        self._pool = Pool(options, on_answer=self._on_answer, on_output=self.output.append)
         self._pool.start()
 
     def _on_answer(self, answer: Answer) -> None:

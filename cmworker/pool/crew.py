@@ -1,0 +1,146 @@
+"""The worker processes, parent side: the template that forks them, and one slot per worker.
+
+Mechanism, not policy: the crew starts the template, spawns workers until the pool has its number, finds
+a worker by pid, backs off when fresh workers keep dying, and releases a dead worker's fds. What a death
+means for a job is decided by the pool.
+
+Workers are the template's children: it reaps them and reports each exit with its wait status. If the
+template dies, its workers live on, re-parented to init (or to cmworker itself when it is PID 1), and
+nobody reports them any more. So the crew holds a pidfd for every worker from the moment it learns its
+pid, and watches those of the orphans (``watch_orphan``): a pidfd turns readable when its process
+exits, whoever reaps it. The exit status is then unknown; the pool says so in the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import selectors
+import signal
+from collections.abc import Callable
+
+from cmworker.pool import processes
+from cmworker.pool.jobs import OutputLine
+from cmworker.pool.messages import Message, Spawned
+from cmworker.pool.options import PoolOptions
+from cmworker.pool.slot import READ_SIZE, Slot
+from cmworker.pool.template_link import TemplateLink
+from cmworker.pool.timers import Timer
+
+_RESPAWN_BACKOFF_MAX = 2.0
+
+
+class Crew:
+    """The template (``template``) and the workers' slots (``slots``, by slot id)."""
+
+    def __init__(self, options: PoolOptions, selector: selectors.BaseSelector, clock: Callable[[], float],
+                 after: Callable[..., Timer], on_message: Callable[[Message], None],
+                 on_output: Callable[[OutputLine], None], on_template_exit: Callable[[int, bool], None]) -> None:
+        self.options = options
+        self.selector = selector
+        self.clock = clock
+        self.after = after
+        self.template = TemplateLink(options, selector, on_message, on_output, on_template_exit)
+        self.slots: dict[int, Slot] = {}
+        self.startup_failures = 0  # fresh workers that died in a row before taking a job
+        self._by_pid: dict[int, Slot] = {}
+        self._ids = itertools.count(1)
+        self._backoff: Timer | None = None
+        self._buffer = bytearray(READ_SIZE)  # every slot's reads: one loop thread reads them all
+
+    def pids(self) -> list[int]:
+        return [s.pid for s in list(self.slots.values()) if s.pid is not None and s.state != "dead"]
+
+    def maintain(self, on_message: Callable[[Slot, Message], None], on_broken: Callable[[Slot, str], None],
+                 on_line: Callable[[OutputLine], None]) -> None:
+        """Start the template if there is none; once it is ready, spawn workers up to the pool's size.
+
+        Nothing while backing off after crashes.
+        """
+        if self._backoff is not None and not self._backoff.cancelled:
+            return
+        if self.template.state == "none":
+            self.template.start()
+            return
+        if self.template.state != "ready":
+            return
+        live = sum(s.state in ("starting", "idle", "busy") for s in self.slots.values())
+        for _ in range(self.options.workers - live):
+            slot, worker_fds = Slot.open(next(self._ids), self.selector, self.clock, self._buffer, on_message,
+                                         on_broken, on_line)
+            self.slots[slot.id] = slot
+            try:
+                self.template.spawn(slot.id, worker_fds)
+            except OSError:  # the template just died: reading its death, next, ends this slot
+                return
+
+    def spawned(self, message: Spawned) -> Slot | None:
+        """The template forked the worker of a slot: its pid, which only the template may tell (a pid
+        from the worker itself could name any process, and the pool kills a worker's process group)."""
+        slot = self.slots.get(message.slot)
+        if slot is not None and slot.pid is None:
+            slot.pid = message.pid
+            self._by_pid[message.pid] = slot
+            with contextlib.suppress(AttributeError, OSError):  # no pidfds before Linux 5.3
+                slot.pidfd = os.pidfd_open(message.pid)
+        return slot
+
+    def watch_orphan(self, slot: Slot, on_exit: Callable[[Slot], None]) -> bool:
+        """The template died: watch this worker's own exit instead; False for one that cannot be watched
+        (still starting, or no pidfd)."""
+        if slot.orphan:  # of an earlier template, watched already
+            return True
+        if slot.state == "starting" or not slot.watch_exit(on_exit):
+            return False
+        slot.orphan = True
+        return True
+
+    def forget(self, pid: int) -> Slot | None:
+        """The slot of a worker that has exited, which no later message may name again."""
+        return self._by_pid.pop(pid, None)
+
+    def started(self) -> None:
+        """A fresh worker came up: the crash-loop count starts over."""
+        self.startup_failures = 0
+
+    def startup_failed(self, limit: int) -> bool:
+        """Count a worker (or template) that died at start-up; True once ``limit`` did so in a row.
+
+        Below the limit, spawning pauses for a backoff that doubles with each failure.
+        """
+        self.startup_failures += 1
+        if self.startup_failures >= limit:
+            return True
+        delay = min(_RESPAWN_BACKOFF_MAX, 0.05 * 2 ** (self.startup_failures - 1))
+        self._backoff = self.after(delay, self._end_backoff)
+        return False
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+
+    def retire(self, slot: Slot) -> None:
+        """Recycle a worker: closing its socket makes it exit; a replacement is spawned at once."""
+        slot.state = "retiring"
+        slot.close_socket()
+
+    def release(self, slot: Slot) -> None:
+        """The worker is gone: close its fds and forget it."""
+        if slot.pid is not None:
+            self._by_pid.pop(slot.pid, None)
+        slot.close_socket()
+        slot.close_output()
+        slot.close_pidfd()
+        slot.state = "dead"
+        del self.slots[slot.id]
+
+    def close(self) -> None:
+        """Kill every worker left and end the template."""
+        for slot in list(self.slots.values()):
+            if slot.pid is not None:
+                processes.kill_group(slot.pid, signal.SIGKILL)
+            slot.close_socket()
+            slot.close_output()
+            slot.close_pidfd()
+        self.slots.clear()
+        self.template.close()  # it kills any worker left and exits

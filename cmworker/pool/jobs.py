@@ -1,0 +1,72 @@
+"""The values that go in and out of a pool: a ``Job``, its one ``Answer``, stream items and output lines."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+from cmworker.errors import JobError
+from cmworker.limits import JobLimits
+from cmworker.pool.messages import MODE_JSON
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work. ``body`` is the job's JSON (``MODE_JSON``) or a cloudpickle (``MODE_PICKLE``)."""
+
+    id: str
+    function: str
+    body: bytes
+    limits: JobLimits = field(default_factory=JobLimits)
+    mode: int = MODE_JSON
+    submitted: float = field(default_factory=time.monotonic, compare=False)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The one terminal answer of a job.
+
+    ``body`` is what answers it: the result bytes, or an error payload (JSON). ``kind`` is ``"ok"`` or the
+    error payload's kind. ``error`` is set when the parent itself ended the job (timeout, memory, death,
+    shutdown); errors the worker reported travel in ``body`` only. For a streaming job ``streamed`` says
+    items were already delivered through ``on_stream``; ``body`` is then the final item (an error) or empty.
+    """
+
+    job: Job
+    body: bytes
+    kind: str = "ok"
+    error: JobError | None = None
+    streamed: bool = False
+    pid: int | None = None
+    queued: float = 0.0     # seconds from submit to dispatch
+    wall: float = 0.0       # seconds from dispatch to answer
+    cpu: float = 0.0        # CPU seconds the worker spent on the job, when it reported them
+    max_rss: int = 0        # highest RSS of the job's process tree seen by the sampler, bytes
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    job: Job
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    """A line a worker (or the template) wrote to stdout/stderr; ``dropped`` counts lines a flood cost."""
+
+    job_id: str | None
+    pid: int | None
+    stream: str        # "stdout" or "stderr"
+    text: str
+    function: str | None = None
+    dropped: int = 0
+
+
+def print_line(line: OutputLine) -> None:
+    """Write ``line`` to this process's own stdout or stderr (the pool's default ``on_output``)."""
+    stream = sys.stdout if line.stream == "stdout" else sys.stderr
+    with contextlib.suppress(Exception):
+        stream.write(line.text + "\n")
+        stream.flush()
