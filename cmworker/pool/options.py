@@ -57,7 +57,7 @@ class PoolOptions:
     @classmethod
     def from_config(cls, config: Config) -> PoolOptions:
         """The options of ``cmworker run``'s pool (the app and every pool setting from ``config``)."""
-        return cls(workers=config.workers, app=config.require_app(), log_level=config.log_level,
+        return cls(workers=config.workers, app=config.app, log_level=config.log_level,
                    logger_levels=config.logger_levels, kill_grace=config.kill_grace,
                    max_jobs_per_worker=config.max_jobs_per_worker, worker_nice=config.worker_nice)
 

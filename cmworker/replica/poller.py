@@ -79,6 +79,7 @@ class Poller:
         self._observe: Observer = observer or _unobserved
         self.service = service
         self.ledger = Ledger()
+        config.require_app()  # a replica serves an app: without one, a ConfigError saying so, now
         self.pool = Pool(PoolOptions.from_config(config), on_answer=self._on_answer, on_stream=self._on_stream,
                          on_output=OutputRelay(), on_state_change=self._poke)
         self.outcomes: collections.Counter[str] = collections.Counter()
