@@ -1,0 +1,165 @@
+"""Every process a job starts is the job's: what it forks dies with it, wherever it went.
+
+The jobs (tests/apps/hostile.py) double-fork grandchildren that are orphaned at once, some of which
+leave the job's process group and session (``setsid``). Each survivor would sit in the directory
+``mark``; a test checks by pid, or by that directory, that nothing of the job is alive afterwards. The
+fixture kills whatever a failing test left behind, so a hole does not outlive its test.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cmworker.runtime.embedded import EmbeddedRuntime
+from tests.pool_harness import WAIT, running_pool, wait_gone
+from tests.test_serve import answer, serving
+
+MiB = 2**20
+pytestmark = pytest.mark.timeout(120)
+
+
+def marked(mark: Path) -> set[int]:
+    """Live processes whose working directory is ``mark``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(mark) and _running(int(entry)):
+                    found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_unmarked(mark: Path, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not marked(mark), f"processes of the job still alive: {marked(mark)}"
+
+
+@pytest.fixture
+def mark(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "mark"
+    directory.mkdir()
+    yield directory
+    deadline = time.monotonic() + WAIT
+    while (left := marked(directory)) and time.monotonic() < deadline:
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+
+
+def read_pids(path: Path, timeout: float = WAIT) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the job never wrote {path}"
+        time.sleep(0.01)
+    pids: dict[str, int] = ast.literal_eval(path.read_text())
+    return pids
+
+
+def daemon_query(tmp_path: Path, mark: Path, **options: object) -> dict[str, object]:
+    return {"pidfile": str(tmp_path / "pids"), "mark": str(mark), **options}
+
+
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["plain", "ignoring_sigterm"])
+def test_a_setsid_grandchild_dies_at_its_jobs_timeout(tmp_path: Path, mark: Path, ignore_term: bool) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        query = daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=ignore_term)
+        answer = h.run("daemon", query, timeout=2.0)
+        assert answer.kind == "timeout"
+        pids = read_pids(tmp_path / "pids")
+        wait_gone({pids["worker"], pids["grandchild"]})
+        wait_unmarked(mark)
+
+
+def test_a_setsid_grandchild_dies_when_its_job_answers_ok(tmp_path: Path, mark: Path) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        answer = h.run("daemon", daemon_query(tmp_path, mark, setsid=True))
+        assert answer.kind == "ok"
+        wait_gone({read_pids(tmp_path / "pids")["grandchild"]})
+        wait_unmarked(mark)
+
+
+def test_a_grandchild_left_in_the_jobs_group_dies_when_its_job_answers_ok(tmp_path: Path, mark: Path) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        answer = h.run("daemon", daemon_query(tmp_path, mark, setsid=False))
+        assert answer.kind == "ok"
+        wait_gone({read_pids(tmp_path / "pids")["grandchild"]})
+        wait_unmarked(mark)
+
+
+def test_a_process_that_keeps_forking_away_dies_with_its_job(mark: Path) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        assert h.run("fork_away", {"mark": str(mark)}).kind == "ok"
+        wait_unmarked(mark)
+
+
+def test_a_reparented_grandchild_counts_against_the_memory_limit(tmp_path: Path, mark: Path) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        query = daemon_query(tmp_path, mark, bytes=300 * MiB, sleep=10)
+        answer = h.run("orphan_allocates", query, memory_limit=200 * MiB, timeout=60)
+        assert answer.kind == "memory_limit", answer.body
+        assert h.payload(answer)["rss_bytes"] > 200 * MiB
+        pids = read_pids(tmp_path / "pids")
+        wait_gone({pids["worker"], pids["grandchild"]})
+        wait_unmarked(mark)
+
+
+def zombies_below_me() -> list[int]:
+    """Descendants of the test process in state Z, read from /proc."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except OSError:
+            continue
+        if state == b"Z":
+            found.append(child.pid)
+    return found
+
+
+@pytest.mark.parametrize("orphans", [False, True], ids=["children", "orphaned_grandchildren"])
+def test_200_short_lived_children_leave_no_zombie(orphans: bool) -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        assert h.payload(h.run("many_children", {"n": 200, "life": 0.05, "orphans": orphans})) == 200
+        deadline = time.monotonic() + WAIT
+        while zombies_below_me() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert zombies_below_me() == []
+
+
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["plain", "ignoring_sigterm"])
+def test_a_setsid_grandchild_dies_when_cmworker_run_is_stopped(tmp_path: Path, mark: Path,
+                                                               ignore_term: bool) -> None:
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            serving(rt, tmp_path, app="hostile.py", top_level='shutdown_grace = "500ms"\n') as proc:
+        query = daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=ignore_term)
+        job = rt.submit("daemon", query)
+        pids = read_pids(tmp_path / "pids")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        assert answer(rt, job)[0] == "shutdown"
+        wait_gone({pids["worker"], pids["grandchild"]})
+        wait_unmarked(mark)
+
