@@ -74,3 +74,16 @@ def test_a_job_that_changes_user_gets_its_worker_replaced() -> None:
         assert after.kind == "ok"
         assert h.payload(after)["pid"] != before["pid"]
         assert os.stat(f"/proc/{h.payload(after)['pid']}").st_uid == os.geteuid()
+
+
+def test_a_job_that_removes_its_workers_directory_gets_its_worker_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)  # the pool's processes start here
+    with running_pool("hostile.py", workers=1) as h:
+        first = h.payload(h.run("pid"))
+        assert h.run("leave", {"what": "rmdir_cwd"}).kind == "ok"
+        after = h.run("pid")
+        assert after.kind == "ok", after.body
+        assert h.payload(after) != first

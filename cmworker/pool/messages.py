@@ -6,7 +6,7 @@ control socket (so that file descriptors ride on the message that needs them). A
 compute-module path carries the job's JSON bytes in and the result's JSON bytes out untouched.
 
     parent -> worker     Run
-    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd
+    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring
     parent -> template   Spawn (+ the worker's socket and output pipes as SCM_RIGHTS)
     template -> parent   TemplateReady, TemplateFailed, Spawned, Exited
 """
@@ -164,6 +164,21 @@ class StreamEnd(Message):
     @classmethod
     def unpack(cls, body: memoryview) -> StreamEnd:
         return cls(_F64.unpack_from(body)[0])
+
+
+@dataclass(frozen=True)
+class Retiring(Message):
+    """Sent just before a job's answer: the job left this worker unfit for another job, so the answer is
+    its last and it exits after sending it. The parent must send it nothing more."""
+
+    tag = 7
+
+    def pack(self) -> bytes:
+        return b""
+
+    @classmethod
+    def unpack(cls, body: memoryview) -> Retiring:
+        return cls()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from cmworker.pool.messages import (
     Message,
     Ready,
     Result,
+    Retiring,
     Run,
     Spawn,
     Spawned,
@@ -179,6 +180,7 @@ class _Slot:
     timers: list[_Timer] = field(default_factory=list)
     oom_count: int | None = None
     next: Job | None = None  # prefetch: sent already, starts when ``job`` is answered
+    retiring: bool = False   # the worker said its next answer is its last (``Retiring``)
 
 
 def _default_output(line: OutputLine) -> None:
@@ -573,6 +575,8 @@ class Pool:
             self._on_stream_end(slot, message)
         elif isinstance(message, Ready):
             self._on_ready(slot, message)
+        elif isinstance(message, Retiring):
+            self._on_retiring(slot)
         elif isinstance(message, Spawned):
             self._on_spawned(message)
         elif isinstance(message, Exited):
@@ -760,6 +764,9 @@ class Pool:
             return
         slot.jobs_done += 1
         slot.job = None
+        if slot.retiring:  # it exits after this answer; a job sent ahead goes back to the queue then
+            self._retire(slot)
+            return
         if slot.next is not None:  # already in the worker's socket: it is running from now on
             with self._lock:
                 job, slot.next = slot.next, None
@@ -797,7 +804,7 @@ class Pool:
         if slot.job is not job or slot.answered or slot.pid is None:
             return
         limit = job.limits.memory_limit or 0
-        tree = processes.process_tree(slot.pid)
+        tree = processes.job_processes(slot.pid)
         used = sum(processes.rss(p) for p in tree)
         slot.peak_rss = max(slot.peak_rss, used)
         if used > limit:
@@ -818,11 +825,22 @@ class Pool:
             self._after(self.kill_grace, self._escalate, slot)
 
     def _kill_slot(self, slot: _Slot, sig: int, tree: list[int] | None = None) -> None:
+        """Signal the worker and every process of its job, escaped ones included (``job_processes``).
+
+        SIGKILL stops them all first, so that none can fork out of the kill; what outlives the worker
+        anyway is re-parented to the template, which kills it.
+        """
         if slot.pid is None:
             return
-        if tree is None:
-            tree = processes.process_tree(slot.pid)
-        processes.kill_group(slot.pid, sig, tree)
+        if sig == signal.SIGKILL:
+            processes.kill_job(slot.pid)
+            return
+        processes.kill_group(slot.pid, sig, processes.job_processes(slot.pid) if tree is None else tree)
+
+    def _on_retiring(self, slot: _Slot | None) -> None:
+        """The job left its worker unfit for another: retire it when it answers, and send it nothing."""
+        assert slot is not None
+        slot.retiring = True
 
     def _escalate(self, slot: _Slot) -> None:
         if slot.state == "killing":

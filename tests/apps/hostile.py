@@ -18,24 +18,28 @@ import cmworker
 def _orphan(event: dict, new_session: bool, ignore_term: bool, hold: int) -> int:
     """Fork a grandchild whose parent exits at once (a double fork); return its pid once it is set up.
 
-    The grandchild optionally leaves the job's session and process group (``setsid``), ignores SIGTERM
-    and holds ``hold`` bytes; then it sleeps for good in the directory ``event["mark"]`` (by which a
-    test finds whatever survives). Its pid comes back through a pipe only after all that is done, so a
-    test knows the state it checks is the one it meant.
+    The grandchild moves to the directory ``event["mark"]`` (by which a test finds whatever survives),
+    optionally leaves the job's session and process group (``setsid``) and ignores SIGTERM, waits until
+    it has been re-parented, and only then sends its pid back through a pipe, so a test knows the state
+    it checks is the one it meant. Then it allocates ``hold`` bytes and sleeps for good.
     """
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
+        child_pid = os.getpid()
         os.close(r)
         if os.fork() == 0:
+            os.chdir(event["mark"])
             if new_session:
                 os.setsid()
-            os.chdir(event["mark"])
             if ignore_term:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            held = b"\x01" * hold  # noqa: F841 - resident for as long as the process lives
+            deadline = time.monotonic() + 10
+            while os.getppid() == child_pid and time.monotonic() < deadline:
+                time.sleep(0.001)
             os.write(w, str(os.getpid()).encode())
             os.close(w)
+            held = b"\x01" * hold  # noqa: F841 - resident for as long as the process lives
             while True:
                 time.sleep(3600)
         os._exit(0)
@@ -151,6 +155,8 @@ def leave(context, event):
             os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=kill_later, daemon=True).start()
+    elif what == "rmdir_cwd":
+        os.rmdir(os.getcwd())
     elif what == "uid":
         os.setgid(65534)
         os.setuid(65534)
