@@ -26,7 +26,7 @@ def test_state_a_job_leaves_is_put_back_before_the_next_job(what: str, tmp_path:
         assert after == before  # the same pid too: put back in place, not by a new worker
 
 
-@pytest.mark.parametrize("what", ["ignore_sigalrm", "block_sigalrm"])
+@pytest.mark.parametrize("what", ["ignore_sigalrm", "block_sigalrm", "own_sigalrm_handler"])
 def test_the_next_jobs_soft_timeout_fires_after_a_job_disabled_sigalrm(what: str) -> None:
     with running_pool("hostile.py", workers=1) as h:
         h.run("leave", {"what": what})
@@ -39,6 +39,20 @@ def test_an_alarm_a_job_leaves_set_does_not_interrupt_the_next_job() -> None:
     with running_pool("hostile.py", workers=1) as h:
         h.run("leave", {"what": "alarm"})  # SIGALRM in 1 s
         answer = h.run("sleep_for", 2)
+        assert answer.kind == "ok", answer.body
+
+
+def test_the_next_job_sees_its_childs_exit_status_after_a_job_ignored_sigchld() -> None:
+    with running_pool("hostile.py", workers=1) as h:
+        h.run("leave", {"what": "ignore_sigchld"})
+        assert h.payload(h.run("child_exit_code")) == 3
+
+
+def test_a_profiling_timer_a_job_leaves_running_does_not_kill_the_next_job() -> None:
+    """Putting SIGPROF's handler back to its default without stopping the timer would kill the worker."""
+    with running_pool("hostile.py", workers=1) as h:
+        h.run("leave", {"what": "profiler"})  # SIGPROF every 10 ms of CPU, to a handler put back to default
+        answer = h.run("spin_for", 0.5)
         assert answer.kind == "ok", answer.body
 
 

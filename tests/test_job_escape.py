@@ -209,6 +209,19 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_stopped(tmp_path: Path, m
 
 
 
+def test_a_setsid_grandchild_dies_when_cmworker_run_is_killed_outright(tmp_path: Path, mark: Path,
+                                                                      tracking: str) -> None:
+    """SIGKILL leaves the parent no say: the template sees its control socket close and ends the job."""
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            serving(rt, tmp_path, app="hostile.py") as proc:
+        rt.submit("daemon", daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=True))
+        pids = read_pids(tmp_path / "pids")
+        proc.kill()
+        proc.wait(WAIT)
+        wait_gone({pids["worker"], pids["grandchild"]})
+        wait_unmarked(mark)
+
+
 def test_the_template_says_how_it_tracks_job_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SWITCH, "off")
     with running_pool("hostile.py", workers=1) as h:

@@ -6,6 +6,7 @@ functions) fits this app.
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -139,6 +140,13 @@ def leave(context, event):
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
     elif what == "block_sigalrm":
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+    elif what == "own_sigalrm_handler":
+        signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    elif what == "ignore_sigchld":
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel, unseen
+    elif what == "profiler":  # a sampling profiler left running: a SIGPROF handler and its timer
+        signal.signal(signal.SIGPROF, lambda signum, frame: None)
+        signal.setitimer(signal.ITIMER_PROF, 0.01, 0.01)
     elif what == "alarm":
         signal.alarm(1)
     elif what == "stdout":
@@ -163,6 +171,21 @@ def leave(context, event):
     else:
         raise ValueError(what)
     return what
+
+
+@cmworker.function
+def child_exit_code(context, event):
+    """The exit status ``subprocess`` reports for a child that exits with 3."""
+    return subprocess.run([sys.executable, "-c", "raise SystemExit(3)"]).returncode
+
+
+@cmworker.function
+def spin_for(context, event):
+    """Keeps the CPU busy for ``event`` seconds of CPU time."""
+    end = time.process_time() + event
+    while time.process_time() < end:
+        pass
+    return event
 
 
 @cmworker.function
