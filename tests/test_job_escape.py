@@ -73,6 +73,7 @@ def mark(tmp_path: Path) -> Iterator[Path]:
             for pid in left:
                 with contextlib.suppress(OSError):
                     os.kill(pid, sig)
+        time.sleep(0.01)
 
 
 @pytest.fixture(params=["cgroup", "process_tree"])
@@ -93,6 +94,14 @@ def tracking_line(output: list[str]) -> dict[str, str]:
             fields: dict[str, str] = json.loads(text)["unsafeParams"]
             return fields
     raise AssertionError("the template did not say how it tracks a job's processes")
+
+
+def check_mode(run_log: Path, tracking: str) -> None:
+    """After a ``cmworker run`` test: it ran in the mode it is named after (or cgroups are not here)."""
+    line = tracking_line(run_log.read_text().splitlines())
+    if line["mode"] != tracking:
+        assert tracking == "cgroup", line
+        pytest.skip(f"ran as process_tree, no cgroups here: {line['detail']}")
 
 
 @contextmanager
@@ -203,9 +212,7 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_stopped(tmp_path: Path, m
         assert answer(rt, job)[0] == "shutdown"
         wait_gone({pids["worker"], pids["grandchild"]})
         wait_unmarked(mark)
-    log = (tmp_path / "run.log").read_text().splitlines()
-    line = tracking_line(log)
-    assert line["mode"] == tracking or tracking == "cgroup", line
+    check_mode(tmp_path / "run.log", tracking)
 
 
 
@@ -220,6 +227,7 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_killed_outright(tmp_path:
         proc.wait(WAIT)
         wait_gone({pids["worker"], pids["grandchild"]})
         wait_unmarked(mark)
+    check_mode(tmp_path / "run.log", tracking)
 
 
 def test_the_template_says_how_it_tracks_job_processes(monkeypatch: pytest.MonkeyPatch) -> None:
