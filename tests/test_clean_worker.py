@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.mark.parametrize("what", ["cwd", "env", "umask", "ignore_sigalrm", "block_sigalrm", "stdout", "fd1"])
 def test_state_a_job_leaves_is_put_back_before_the_next_job(what: str, tmp_path: Path) -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         before = h.payload(h.run("state", {}))
         assert h.payload(h.run("leave", {"what": what, "path": str(tmp_path)})) == what
         after = h.payload(h.run("state", {}))
@@ -28,7 +28,7 @@ def test_state_a_job_leaves_is_put_back_before_the_next_job(what: str, tmp_path:
 
 @pytest.mark.parametrize("what", ["ignore_sigalrm", "block_sigalrm", "own_sigalrm_handler"])
 def test_the_next_jobs_soft_timeout_fires_after_a_job_disabled_sigalrm(what: str) -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         h.run("leave", {"what": what})
         answer = h.run("sleep_for", 60, soft_timeout=0.3, timeout=15)
         assert answer.kind == "timeout"
@@ -36,28 +36,28 @@ def test_the_next_jobs_soft_timeout_fires_after_a_job_disabled_sigalrm(what: str
 
 
 def test_an_alarm_a_job_leaves_set_does_not_interrupt_the_next_job() -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         h.run("leave", {"what": "alarm"})  # SIGALRM in 1 s
         answer = h.run("sleep_for", 2)
         assert answer.kind == "ok", answer.body
 
 
 def test_the_next_job_sees_its_childs_exit_status_after_a_job_ignored_sigchld() -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         h.run("leave", {"what": "ignore_sigchld"})
         assert h.payload(h.run("child_exit_code")) == 3
 
 
 def test_a_profiling_timer_a_job_leaves_running_does_not_kill_the_next_job() -> None:
     """Putting SIGPROF's handler back to its default without stopping the timer would kill the worker."""
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         h.run("leave", {"what": "profiler"})  # SIGPROF every 10 ms of CPU, to a handler put back to default
         answer = h.run("spin_for", 0.5)
         assert answer.kind == "ok", answer.body
 
 
 def test_a_thread_a_job_leaves_running_does_not_kill_the_next_job() -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         first = h.payload(h.run("state", {}))["pid"]
         assert h.run("leave", {"what": "thread", "delay": 1.0}).kind == "ok"
         answer = h.run("sleep_for", 2)  # the thread would kill its worker 1 s from now
@@ -69,7 +69,7 @@ def test_a_thread_a_job_leaves_running_does_not_kill_the_next_job() -> None:
 
 
 def test_a_job_queued_behind_a_job_that_leaves_a_thread_runs_on_a_fresh_worker() -> None:
-    with running_pool("hostile.py", workers=1, prefetch=True) as h:
+    with running_pool("leftovers.py", workers=1, prefetch=True) as h:
         first = h.payload(h.run("state", {}))["pid"]
         leaver = h.submit("leave", {"what": "thread", "delay": 1.0})
         sleeper = h.submit("sleep_for", 2)  # sent ahead to the worker that is about to be replaced
@@ -81,7 +81,7 @@ def test_a_job_queued_behind_a_job_that_leaves_a_thread_runs_on_a_fresh_worker()
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
 def test_a_job_that_changes_user_gets_its_worker_replaced() -> None:
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         before = h.payload(h.run("state", {}))
         assert h.run("leave", {"what": "uid"}).kind == "ok"
         after = h.run("state", {})
@@ -95,7 +95,7 @@ def test_a_job_that_removes_its_workers_directory_gets_its_worker_replaced(
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.chdir(home)  # the pool's processes start here
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         first = h.payload(h.run("pid"))
         assert h.run("leave", {"what": "rmdir_cwd"}).kind == "ok"
         after = h.run("pid")

@@ -1,6 +1,6 @@
 """Every process a job starts is the job's: what it forks dies with it, wherever it went.
 
-The jobs (tests/apps/hostile.py) double-fork grandchildren that are orphaned at once, some of which
+The jobs (tests/apps/leftovers.py) double-fork grandchildren that are orphaned at once, some of which
 leave the job's process group and session (``setsid``). Each survivor would sit in the directory
 ``mark``; a test checks by pid, or by that directory, that nothing of the job is alive afterwards. The
 fixture kills whatever a failing test left behind, so a hole does not outlive its test.
@@ -105,9 +105,9 @@ def check_mode(run_log: Path, tracking: str) -> None:
 
 
 @contextmanager
-def hostile_pool(tracking: str, **kwargs: Any) -> Iterator[Harness]:
-    """One worker running tests/apps/hostile.py, in the tracking mode asked for (or the test is skipped)."""
-    with running_pool("hostile.py", workers=1, **kwargs) as h:
+def leftovers_pool(tracking: str, **kwargs: Any) -> Iterator[Harness]:
+    """One worker running tests/apps/leftovers.py, in the tracking mode asked for (or the test is skipped)."""
+    with running_pool("leftovers.py", workers=1, **kwargs) as h:
         line = tracking_line([o.text for o in h.output])
         if line["mode"] != tracking:
             assert tracking == "cgroup", line
@@ -131,7 +131,7 @@ def daemon_query(tmp_path: Path, mark: Path, **options: object) -> dict[str, obj
 @pytest.mark.parametrize("ignore_term", [False, True], ids=["plain", "ignoring_sigterm"])
 def test_a_setsid_grandchild_dies_at_its_jobs_timeout(tmp_path: Path, mark: Path, ignore_term: bool,
                                                       tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         query = daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=ignore_term)
         answer = h.run("daemon", query, timeout=2.0)
         assert answer.kind == "timeout"
@@ -141,7 +141,7 @@ def test_a_setsid_grandchild_dies_at_its_jobs_timeout(tmp_path: Path, mark: Path
 
 
 def test_a_setsid_grandchild_dies_when_its_job_answers_ok(tmp_path: Path, mark: Path, tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         answer = h.run("daemon", daemon_query(tmp_path, mark, setsid=True))
         assert answer.kind == "ok"
         wait_gone({read_pids(tmp_path / "pids")["grandchild"]})
@@ -150,7 +150,7 @@ def test_a_setsid_grandchild_dies_when_its_job_answers_ok(tmp_path: Path, mark: 
 
 def test_a_grandchild_left_in_the_jobs_group_dies_when_its_job_answers_ok(tmp_path: Path, mark: Path,
                                                                           tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         answer = h.run("daemon", daemon_query(tmp_path, mark, setsid=False))
         assert answer.kind == "ok"
         wait_gone({read_pids(tmp_path / "pids")["grandchild"]})
@@ -158,14 +158,14 @@ def test_a_grandchild_left_in_the_jobs_group_dies_when_its_job_answers_ok(tmp_pa
 
 
 def test_a_process_that_keeps_forking_away_dies_with_its_job(mark: Path, tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         assert h.run("fork_away", {"mark": str(mark)}).kind == "ok"
         wait_unmarked(mark)
 
 
 def test_a_reparented_grandchild_counts_against_the_memory_limit(tmp_path: Path, mark: Path,
                                                                  tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         query = daemon_query(tmp_path, mark, bytes=300 * MiB, sleep=10)
         answer = h.run("orphan_allocates", query, memory_limit=200 * MiB, timeout=60)
         assert answer.kind == "memory_limit", answer.body
@@ -191,7 +191,7 @@ def zombies_below_me() -> list[int]:
 
 @pytest.mark.parametrize("orphans", [False, True], ids=["children", "orphaned_grandchildren"])
 def test_200_short_lived_children_leave_no_zombie(orphans: bool, tracking: str) -> None:
-    with hostile_pool(tracking) as h:
+    with leftovers_pool(tracking) as h:
         assert h.payload(h.run("many_children", {"n": 200, "life": 0.05, "orphans": orphans})) == 200
         deadline = time.monotonic() + WAIT
         while zombies_below_me() and time.monotonic() < deadline:
@@ -203,7 +203,7 @@ def test_200_short_lived_children_leave_no_zombie(orphans: bool, tracking: str) 
 def test_a_setsid_grandchild_dies_when_cmworker_run_is_stopped(tmp_path: Path, mark: Path, ignore_term: bool,
                                                                tracking: str) -> None:
     with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
-            serving(rt, tmp_path, app="hostile.py", top_level='shutdown_grace = "500ms"\n') as proc:
+            serving(rt, tmp_path, app="leftovers.py", top_level='shutdown_grace = "500ms"\n') as proc:
         query = daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=ignore_term)
         job = rt.submit("daemon", query)
         pids = read_pids(tmp_path / "pids")
@@ -220,7 +220,7 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_killed_outright(tmp_path:
                                                                       tracking: str) -> None:
     """SIGKILL leaves the parent no say: the template sees its control socket close and ends the job."""
     with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
-            serving(rt, tmp_path, app="hostile.py") as proc:
+            serving(rt, tmp_path, app="leftovers.py") as proc:
         rt.submit("daemon", daemon_query(tmp_path, mark, setsid=True, then="hang", ignore_term=True))
         pids = read_pids(tmp_path / "pids")
         proc.kill()
@@ -232,14 +232,14 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_killed_outright(tmp_path:
 
 def test_the_template_says_how_it_tracks_job_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SWITCH, "off")
-    with running_pool("hostile.py", workers=1) as h:
+    with running_pool("leftovers.py", workers=1) as h:
         line = tracking_line([o.text for o in h.output])
         assert line == {"mode": "process_tree", "detail": f"turned off by {SWITCH}"}
 
 
 def test_in_cgroup_mode_a_jobs_processes_share_their_workers_cgroup_which_goes_with_the_pool(
         tmp_path: Path, mark: Path) -> None:
-    with hostile_pool("cgroup") as h:
+    with leftovers_pool("cgroup") as h:
         h.submit("daemon", daemon_query(tmp_path, mark, setsid=True, then="hang"))
         pids = read_pids(tmp_path / "pids")
         leaf = cgroups.leaf_of(pids["worker"])
