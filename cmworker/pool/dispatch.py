@@ -125,7 +125,7 @@ class Dispatcher:
         recycle = self.options.max_jobs_per_worker
         for slot in self.slots.values():
             if slot.state == "busy" and slot.next is None and not slot.answered and not slot.orphan \
-                    and (not recycle or slot.jobs_done + 2 <= recycle):
+                    and not slot.retiring and (not recycle or slot.jobs_done + 2 <= recycle):
                 return slot
         return None
 

@@ -6,7 +6,7 @@ control socket (so that file descriptors ride on the message that needs them). A
 compute-module path carries the job's JSON bytes in and the result's JSON bytes out untouched.
 
     parent -> worker     Run
-    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd
+    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring
     parent -> template   Spawn (+ the worker's socket and output pipes as SCM_RIGHTS)
     template -> parent   TemplateReady, TemplateFailed, Spawned, Exited
 
@@ -208,6 +208,22 @@ class StreamEnd(Message):
 
 
 @dataclass(frozen=True)
+class Retiring(Message):
+    """Sent just before a job's answer: the job left this worker unfit for another job, so the answer is
+    its last and it exits after sending it. The parent must send it nothing more."""
+
+    tag = 7
+    seq: int = 0
+
+    def pack(self) -> bytes:
+        return _SEQ.pack(self.seq)
+
+    @classmethod
+    def unpack(cls, body: memoryview) -> Retiring:
+        return cls(_SEQ.unpack(body)[0])
+
+
+@dataclass(frozen=True)
 class Spawn(Message):
     """Fork a worker for ``slot``; its socket and stdout/stderr pipes travel alongside as fds."""
 
@@ -284,7 +300,7 @@ class TemplateFailed(Message):
         return cls(bytes(body).decode(errors="replace"))
 
 
-WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd)
+WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd, Retiring)
 TEMPLATE_MESSAGES: tuple[type[Message], ...] = (TemplateReady, TemplateFailed, Spawned, Exited)
 
 

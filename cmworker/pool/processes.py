@@ -1,8 +1,12 @@
-"""The OS mechanics that enforce a job's limits (parent side).
+"""The OS mechanics that enforce a job's limits (parent, template and worker side).
 
 The limits themselves are ``cmworker.limits.JobLimits``. This module holds the decoding of a raw
-wait status into an ``Exit`` value (decoded once, classified from the value only), the RSS of a
-job's process tree, killing a job's process group, and the kernel's OOM-kill counter.
+wait status into an ``Exit`` value (decoded once, classified from the value only), the processes of a
+job and their RSS, killing them, and the kernel's OOM-kill counter.
+
+A job's processes are its worker and every descendant of it: the worker is a child subreaper, so a
+process whose parent exits is re-parented to the worker instead of escaping to init, whatever its
+session or group. In cgroup mode (``cgroups.py``) the members of the worker's cgroup count too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import signal
 from dataclasses import dataclass
 
 import psutil
+
+from cmworker.pool import cgroups
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -52,7 +58,7 @@ class Exit:
         return f"exited with code {self.code}"
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Direct children of ``pid``, from /proc where the kernel lists them (cheap), else psutil."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -78,7 +84,7 @@ def process_tree(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         tree.append(p)
-        todo.extend(_children(p))
+        todo.extend(children(p))
     return tree
 
 
@@ -100,6 +106,56 @@ def rss(pid: int) -> int:
 def tree_rss(pid: int) -> int:
     """Total RSS of ``pid``'s process tree in bytes."""
     return sum(rss(p) for p in process_tree(pid))
+
+
+def job_processes(worker: int) -> list[int]:
+    """The worker and every process of its job: its descendants, and the members of its cgroup."""
+    tree = process_tree(worker)
+    leaf = cgroups.leaf_of(worker)
+    if leaf is not None:
+        known = set(tree)
+        tree.extend(p for p in cgroups.members(leaf) if p not in known)
+    return tree
+
+
+# A process that forks as fast as it can needs a few rounds to be caught; past this many, whatever was
+# found is killed anyway and the caller's next round (or the template) takes the rest.
+_FREEZE_ROUNDS = 64
+
+
+def freeze_and_kill(worker: int, include_worker: bool) -> int:
+    """SIGSTOP every process of the job until a listing finds none not stopped yet, then SIGKILL them.
+
+    Killing from a list races a process that forks meanwhile: its new child is in no list. A stopped
+    process cannot fork, so once a listing shows nothing new, nothing can be missed. Returns how many
+    processes were signalled.
+    """
+    stopped: set[int] = set()
+    try:
+        for _ in range(_FREEZE_ROUNDS):
+            fresh = [p for p in job_processes(worker) if p not in stopped and (include_worker or p != worker)]
+            if not fresh:
+                break
+            for pid in fresh:
+                stopped.add(pid)
+                _signal(pid, signal.SIGSTOP)
+    finally:
+        for pid in stopped:
+            _signal(pid, signal.SIGKILL)
+    return len(stopped)
+
+
+def kill_job(worker: int) -> None:
+    """SIGKILL a worker and every process of its job, at once through its cgroup where there is one."""
+    leaf = cgroups.leaf_of(worker)
+    if leaf is not None:
+        cgroups.kill(leaf)
+    freeze_and_kill(worker, include_worker=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def kill_group(pgid: int, sig: int, extra_pids: list[int] | tuple[int, ...] = ()) -> None:

@@ -32,6 +32,7 @@ from cmworker.pool.messages import (
     ProtocolError,
     Ready,
     Result,
+    Retiring,
     StreamEnd,
     frame,
 )
@@ -73,6 +74,7 @@ class Slot:
     sent: int = 0     # ... is the n-th sent to it (Runs are numbered as they are sent)
     pidfd: int | None = None  # the worker's pidfd, to see it end once no template reports it
     orphan: bool = False      # its template died: it finishes what it was sent, then retires
+    retiring: bool = False    # it said its next answer is its last (``Retiring``)
     announced: bool = False   # it sent Ready (its pid comes from the template only: ``Spawned``)
     broke: str | None = None  # what it sent out of protocol, if it did
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
@@ -180,7 +182,7 @@ class Slot:
             if self.pid is not None and message.pid != self.pid:
                 return f"a Ready message naming pid {message.pid}, not its own"
             return None
-        if not isinstance(message, Result | Failure | Chunk | StreamEnd):
+        if not isinstance(message, Result | Failure | Chunk | StreamEnd | Retiring):
             return f"a {name} message"
         if self.job is None:
             return f"a {name} message while it had no job"

@@ -63,6 +63,7 @@ from cmworker.pool.messages import (
     Message,
     Ready,
     Result,
+    Retiring,
     Run,
     Spawned,
     StreamEnd,
@@ -339,6 +340,8 @@ class Pool:
         elif isinstance(message, Ready):
             slot.announced = True
             self._on_started(slot)
+        elif isinstance(message, Retiring):  # the job left it unfit for another: its answer is its last
+            slot.retiring = True
 
     def _on_control_message(self, message: Message) -> None:
         """A message from the template (only its kinds pass ``TemplateLink``)."""
@@ -479,6 +482,9 @@ class Pool:
             return
         slot.jobs_done += 1
         slot.job = None
+        if slot.retiring:  # it exits after this answer; a job sent ahead to it goes back to the queue then
+            self._crew.retire(slot)
+            return
         if self._desk.start_next(slot):  # already in the worker's socket: it is running from now on
             return
         recycle = self.options.max_jobs_per_worker
@@ -506,7 +512,7 @@ class Pool:
         if slot.job is not job or slot.answered or slot.pid is None:
             return
         limit = job.limits.memory_limit or 0
-        tree = processes.process_tree(slot.pid)
+        tree = processes.job_processes(slot.pid)
         used = sum(processes.rss(p) for p in tree)
         slot.peak_rss = max(slot.peak_rss, used)
         if used > limit:
@@ -527,11 +533,17 @@ class Pool:
             self._after(self.kill_grace, self._escalate, slot)
 
     def _kill_slot(self, slot: _Slot, sig: int, tree: list[int] | None = None) -> None:
+        """Signal the worker and every process of its job, escaped ones included (``job_processes``).
+
+        SIGKILL stops them all first, so that none can fork out of the kill; what outlives the worker
+        anyway is re-parented to the template, which kills it.
+        """
         if slot.pid is None:
             return
-        if tree is None:
-            tree = processes.process_tree(slot.pid)
-        processes.kill_group(slot.pid, sig, tree)
+        if sig == signal.SIGKILL:
+            processes.kill_job(slot.pid)
+            return
+        processes.kill_group(slot.pid, sig, processes.job_processes(slot.pid) if tree is None else tree)
 
     def _escalate(self, slot: _Slot) -> None:
         if slot.state == "killing":

@@ -10,11 +10,16 @@ Once the app is imported the template only does two things, driven by one ``sele
 * ``Spawn`` from the parent (with the new worker's socket and stdout/stderr pipes attached as fds):
   fork, put the child in its own process group, wire its fds, run ``worker.serve``; reply ``Spawned``.
 * ``SIGCHLD``: reap with ``wait4`` and report ``Exited`` (raw wait status, peak RSS, CPU) so the
-  parent can classify the death. The template is a child subreaper, so grandchildren orphaned by a
-  dying worker are re-parented here and reaped too instead of lingering as zombies.
+  parent can classify the death.
+
+Every worker is a child subreaper (set right after the fork: the flag is not inherited), so whatever
+its job forks stays in the worker's tree, whatever its session or group, and dies with the job. The
+template is one too: the processes of a job whose worker was killed are re-parented here, and the
+template kills and reaps every child that is not one of its workers. Where the container allows it,
+each worker also gets a cgroup of its own (``cgroups.py``); the template logs which mode is in force.
 
 When the control socket closes (the parent exited or is shutting the pool down) the template kills
-every worker's process group and exits, so no worker outlives its pool.
+every worker and everything of its job, and exits, so nothing outlives its pool.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import select
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from cmworker.app.registry import FunctionSpec, load_app, registry
+from cmworker.pool import cgroups, processes
 from cmworker.pool.messages import (
     MAX_CONTROL_MESSAGE,
     Exited,
@@ -46,6 +53,8 @@ from cmworker.pool.messages import (
 from cmworker.pool.options import PoolOptions
 
 _PR_SET_CHILD_SUBREAPER = 36
+# How long the template, shutting down, waits for the processes it killed, so their cgroups can go.
+_SHUTDOWN_REAP = 1.0
 # Workers volunteer to the kernel's OOM killer before the template or the parent do, so that an
 # out-of-memory kill takes the job that caused it instead of the process that answers for it.
 _WORKER_OOM_SCORE_ADJ = b"500"
@@ -85,11 +94,17 @@ class Template:
         self.control = control
         self.functions = functions
         self.workers: set[int] = set()
+        # Children the app's import started are the app's business; any later child that is not a
+        # worker is an orphan of a job whose worker died.
+        self.spared = set(processes.children(os.getpid()))
+        self.cgroup: str | None = None
+        self.doomed: set[str] = set()  # cgroups of dead workers, removed once their last process is reaped
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
 
     def run(self) -> NoReturn:
+        self.choose_tracking()
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only wakes the select
         self.control.send(pack_packet(TemplateReady(os.getpid(), json.dumps(describe(self.functions)))))
@@ -101,6 +116,16 @@ class Template:
                 self.reap()
             if self.control.fileno() in readable:
                 self.handle_control()
+
+    def choose_tracking(self) -> None:
+        """Per-worker cgroups where we may create them, else process trees; one log line says which."""
+        self.cgroup, how = cgroups.prepare() if sys.platform.startswith("linux") else (None, "not Linux")
+        from cmworker import logs
+
+        logs.configure("sls", self.options.log_level, stream=sys.stderr, logger_levels=self.options.logger_levels)
+        mode = "cgroup" if self.cgroup else "process_tree"
+        logs.get_logger("cmworker.template").info("job_process_tracking", mode=mode, detail=how)
+        sys.stderr.flush()
 
     def handle_control(self) -> None:
         try:
@@ -139,6 +164,11 @@ class Template:
         code = 70
         try:
             os.setpgid(0, 0)
+            # Before anything else can run here: from now on every orphan of this worker's jobs is
+            # re-parented to it, and counted and killed with its job.
+            _become_subreaper()
+            if self.cgroup is not None:
+                cgroups.join(self.cgroup)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
@@ -177,16 +207,45 @@ class Template:
                 return
             if pid == 0:
                 return
+            self.spared.discard(pid)  # its pid may come back as anything
             if pid in self.workers:
                 self.workers.discard(pid)
+                self.end_job_of(pid)
                 cpu = usage.ru_utime + usage.ru_stime
                 with contextlib.suppress(OSError):
                     self.control.send(pack_packet(Exited(pid, status, usage.ru_maxrss * 1024, cpu)))
+            self.kill_strays()
+
+    def end_job_of(self, worker: int) -> None:
+        """A worker is gone: whatever of its job is left in its cgroup dies with it."""
+        if self.cgroup is not None:
+            leaf = cgroups.worker_leaf(self.cgroup, worker)
+            cgroups.kill(leaf)
+            self.doomed.add(leaf)
+
+    def kill_strays(self) -> None:
+        """Kill every child that is not a worker (orphans of dead workers' jobs); their SIGCHLD reaps them."""
+        for pid in processes.children(os.getpid()):
+            if pid not in self.workers and pid not in self.spared:
+                processes.freeze_and_kill(pid, include_worker=True)
+        self.doomed = {leaf for leaf in self.doomed if not cgroups.remove(leaf)}
 
     def shutdown(self) -> NoReturn:
         for pid in self.workers:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+            processes.kill_job(pid)
+            self.end_job_of(pid)
+        self.workers.clear()
+        self.kill_strays()
+        if self.cgroup is not None:  # wait a little for the dead, so that no empty cgroup is left behind
+            deadline = time.monotonic() + _SHUTDOWN_REAP
+            while self.doomed and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    while os.waitpid(-1, os.WNOHANG)[0]:
+                        pass
+                self.kill_strays()
+                if self.doomed:
+                    time.sleep(0.005)
+            cgroups.remove(self.cgroup)
         os._exit(0)
 
 

@@ -6,6 +6,10 @@ its own socket (one per worker, never shared), and answers each with exactly one
 Anything the function does wrong that Python can see (raising, an unencodable or oversized result,
 its soft timeout) becomes a ``Failure`` with a payload kind; what Python cannot see (a segfault,
 ``os._exit``, a kill) the parent learns from the wait status and classifies there.
+
+After each job, before its answer, the worker kills and reaps every process the job left (it is their
+subreaper, so none escaped) and puts its own state back (``baseline.py``). When a job left what cannot
+be put back, the worker says so (``Retiring``) before the answer and exits after it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, NoReturn
 import cloudpickle
 import structlog
 
+from cmworker import logs
 from cmworker.app.encoding import encode_result
 from cmworker.app.registry import FunctionSpec
 from cmworker.errors import (
@@ -37,7 +42,8 @@ from cmworker.errors import (
     StreamFailed,
     UnknownFunction,
 )
-from cmworker.pool import pickled
+from cmworker.pool import pickled, processes
+from cmworker.pool.baseline import Baseline
 from cmworker.pool.messages import (
     MODE_PICKLE,
     BlockingReader,
@@ -45,16 +51,19 @@ from cmworker.pool.messages import (
     Failure,
     Ready,
     Result,
+    Retiring,
     Run,
     StreamEnd,
     send_message,
 )
-from cmworker.pool.processes import process_tree
 from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
 _in_job = False
 _soft_timeout = 0.0
+# How long the worker waits for the processes a job left to die once killed (one stuck in the kernel
+# cannot); past it, the worker retires and the template, their next subreaper, reaps them.
+_REAP_DEADLINE = 2.0
 
 
 def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoReturn:
@@ -63,6 +72,7 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoRetur
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    baseline = Baseline.capture()
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)
     while True:
@@ -74,24 +84,44 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoRetur
             _flush_output()
             os._exit(0)
         if isinstance(message, Run):
-            _run(sock, message, functions)
+            _run(sock, message, functions, baseline)
 
 
-def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> None:
+def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], baseline: Baseline) -> None:
     cpu_start = time.process_time()
     try:
         reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
     finally:
         structlog.contextvars.clear_contextvars()
-    _kill_leftovers()
+    unfit = _clean_up(baseline)
     _flush_output()
     cpu = time.process_time() - cpu_start
+    if unfit:
+        send_message(sock, Retiring(run.seq))
     if isinstance(reply, Result):
         send_message(sock, Result(reply.body, cpu, run.seq))
     elif isinstance(reply, Failure):
         send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq))
     else:
         send_message(sock, StreamEnd(cpu, run.seq))
+    if unfit:
+        _flush_output()
+        os._exit(0)
+
+
+def _clean_up(baseline: Baseline) -> list[str]:
+    """End what the job left and put the worker back as the template made it; why it cannot serve again."""
+    reasons = []
+    if not _end_leftovers():
+        reasons.append(f"processes the job started did not die within {format_duration(_REAP_DEADLINE)} "
+                       "of being killed")
+    try:
+        reasons += baseline.restore()
+    except Exception as exc:  # whatever the job did to make this fail, the next job must not meet it
+        reasons.append(f"the worker's state could not be put back: {exc!r}")
+    if reasons:
+        logs.get_logger("cmworker.worker").warning("worker_replaced_after_job", reasons=reasons)
+    return reasons
 
 
 def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec]) -> Result | Failure | StreamEnd:
@@ -259,21 +289,26 @@ def _on_soft_timeout(signum: int, frame: FrameType | None) -> None:
                          timeout_s=_soft_timeout, soft=True)
 
 
-def _kill_leftovers() -> None:
-    """Whatever the job started and left running dies with the job, and zombies are reaped."""
-    try:
-        if os.waitpid(-1, os.WNOHANG) == (0, 0):
-            pass  # a child is still running: fall through and kill it
-    except ChildProcessError:
-        return  # the common case, one syscall: the job started no process
+def _end_leftovers() -> bool:
+    """Kill every process the job left and reap them all; False when some would not die in time.
+
+    The worker is their subreaper: a process whose parent exited was re-parented here, so "no child
+    left" means nothing of the job is left, whatever session or group it moved to.
+    """
     me = os.getpid()
-    leftovers = [p for p in process_tree(me) if p != me]
-    for pid in leftovers:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+    deadline = time.monotonic() + _REAP_DEADLINE
+    pause = 0.0005
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return True  # the common case, one syscall: the job left no process
+        if time.monotonic() > deadline:
+            return False
+        processes.freeze_and_kill(me, include_worker=False)
+        time.sleep(pause)  # SIGKILLed processes die within microseconds; this is seldom reached twice
+        pause = min(pause * 2, 0.05)
 
 
 def _flush_output() -> None:
