@@ -80,11 +80,12 @@ class Harness:
     def wait_full_strength(self, timeout: float = WAIT) -> None:
         """Every worker alive and idle again."""
         deadline = time.monotonic() + timeout
+        workers = self.pool.options.workers
         while time.monotonic() < deadline:
-            if self.pool.available == self.pool.size and len(self.pool.worker_pids()) == self.pool.size:
+            if self.pool.available == workers and len(self.pool.worker_pids()) == workers:
                 return
             time.sleep(0.01)
-        raise AssertionError(f"pool not back to {self.pool.size} idle workers: {self.pool.available}")
+        raise AssertionError(f"pool not back to {self.pool.options.workers} idle workers: {self.pool.available}")
 
     def assert_answered_once(self) -> None:
         with self.cond:

@@ -45,6 +45,11 @@ class Answer:
     cpu: float = 0.0        # CPU seconds the worker spent on the job, when it reported them
     max_rss: int = 0        # highest RSS of the job's process tree seen by the sampler, bytes
 
+    @classmethod
+    def failed(cls, job: Job, error: JobError) -> Answer:
+        """The answer of a job that no worker ran to its end: ``error`` made here, in the parent."""
+        return cls(job, error.to_bytes(), error.kind, error)
+
 
 @dataclass(frozen=True)
 class StreamItem:

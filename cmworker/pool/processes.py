@@ -181,3 +181,16 @@ def oom_kill_count() -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+# Memory is sampled more often the closer a job is to its limit: the next sample is due when a job
+# growing at _ASSUMED_GROWTH could reach the limit, bounded to [_SAMPLE_MIN, _SAMPLE_MAX] seconds. The
+# rate must be one no real allocation beats: at 4 GiB/s, a job on transparent huge pages (measured at
+# 5.5-7.8 GiB/s) overshot a 512 MiB limit by up to 364 MiB.
+_ASSUMED_GROWTH = 16 * 2**30
+_SAMPLE_MIN, _SAMPLE_MAX = 0.002, 0.1
+
+
+def next_sample(headroom: int) -> float:
+    """Seconds until a job's memory is sampled again, given how many bytes it has left below its limit."""
+    return min(_SAMPLE_MAX, max(_SAMPLE_MIN, headroom / _ASSUMED_GROWTH))

@@ -16,11 +16,14 @@ import collections
 import contextlib
 import os
 import selectors
+import signal
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from cmworker.errors import JobError
+from cmworker.errors import JobError, WorkerDied
+from cmworker.pool import processes
 from cmworker.pool.jobs import Job, OutputLine
 from cmworker.pool.messages import (
     MAX_FRAME,
@@ -271,6 +274,41 @@ class Slot:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(fd)
         self.output.close()
+
+    def kill(self, sig: int, tree: list[int] | None = None) -> None:
+        """Signal the worker and every process of its job, escaped ones included (``job_processes``).
+
+        SIGKILL stops them all first, so that none can fork out of the kill; what outlives the worker
+        anyway is re-parented to the template, which kills it.
+        """
+        if self.pid is None:
+            return
+        if sig == signal.SIGKILL:
+            processes.kill_job(self.pid)
+            return
+        processes.kill_group(self.pid, sig, processes.job_processes(self.pid) if tree is None else tree)
+
+    def death_error(self) -> WorkerDied:
+        """Why the job of this worker, which ended without answering, is answered ``worker_died``: decoded
+        once from its wait status (``exit``), which is missing when its template had died first."""
+        name = self.job.function if self.job else "?"
+        output = "\n".join(self.output.last)
+        if self.exit is None:
+            return WorkerDied(f"the worker running function {name!r} ended without answering after cmworker's "
+                              "worker template had died, so its exit status is unknown", pid=self.pid, output=output)
+        details: dict[str, Any] = {"pid": self.exit.pid, "output": output}
+        if self.exit.signal is not None:
+            details["signal"] = self.exit.signal_name
+        else:
+            details["exit_code"] = self.exit.code
+        if self.exit.signal == signal.SIGKILL:
+            count = processes.oom_kill_count()
+            if count is not None and self.oom_count is not None and count > self.oom_count:
+                return WorkerDied(
+                    f"the worker running function {name!r} was killed by the kernel's out-of-memory killer "
+                    "(the container ran out of memory)", likely_oom=True, **details)
+        return WorkerDied(f"the worker running function {name!r} {self.exit.describe()} without answering",
+                          **details)
 
     def last_lines(self) -> str:
         if not self.output.last:

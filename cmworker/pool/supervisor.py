@@ -80,12 +80,6 @@ __all__ = ["Answer", "Job", "OutputLine", "Pool", "PoolOptions", "StreamItem"]
 
 log = logging.getLogger("cmworker.supervisor")
 
-# Memory is sampled more often the closer a job is to its limit: the next sample is due when a job
-# growing at _ASSUMED_GROWTH could reach the limit, bounded to [_SAMPLE_MIN, _SAMPLE_MAX] seconds. The
-# rate must be one no real allocation beats: at 4 GiB/s, a job on transparent huge pages (measured at
-# 5.5-7.8 GiB/s) overshot a 512 MiB limit by up to 364 MiB.
-_ASSUMED_GROWTH = 16 * 2**30
-_SAMPLE_MIN, _SAMPLE_MAX = 0.002, 0.1
 # Crash-loop breaker: this many fresh workers dying in a row before taking a job stops respawning.
 _MAX_STARTUP_FAILURES = 5
 
@@ -142,16 +136,6 @@ class Pool:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    @property
-    def size(self) -> int:
-        """How many workers the pool keeps."""
-        return self.options.workers
-
-    @property
-    def kill_grace(self) -> float:
-        """Seconds between SIGTERM and SIGKILL when the pool kills a job."""
-        return self.options.kill_grace
-
     # -- public API (any thread) ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -183,7 +167,7 @@ class Pool:
         """
         if not self._desk.submit(job):
             error = ShuttingDown("the pool is shutting down and no longer accepts jobs")
-            self.on_answer(Answer(job, error.to_bytes(), error.kind, error))
+            self.on_answer(Answer.failed(job, error))
 
     def cancel(self, job_id: str) -> bool:
         """Withdraw a job that is still queued; True when it was (it then gets no answer). Thread-safe."""
@@ -307,7 +291,7 @@ class Pool:
                   "template is started", status)
         for slot in list(self._slots.values()):
             if not self._crew.watch_orphan(slot, self._on_worker_gone):
-                self._kill_slot(slot, signal.SIGKILL)
+                slot.kill(signal.SIGKILL)
                 self._end_slot(slot, WorkerDied(
                     f"cmworker's worker template process died (exit status {status}), taking this job's "
                     "worker with it", pid=slot.pid))
@@ -320,7 +304,7 @@ class Pool:
         log.warning("worker %s broke cmworker's protocol: it sent %s; it is killed", slot.pid, what)
         slot.broke = what
         if slot.state == "starting":  # its death counts toward the crash-loop breaker
-            self._kill_slot(slot, signal.SIGKILL)
+            slot.kill(signal.SIGKILL)
             return
         self._desk.remove_idle(slot)
         if slot.job is not None:
@@ -374,7 +358,7 @@ class Pool:
             return
         self._crew.started()
         self._desk.make_idle(slot)
-        if not self._ready.is_set() and len(self._desk.idle) >= self.size:
+        if not self._ready.is_set() and len(self._desk.idle) >= self.options.workers:
             self._ready.set()
 
     def _on_answered(self, slot: _Slot, message: Result | Failure | StreamEnd) -> None:
@@ -408,10 +392,7 @@ class Pool:
             return
         error = None
         if slot.job is not None and not slot.answered:
-            error = self._death_error(slot, slot.exit) if slot.exit is not None else WorkerDied(
-                f"the worker running function {slot.job.function!r} ended without answering after cmworker's "
-                "worker template had died, so its exit status is unknown", pid=slot.pid,
-                output="\n".join(slot.output.last))
+            error = slot.death_error()
         self._end_slot(slot, error)
 
     # -- dispatch and answers -------------------------------------------------------------------
@@ -426,7 +407,7 @@ class Pool:
             earliest = timer.when
         if lim.memory_limit:
             slot.oom_count = processes.oom_kill_count()
-            first = min(_SAMPLE_MAX, max(_SAMPLE_MIN, lim.memory_limit / _ASSUMED_GROWTH))
+            first = processes.next_sample(lim.memory_limit)
             timer = self._timers.push(now + first, self._sample_memory, (slot, job))
             slot.timers.append(timer)
             earliest = min(earliest, timer.when)
@@ -521,52 +502,20 @@ class Pool:
                 f"{format_size(limit)}, and was killed", limit_bytes=limit, rss_bytes=used, pid=slot.pid))
             self._kill_job(slot, "memory", signal.SIGKILL, tree)
             return
-        delay = min(_SAMPLE_MAX, max(_SAMPLE_MIN, (limit - used) / _ASSUMED_GROWTH))
+        delay = processes.next_sample(limit - used)
         slot.timers.append(self._after(delay, self._sample_memory, slot, job))
 
     def _kill_job(self, slot: _Slot, reason: str, sig: int, tree: list[int] | None = None) -> None:
         """Kill the job's process group (and stray descendants); escalate to SIGKILL after the grace."""
         slot.killed_for = reason
         slot.state = "killing"
-        self._kill_slot(slot, sig, tree)
+        slot.kill(sig, tree)
         if sig != signal.SIGKILL:
-            self._after(self.kill_grace, self._escalate, slot)
-
-    def _kill_slot(self, slot: _Slot, sig: int, tree: list[int] | None = None) -> None:
-        """Signal the worker and every process of its job, escaped ones included (``job_processes``).
-
-        SIGKILL stops them all first, so that none can fork out of the kill; what outlives the worker
-        anyway is re-parented to the template, which kills it.
-        """
-        if slot.pid is None:
-            return
-        if sig == signal.SIGKILL:
-            processes.kill_job(slot.pid)
-            return
-        processes.kill_group(slot.pid, sig, processes.job_processes(slot.pid) if tree is None else tree)
+            self._after(self.options.kill_grace, self._escalate, slot)
 
     def _escalate(self, slot: _Slot) -> None:
         if slot.state == "killing":
-            self._kill_slot(slot, signal.SIGKILL)
-
-    def _death_error(self, slot: _Slot, exit: Exit) -> JobError:
-        """Classify a worker death that nobody answered for (decoded once into ``exit``)."""
-        job = slot.job
-        name = job.function if job else "?"
-        output = "\n".join(slot.output.last)
-        details: dict[str, Any] = {"pid": exit.pid, "output": output}
-        if exit.signal is not None:
-            details["signal"] = exit.signal_name
-        else:
-            details["exit_code"] = exit.code
-        if exit.signal == signal.SIGKILL:
-            count = processes.oom_kill_count()
-            if count is not None and slot.oom_count is not None and count > slot.oom_count:
-                return WorkerDied(
-                    f"the worker running function {name!r} was killed by the kernel's out-of-memory killer "
-                    "(the container ran out of memory)", likely_oom=True, **details)
-        return WorkerDied(f"the worker running function {name!r} {exit.describe()} without answering",
-                          **details)
+            slot.kill(signal.SIGKILL)
 
     # -- spawning, retiring, ending -------------------------------------------------------------
 
@@ -606,7 +555,7 @@ class Pool:
     def _fail_pending(self, reason: str) -> None:
         for job in self._desk.take_pending():
             error = WorkerDied(f"no worker could run this job: {reason}")
-            self._answers.append(Answer(job, error.to_bytes(), error.kind, error))
+            self._answers.append(Answer.failed(job, error))
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -615,7 +564,7 @@ class Pool:
             return
         for job in self._desk.take_pending():
             error = ShuttingDown("cmworker is shutting down; this job was never started")
-            self._answers.append(Answer(job, error.to_bytes(), error.kind, error))
+            self._answers.append(Answer.failed(job, error))
         if self._stop_deadline is not None and self.clock() >= self._stop_deadline:
             for slot in list(self._slots.values()):
                 if slot.state == "busy" and not slot.answered and slot.job is not None:
@@ -633,7 +582,7 @@ class Pool:
                 self._fail(slot, ShuttingDown("the pool stopped before this job finished", pid=slot.pid))
             if slot.next is not None:
                 error = ShuttingDown("cmworker is shutting down; this job was never started")
-                self._answers.append(Answer(slot.next, error.to_bytes(), error.kind, error))
+                self._answers.append(Answer.failed(slot.next, error))
                 slot.next = None
         self._crew.close()
         self._deliver()

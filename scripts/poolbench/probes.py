@@ -77,9 +77,9 @@ def until_full(pool: Pool, pause: float = 0.0) -> float:
     thread is not starved while the moment is caught within a few microseconds.
     """
     deadline = time.monotonic() + WAIT
-    while pool.available < pool.size:
+    while pool.available < pool.options.workers:
         if time.monotonic() > deadline:
-            raise BenchError(f"the pool did not get back to {pool.size} idle workers within {WAIT:g} s")
+            raise BenchError(f"the pool did not get back to {pool.options.workers} idle workers within {WAIT:g} s")
         time.sleep(pause)
     return time.monotonic()
 
