@@ -45,6 +45,7 @@ from cmworker.settings import (
     _PER_FUNCTION,
     _SECTIONS,
     APP,
+    CGROUPS,
     FUNCTIONS_TABLE,
     KILL_GRACE,
     LOG_FORMAT,
@@ -136,8 +137,10 @@ class Config:
     log_format: str                      # "auto", "sls" or "console"
     log_level: str                       # an SLS level name
     stats_interval: float | None         # seconds between `stats` lines; None: never
-    logger_levels: tuple[tuple[str, str], ...] = ()  # (logger name, SLS level)
-    worker_nice: int = 19                # added to the parent's nice value in each worker
+    # Defaults for a Config built in code, from the declarations.
+    logger_levels: tuple[tuple[str, str], ...] = LOGGER_LEVELS.fixed_default  # (logger name, SLS level)
+    worker_nice: int = WORKER_NICE.fixed_default  # added to the parent's nice value in each worker
+    cgroups: str = CGROUPS.fixed_default  # "auto" or "off": how a job's processes are found
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -419,6 +422,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         stats_interval=get(STATS_INTERVAL),
         logger_levels=get(LOGGER_LEVELS),
         worker_nice=get(WORKER_NICE),
+        cgroups=get(CGROUPS),
         functions=MappingProxyType(functions),
         sources=MappingProxyType(dict(sources)),
         file=located[0] if located else None,

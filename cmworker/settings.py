@@ -303,6 +303,16 @@ WORKER_NICE: Setting[int] = _setting(
     _whole_number(0, 19), _show_int, 19,
     attr="worker_nice", env="CMWORKER_WORKER_NICE", metavar="N", text=_int_text,
 )
+CGROUPS: Setting[str] = _setting(
+    "cgroups", '"auto" or "off"',
+    "How cmworker finds every process a job started. \"auto\": in a cgroup of each worker's own where the "
+    "container lets cmworker create cgroups (a delegated, writable cgroup v2), so nothing a job forks "
+    "escapes the kill and the memory limit, and in the worker's process tree otherwise (the worker is "
+    "the subreaper of whatever the job starts). \"off\": the process tree always, for a host where "
+    "creating cgroups is unwelcome. The template logs which mode is in force (`job_process_tracking`).",
+    _choice(("auto", "off")), _show_str, "auto",
+    attr="cgroups", env="CMWORKER_CGROUPS", metavar="MODE",
+)
 SHUTDOWN_GRACE: Setting[float] = _setting(
     "shutdown_grace", "duration",
     "After SIGTERM, how long jobs already running may go on before they are killed and answered with a "
@@ -321,7 +331,8 @@ POLL_TIMEOUT: Setting[float] = _setting(
 TIMEOUT: Setting[float | None] = _setting(
     "limits.timeout", "duration or \"none\"",
     "Hard wall-clock limit on one job, measured from dispatch to its worker. When it passes, the job's "
-    'process group is killed and the job answered with a `timeout` error. "none" means no limit.',
+    'processes (its worker and all it started) are killed and the job answered with a `timeout` error. '
+    '"none" means no limit.',
     _or_none(_duration(positive=True)), _show_duration, "1h",
     attr="limits.timeout", flag="--timeout", env="CMWORKER_TIMEOUT", metavar="DURATION", per_function=True,
 )
@@ -344,7 +355,7 @@ MEMORY_LIMIT: Setting[int | None] = _setting(
 )
 KILL_GRACE: Setting[float] = _setting(
     "limits.kill_grace", "duration",
-    "When cmworker kills a job, the time between SIGTERM and SIGKILL to its process group. 0 sends "
+    "When cmworker kills a job, the time between SIGTERM and SIGKILL to its processes. 0 sends "
     "SIGKILL at once.",
     _duration(positive=False), _show_duration, "50ms",
     attr="kill_grace", env="CMWORKER_KILL_GRACE", metavar="DURATION",
@@ -394,7 +405,7 @@ LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    APP, WORKERS, WORKER_NICE, SHUTDOWN_GRACE, POLL_TIMEOUT,
+    APP, WORKERS, WORKER_NICE, CGROUPS, SHUTDOWN_GRACE, POLL_TIMEOUT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
     LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL,
 )

@@ -26,7 +26,6 @@ import psutil
 import pytest
 
 from cmworker.pool import cgroups
-from cmworker.pool.cgroups import SWITCH
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import WAIT, Harness, running_pool, wait_gone
 from tests.test_serve import answer, serving
@@ -78,11 +77,9 @@ def mark(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(params=["cgroup", "process_tree"])
 def tracking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The mode under test; the template inherits the switch through the environment."""
-    if request.param == "process_tree":
-        monkeypatch.setenv(SWITCH, "off")
-    else:
-        monkeypatch.delenv(SWITCH, raising=False)
+    """The mode under test: ``cmworker run`` reads the cgroups setting from the environment
+    (``CMWORKER_CGROUPS``); a pool built here is given it (``leftovers_pool``)."""
+    monkeypatch.setenv("CMWORKER_CGROUPS", "off" if request.param == "process_tree" else "auto")
     mode: str = request.param
     return mode
 
@@ -107,7 +104,8 @@ def check_mode(run_log: Path, tracking: str) -> None:
 @contextmanager
 def leftovers_pool(tracking: str, **kwargs: Any) -> Iterator[Harness]:
     """One worker running tests/apps/leftovers.py, in the tracking mode asked for (or the test is skipped)."""
-    with running_pool("leftovers.py", workers=1, **kwargs) as h:
+    with running_pool("leftovers.py", workers=1, cgroups="off" if tracking == "process_tree" else "auto",
+                      **kwargs) as h:
         line = tracking_line([o.text for o in h.output])
         if line["mode"] != tracking:
             assert tracking == "cgroup", line
@@ -230,11 +228,10 @@ def test_a_setsid_grandchild_dies_when_cmworker_run_is_killed_outright(tmp_path:
     check_mode(tmp_path / "run.log", tracking)
 
 
-def test_the_template_says_how_it_tracks_job_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SWITCH, "off")
-    with running_pool("leftovers.py", workers=1) as h:
+def test_the_template_says_how_it_tracks_job_processes() -> None:
+    with running_pool("leftovers.py", workers=1, cgroups="off") as h:
         line = tracking_line([o.text for o in h.output])
-        assert line == {"mode": "process_tree", "detail": f"turned off by {SWITCH}"}
+        assert line == {"mode": "process_tree", "detail": "turned off by the cgroups setting"}
 
 
 def test_in_cgroup_mode_a_jobs_processes_share_their_workers_cgroup_which_goes_with_the_pool(

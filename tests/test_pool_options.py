@@ -31,18 +31,18 @@ def test_defaults_are_the_declared_defaults_of_the_configuration() -> None:
 
 def test_from_config_carries_every_pool_setting(tmp_path: Path) -> None:
     (tmp_path / "cmworker.toml").write_text(
-        'app = "my_app"\nworkers = 3\nworker_nice = 5\n'
+        'app = "my_app"\nworkers = 3\nworker_nice = 5\ncgroups = "off"\n'
         '[limits]\nkill_grace = "2s"\nmax_jobs_per_worker = 7\n'
         '[logging]\nlevel = "DEBUG"\nlogger_levels = { urllib3 = "WARN" }\n')
     options = PoolOptions.from_config(load_config(environ={}, cwd=tmp_path))
     assert options == PoolOptions(workers=3, app="my_app", log_level="DEBUG", logger_levels=[("urllib3", "WARN")],
-                                  kill_grace=2.0, max_jobs_per_worker=7, worker_nice=5)
+                                  kill_grace=2.0, max_jobs_per_worker=7, worker_nice=5, cgroups="off")
 
 
 def test_options_survive_the_trip_to_the_template_unchanged() -> None:
     options = PoolOptions(workers=2, app="app.py", preload=["json", "decimal"], log_level="WARN",
                           logger_levels=[("a", "DEBUG")], kill_grace=0.25, max_jobs_per_worker=3, worker_nice=4,
-                          prefetch=True, startup_timeout=9.0, python="/usr/bin/python3")
+                          cgroups="off", prefetch=True, startup_timeout=9.0, python="/usr/bin/python3")
     back = PoolOptions.from_json(options.to_json())
     assert back == options
     assert [f.name for f in dataclasses.fields(back) if getattr(back, f.name) != getattr(options, f.name)] == []

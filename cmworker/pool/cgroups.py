@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-# The one switch, for a host where creating cgroups is unwelcome: CMWORKER_CGROUPS=off.
-SWITCH = "CMWORKER_CGROUPS"
 _MOUNTINFO = "/proc/self/mountinfo"
 _PREFIX = "cmworker-"
 _WORKER = "worker-"
@@ -68,10 +66,11 @@ def _read_mounts() -> list[tuple[str, str]]:
     return mounts
 
 
-def prepare() -> tuple[str | None, str]:
-    """Set up this template's cgroup for its workers: (its directory, or None, and why in a few words)."""
-    if os.environ.get(SWITCH, "").lower() in ("0", "off", "no", "false"):
-        return None, f"turned off by {SWITCH}"
+def prepare(mode: str = "auto") -> tuple[str | None, str]:
+    """Set up this template's cgroup for its workers: (its directory, or None, and why in a few words).
+    ``mode`` is the ``cgroups`` setting: "off" uses none."""
+    if mode == "off":
+        return None, "turned off by the cgroups setting"
     own = _v2_dir()
     if own is None:
         return None, "no cgroup v2 hierarchy is mounted"

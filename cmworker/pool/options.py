@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 # The declarations, not the loader: the template builds its options from JSON and need not import
 # argparse, difflib and tomllib to do it (~20 ms of every template start).
-from cmworker.settings import KILL_GRACE, LOG_LEVEL, LOGGER_LEVELS, MAX_JOBS_PER_WORKER, WORKER_NICE
+from cmworker.settings import CGROUPS, KILL_GRACE, LOG_LEVEL, LOGGER_LEVELS, MAX_JOBS_PER_WORKER, WORKER_NICE
 
 if TYPE_CHECKING:
     from cmworker.config import Config
@@ -42,6 +42,7 @@ class PoolOptions:
     kill_grace: float = KILL_GRACE.fixed_default
     max_jobs_per_worker: int = MAX_JOBS_PER_WORKER.fixed_default
     worker_nice: int = WORKER_NICE.fixed_default
+    cgroups: str = CGROUPS.fixed_default
     prefetch: bool = False
     startup_timeout: float = 120.0
     python: str = sys.executable
@@ -59,7 +60,8 @@ class PoolOptions:
         """The options of ``cmworker run``'s pool (the app and every pool setting from ``config``)."""
         return cls(workers=config.workers, app=config.app, log_level=config.log_level,
                    logger_levels=config.logger_levels, kill_grace=config.kill_grace,
-                   max_jobs_per_worker=config.max_jobs_per_worker, worker_nice=config.worker_nice)
+                   max_jobs_per_worker=config.max_jobs_per_worker, worker_nice=config.worker_nice,
+                   cgroups=config.cgroups)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

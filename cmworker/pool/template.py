@@ -119,7 +119,8 @@ class Template:
 
     def choose_tracking(self) -> None:
         """Per-worker cgroups where we may create them, else process trees; one log line says which."""
-        self.cgroup, how = cgroups.prepare() if sys.platform.startswith("linux") else (None, "not Linux")
+        linux = sys.platform.startswith("linux")
+        self.cgroup, how = cgroups.prepare(self.options.cgroups) if linux else (None, "not Linux")
         from cmworker import logs
 
         logs.configure("sls", self.options.log_level, stream=sys.stderr, logger_levels=self.options.logger_levels)
