@@ -68,7 +68,9 @@ def test_no_secret_reaches_the_log_in_any_spelling_at_any_time(
             steps.append([later, "remembered", _nonce(replica)])
         job = replica.submit(steps, with_credentials(authHeader=secret))
         replica.answer(job)
-        markers += [SHOWN[how].format(n=nonce) for how, _, nonce in steps if how != "remember"]
+        # A thread's line would come after the answer, and its worker is replaced at the answer: it may
+        # never come (what comes is checked all the same).
+        markers += [SHOWN[how].format(n=nonce) for how, _, nonce in steps if how not in ("remember", "thread")]
         shown.append(secret)
     for marker in markers:
         replica.wait_for(marker)

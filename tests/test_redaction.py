@@ -106,11 +106,17 @@ def test_a_secret_a_job_kept_is_redacted_when_a_later_job_prints_it(replica: Rep
     assert_redacted_line(replica, n)
 
 
-def test_a_secret_printed_by_a_thread_after_its_job_was_answered_is_redacted(replica: Replica) -> None:
+def test_a_thread_that_would_print_a_secret_after_the_answer_ends_with_its_worker(replica: Replica) -> None:
+    """Nothing of a job outlives its answer: a worker a job left a thread in is replaced after that answer
+    (docs/deploying.md, "What each job starts with"), so the line the thread would write 0.3 s later never
+    comes, and the secret is nowhere. (A secret shown after its job by a later job, through a module global,
+    is redacted: test_a_secret_a_job_kept_is_redacted_when_a_later_job_prints_it.)"""
     secret = plain()
-    n = show(replica, [["thread", "token"]], f"Bearer {secret}", marker="{nonce} later:")
+    n = nonce()
+    replica.answer(replica.submit([["thread", "token"]], with_credentials(authHeader=f"Bearer {secret}"), nonce=n))
+    with pytest.raises(AssertionError, match="did not reach the log"):
+        replica.wait_for(f"{n} later:", timeout=2.0)
     assert leaks(replica.text(), [secret]) == []
-    assert_redacted_line(replica, n)
 
 
 # -- a line the parent reads in pieces -------------------------------------------------------------------
