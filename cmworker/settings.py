@@ -270,6 +270,14 @@ class Setting(Generic[T]):
         return cast(T, target)
 
 
+def _duration_setting(key: str, help: str, default: str, *, positive: bool, unset: bool = False,
+                      **options: Any) -> Setting[Any]:
+    """Declare a duration ("90s", "5m", "1h30m" or seconds); with ``unset``, "none" too."""
+    validate = _duration(positive=positive)
+    return _setting(key, 'duration or "none"' if unset else "duration", help,
+                    _or_none(validate) if unset else validate, _show_duration, default, metavar="DURATION", **options)
+
+
 def _setting(key: str, type: str, help: str, validate: Callable[[object], T], show: Callable[[T], str],
              default: object, **options: Any) -> Setting[T]:
     """Declare a setting with a fixed default, checked by its own validator when the module loads."""
@@ -313,36 +321,35 @@ CGROUPS: Setting[str] = _setting(
     _choice(("auto", "off")), _show_str, "auto",
     attr="cgroups", env="CMWORKER_CGROUPS", metavar="MODE",
 )
-SHUTDOWN_GRACE: Setting[float] = _setting(
-    "shutdown_grace", "duration",
+SHUTDOWN_GRACE: Setting[float] = _duration_setting(
+    "shutdown_grace",
     "After SIGTERM, how long jobs already running may go on before they are killed and answered with a "
     "`shutdown` error. Keep it below the platform's termination grace period (30s by default on "
     "Kubernetes), or the container is killed before those answers are posted.",
-    _duration(positive=False), _show_duration, "25s",
-    attr="shutdown_grace", env="CMWORKER_SHUTDOWN_GRACE", metavar="DURATION",
+    "25s", positive=False,
+    attr="shutdown_grace", env="CMWORKER_SHUTDOWN_GRACE",
 )
-POLL_TIMEOUT: Setting[float] = _setting(
-    "poll_timeout", "duration",
+POLL_TIMEOUT: Setting[float] = _duration_setting(
+    "poll_timeout",
     "How long one GET job may wait for the runtime's answer before it is abandoned and asked again. The "
     "runtime holds a GET for about 5s when it has no job, so this must be well above that.",
-    _duration(positive=True), _show_duration, "30s",
-    attr="poll_timeout", env="CMWORKER_POLL_TIMEOUT", metavar="DURATION",
+    "30s", positive=True,
+    attr="poll_timeout", env="CMWORKER_POLL_TIMEOUT",
 )
-TIMEOUT: Setting[float | None] = _setting(
-    "limits.timeout", "duration or \"none\"",
+TIMEOUT: Setting[float | None] = _duration_setting(
+    "limits.timeout",
     "Hard wall-clock limit on one job, measured from dispatch to its worker. When it passes, the job's "
     'processes (its worker and all it started) are killed and the job answered with a `timeout` error. '
     '"none" means no limit.',
-    _or_none(_duration(positive=True)), _show_duration, "1h",
-    attr="limits.timeout", flag="--timeout", env="CMWORKER_TIMEOUT", metavar="DURATION", per_function=True,
+    "1h", positive=True, unset=True,
+    attr="limits.timeout", flag="--timeout", env="CMWORKER_TIMEOUT", per_function=True,
 )
-SOFT_TIMEOUT: Setting[float | None] = _setting(
-    "limits.soft_timeout", "duration or \"none\"",
+SOFT_TIMEOUT: Setting[float | None] = _duration_setting(
+    "limits.soft_timeout",
     "Raise `cmworker.JobTimeout` inside the job after this long, so it can clean up before the hard "
     'timeout kills it. Must be less than `timeout`. "none" (the default) means no soft timeout.',
-    _or_none(_duration(positive=True)), _show_duration, "none",
-    attr="limits.soft_timeout", flag="--soft-timeout", env="CMWORKER_SOFT_TIMEOUT", metavar="DURATION",
-    per_function=True,
+    "none", positive=True, unset=True,
+    attr="limits.soft_timeout", flag="--soft-timeout", env="CMWORKER_SOFT_TIMEOUT", per_function=True,
 )
 MEMORY_LIMIT: Setting[int | None] = _setting(
     "limits.memory_limit", "size or \"none\"",
@@ -353,12 +360,12 @@ MEMORY_LIMIT: Setting[int | None] = _setting(
     attr="limits.memory_limit", flag="--memory-limit", env="CMWORKER_MEMORY_LIMIT", metavar="SIZE",
     per_function=True,
 )
-KILL_GRACE: Setting[float] = _setting(
-    "limits.kill_grace", "duration",
+KILL_GRACE: Setting[float] = _duration_setting(
+    "limits.kill_grace",
     "When cmworker kills a job, the time between SIGTERM and SIGKILL to its processes. 0 sends "
     "SIGKILL at once.",
-    _duration(positive=False), _show_duration, "50ms",
-    attr="kill_grace", env="CMWORKER_KILL_GRACE", metavar="DURATION",
+    "50ms", positive=False,
+    attr="kill_grace", env="CMWORKER_KILL_GRACE",
 )
 MAX_JOBS_PER_WORKER: Setting[int] = _setting(
     "limits.max_jobs_per_worker", "integer >= 0",
@@ -388,12 +395,12 @@ LOG_LEVEL: Setting[str] = _setting(
     _show_str, "INFO",
     attr="log_level", flag="--log-level", env="CMWORKER_LOG_LEVEL", metavar="LEVEL",
 )
-STATS_INTERVAL: Setting[float | None] = _setting(
-    "logging.stats_interval", "duration or \"none\"",
+STATS_INTERVAL: Setting[float | None] = _duration_setting(
+    "logging.stats_interval",
     "How often a `stats` line reports jobs by outcome, workers alive, respawns, jobs held and the parent's "
     'memory. "none" turns it off.',
-    _or_none(_duration(positive=True)), _show_duration, "1m",
-    attr="stats_interval", env="CMWORKER_STATS_INTERVAL", metavar="DURATION",
+    "1m", positive=True, unset=True,
+    attr="stats_interval", env="CMWORKER_STATS_INTERVAL",
 )
 LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
     "logging.logger_levels", "table of logger = level",

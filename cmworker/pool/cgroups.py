@@ -146,21 +146,16 @@ def kill(leaf: str) -> bool:
     """SIGKILL every member of a worker's cgroup at once; False when that cannot be done."""
     try:
         with open(os.path.join(leaf, "cgroup.kill"), "w") as f:
-            f.write("1")
+            return f.write("1") == 1
     except OSError:
         return False
-    return True
 
 
 def remove(directory: str) -> bool:
     """Remove a cgroup once no live process is in it; True when it is gone."""
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(directory)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
+    return not os.path.exists(directory)
 
 
 def _remove_stale(own: str) -> None:

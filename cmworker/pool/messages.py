@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from cmworker.units import format_size
@@ -51,7 +51,8 @@ class Message:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        Message._registry[cls.tag] = cls
+        if "tag" in cls.__dict__:  # a kind of message, not a shared base such as _Packed
+            Message._registry[cls.tag] = cls
 
     def pack(self) -> bytes | memoryview:
         raise NotImplementedError
@@ -59,6 +60,19 @@ class Message:
     @classmethod
     def unpack(cls, body: memoryview) -> Message:
         raise NotImplementedError
+
+
+class _Packed(Message):
+    """A message whose body is its fields, in order, packed by ``layout``."""
+
+    layout: ClassVar[struct.Struct]
+
+    def pack(self) -> bytes:
+        return self.layout.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+
+    @classmethod
+    def unpack(cls, body: memoryview) -> Message:
+        return cls(*cls.layout.unpack(body))
 
 
 def frame(message: Message) -> list[bytes | memoryview]:
@@ -83,21 +97,16 @@ def message_class(tag: int) -> type[Message]:
 
 
 _F64 = struct.Struct("!d")
+_U32 = struct.Struct("!I")
 _SEQ = struct.Struct("!Q")
 _ANSWER = struct.Struct("!Qd")  # the job's number, the CPU seconds it used
 
 
 @dataclass(frozen=True)
-class Ready(Message):
+class Ready(_Packed):
     tag = 1
+    layout = _U32
     pid: int
-
-    def pack(self) -> bytes:
-        return struct.pack("!I", self.pid)
-
-    @classmethod
-    def unpack(cls, body: memoryview) -> Ready:
-        return cls(struct.unpack("!I", body)[0])
 
 
 _RUN = struct.Struct("!QBdQH")
@@ -208,34 +217,22 @@ class StreamEnd(Message):
 
 
 @dataclass(frozen=True)
-class Retiring(Message):
+class Retiring(_Packed):
     """Sent just before a job's answer: the job left this worker unfit for another job, so the answer is
     its last and it exits after sending it. The parent must send it nothing more."""
 
     tag = 7
+    layout = _SEQ
     seq: int = 0
-
-    def pack(self) -> bytes:
-        return _SEQ.pack(self.seq)
-
-    @classmethod
-    def unpack(cls, body: memoryview) -> Retiring:
-        return cls(_SEQ.unpack(body)[0])
 
 
 @dataclass(frozen=True)
-class Spawn(Message):
+class Spawn(_Packed):
     """Fork a worker for ``slot``; its socket and stdout/stderr pipes travel alongside as fds."""
 
     tag = 10
+    layout = _U32
     slot: int
-
-    def pack(self) -> bytes:
-        return struct.pack("!I", self.slot)
-
-    @classmethod
-    def unpack(cls, body: memoryview) -> Spawn:
-        return cls(struct.unpack("!I", body)[0])
 
 
 @dataclass(frozen=True)
