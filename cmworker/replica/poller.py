@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from cmworker import logs
+from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
@@ -91,6 +92,7 @@ class Poller:
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
         self._sources_seen: tuple[int, int] | None = None
+        self._sources_path = os.environ.get(SOURCE_CREDENTIALS_ENV)
         self._register_sources()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
@@ -314,10 +316,10 @@ class Poller:
     def _register_sources(self) -> None:
         """The sources' credentials are secrets; read again whenever their file changes, since the
         platform may write it after start-up, and jobs read it when they find it."""
-        from cmworker.app.context import SOURCE_CREDENTIALS_ENV
-
+        if not self._sources_path:  # the common case: no sources, nothing to look at per job
+            return
         try:
-            stat = os.stat(os.environ.get(SOURCE_CREDENTIALS_ENV) or "")
+            stat = os.stat(self._sources_path)
         except OSError:
             return
         if (stat.st_mtime_ns, stat.st_size) != self._sources_seen:
