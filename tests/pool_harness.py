@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -18,6 +20,11 @@ from cmworker.limits import JobLimits
 from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.supervisor import Pool
+from cmworker.runtime.server import JOB_PATH
+
+if TYPE_CHECKING:
+    from cmworker.runtime.embedded import EmbeddedRuntime
+    from cmworker.runtime.wire import Exchange
 
 APPS = os.path.join(os.path.dirname(__file__), "apps")
 WAIT = 30.0  # no single wait in a test may take longer than this
@@ -152,3 +159,65 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def cmworker_run(rt: EmbeddedRuntime, tmp: Path, config: str, *, app: str = "misbehave.py", workers: int = 2,
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """``cmworker run`` of a test app against ``rt``, with ``config`` as its cmworker.toml and its output in
+    ``tmp/run.log``; stopped (and waited for) on the way out."""
+    (tmp / "cmworker.toml").write_text(config)
+    log = open(tmp / "run.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, app), "--workers", str(workers),
+         "--config", str(tmp / "cmworker.toml"), *args],
+        env={**os.environ, **rt.env(0), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process(proc, WAIT)
+        log.close()
+
+
+MakeBody = Callable[[dict[str, Any]], bytes]  # the real envelope (decoded) -> the body to send
+
+
+class JobBodies:
+    """Wraps one replica's real app: the job it hands out is real, the bytes of the GET body are the test's.
+
+    ``bodies[n]`` makes the body of the job whose query has ``{key: n}``, from the real envelope (decoded).
+    Everything else (holding the job, accepting exactly one result for it) is the runtime's own code.
+    """
+
+    def __init__(self, inner: Any, key: str = "case") -> None:
+        self.inner = inner
+        self.key = key
+        self.bodies: dict[int, MakeBody] = {}
+
+    def body_limit(self, exchange: Exchange) -> int:
+        return int(self.inner.body_limit(exchange))
+
+    def handle(self, exchange: Exchange) -> None:
+        self.inner.handle(_OwnBody(exchange, self.bodies, self.key))
+
+
+class _OwnBody:
+    """An ``Exchange`` whose 200 answer to GET job carries the test's body instead of the runtime's."""
+
+    def __init__(self, exchange: Exchange, bodies: dict[int, MakeBody], key: str) -> None:
+        self._exchange = exchange
+        self._bodies = bodies
+        self._key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._exchange, name)
+
+    def reply(self, status: int, body: bytes = b"", *args: Any, **kwargs: Any) -> None:
+        if status == 200 and self._exchange.path == JOB_PATH:
+            envelope = json.loads(body)
+            query = envelope["computeModuleJobV1"]["query"]
+            make = self._bodies.pop(query.get(self._key, -1), None) if isinstance(query, dict) else None
+            if make is not None:
+                body = make(envelope)
+        self._exchange.reply(status, body, *args, **kwargs)

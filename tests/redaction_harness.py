@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,9 @@ from typing import Any
 
 from cmworker.logs import REDACTED
 from cmworker.runtime.embedded import EmbeddedRuntime
-from cmworker.runtime.server import JOB_PATH
-from cmworker.runtime.wire import Exchange
-from tests.pool_harness import APPS, stop_process
+from tests.pool_harness import APPS, JobBodies, MakeBody, stop_process
 
 WAIT = 60.0
-MakeBody = Callable[[dict[str, Any]], bytes]  # the real envelope (decoded) -> the body to send
 
 
 def spellings(secret: str, *, reprs: bool = False) -> dict[str, str]:
@@ -49,38 +46,6 @@ def leaks(text: str, secrets: list[str], *, reprs: bool = False) -> list[tuple[s
         spelled = {text: name for name, text in spellings(secret, reprs=reprs).items()}  # one name per spelling
         found += [(secret, name) for spelling, name in spelled.items() if spelling in text]
     return found
-
-
-class JobBodies:
-    """Wraps a replica's app; ``bodies[case]`` makes the GET body of the job whose query has that case."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.bodies: dict[int, MakeBody] = {}
-
-    def body_limit(self, exchange: Exchange) -> int:
-        return int(self.inner.body_limit(exchange))
-
-    def handle(self, exchange: Exchange) -> None:
-        self.inner.handle(_OwnBody(exchange, self.bodies))
-
-
-class _OwnBody:
-    def __init__(self, exchange: Exchange, bodies: dict[int, MakeBody]) -> None:
-        self._exchange = exchange
-        self._bodies = bodies
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._exchange, name)
-
-    def reply(self, status: int, body: bytes = b"", *args: Any, **kwargs: Any) -> None:
-        if status == 200 and self._exchange.path == JOB_PATH:
-            envelope = json.loads(body)
-            query = envelope["computeModuleJobV1"]["query"]
-            make = self._bodies.pop(query.get("case", -1), None) if isinstance(query, dict) else None
-            if make is not None:
-                body = make(envelope)
-        self._exchange.reply(status, body, *args, **kwargs)
 
 
 def with_credentials(**credentials: str) -> MakeBody:

@@ -2,7 +2,7 @@
 
 1. Job bodies: a real ``cmworker run`` (one worker) serves tests/apps/typed_app.py against the embedded
    runtime. The runtime hands out real jobs (held, answerable), but the bytes of each GET body come
-   from the test (``RawJobs`` wraps the replica's app): valid envelopes around random queries, wrong
+   from the test (``pool_harness.JobBodies`` wraps the replica's app): valid envelopes around random queries, wrong
    types, deep nesting, truncation, bytes that are not UTF-8. Every job whose body names its id must
    be answered exactly once, and an error answer must name the cause; a body with no usable id cannot
    be answered by anyone, but must not stop the replica. After each example a probe job is answered.
@@ -40,9 +40,8 @@ from cmworker.config import Config, load_config
 from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.server import JOB_PATH, QUERY_API, RESULTS_PATH, SCHEMAS_PATH
-from cmworker.runtime.wire import Exchange
 from cmworker.settings import SETTINGS
-from tests.pool_harness import APPS, stop_process
+from tests.pool_harness import APPS, JobBodies, stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,48 +65,10 @@ SERVED_EXAMPLES = 30
 # 1. Job bodies through a served app
 # ---------------------------------------------------------------------------------------------------
 
-class RawJobs:
-    """Wraps one replica's real app: the job it hands out is real, the bytes of the GET body are ours.
-
-    ``bodies[n]`` makes the body for the job whose query is ``{"fuzz_case": n}``, given its real id.
-    Everything else (holding the job, accepting exactly one result for it) is the runtime's own code.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.bodies: dict[int, Callable[[str], bytes]] = {}
-
-    def body_limit(self, exchange: Exchange) -> int:
-        return int(self.inner.body_limit(exchange))
-
-    def handle(self, exchange: Exchange) -> None:
-        self.inner.handle(_OwnJobBody(exchange, self.bodies))
-
-
-class _OwnJobBody:
-    """An ``Exchange`` whose 200 answer to GET job carries the test's body instead of the runtime's."""
-
-    def __init__(self, exchange: Exchange, bodies: dict[int, Callable[[str], bytes]]) -> None:
-        self._exchange = exchange
-        self._bodies = bodies
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._exchange, name)
-
-    def reply(self, status: int, body: bytes = b"", *args: Any, **kwargs: Any) -> None:
-        if status == 200 and self._exchange.path == JOB_PATH:
-            job = json.loads(body)["computeModuleJobV1"]
-            query = job["query"]
-            make = self._bodies.pop(query.get("fuzz_case", -1), None) if isinstance(query, dict) else None
-            if make is not None:
-                body = make(job["jobId"])
-        self._exchange.reply(status, body, *args, **kwargs)
-
-
 @dataclass
 class Served:
     rt: EmbeddedRuntime
-    raw: RawJobs
+    raw: JobBodies
     proc: subprocess.Popen[bytes]
     log: Path
     cases: Iterator[int]
@@ -115,7 +76,7 @@ class Served:
     def run(self, make: Callable[[str], bytes]) -> tuple[str, Any]:
         """Hand out one job with the body ``make(job_id)``, then a probe; the case's (id, snapshot)."""
         case = next(self.cases)
-        self.raw.bodies[case] = make
+        self.raw.bodies[case] = lambda envelope: make(envelope["computeModuleJobV1"]["jobId"])
         job_id, probe = self.rt.store.submit([("untyped", {"fuzz_case": case}, "fuzz"),
                                               ("untyped", {"probe": True}, "fuzz")])
         [snap] = self.rt.store.wait_finished([probe], WAIT)
@@ -134,7 +95,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     # cap off: a job whose body has no usable id stays held forever, and must not block the next ones.
     with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "run.log", "wb") as log:
         listener = rt.module_listener(0)
-        raw = listener.app = RawJobs(listener.app)
+        raw = listener.app = JobBodies(listener.app, key="fuzz_case")
         # One worker: the probe is asked for only after the case's job is done, so the case is settled
         # (answered, or given up as unanswerable) by the time the probe is answered.
         proc = subprocess.Popen(

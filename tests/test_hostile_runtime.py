@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +40,7 @@ from cmworker.replica.service import (
 )
 from cmworker.replica.transport import BadReply, read_reply
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS, stop_process
+from tests.pool_harness import cmworker_run
 
 pytestmark = pytest.mark.timeout(180)
 WAIT = 60.0
@@ -78,18 +76,8 @@ def runtime() -> Iterator[EmbeddedRuntime]:
 @contextmanager
 def serving(rt: EmbeddedRuntime, tmp: Path, env: dict[str, str] | None = None,
             config: str = CONFIG) -> Iterator[subprocess.Popen[bytes]]:
-    (tmp / "cmworker.toml").write_text(config)
-    log = open(tmp / "run.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, "misbehave.py"), "--workers", "2",
-         "--config", str(tmp / "cmworker.toml")],
-        env={**os.environ, **rt.env(0), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
+    with cmworker_run(rt, tmp, config, env=env) as proc:
         yield proc
-    finally:
-        stop_process(proc, WAIT)
-        log.close()
 
 
 def answer(rt: EmbeddedRuntime, job_id: str, timeout: float = WAIT) -> tuple[str, Any]:

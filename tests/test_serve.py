@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS, stop_process
+from tests.pool_harness import APPS, cmworker_run
 
 pytestmark = pytest.mark.timeout(120)
 WAIT = 60.0
@@ -56,19 +56,8 @@ def runtime() -> Iterator[EmbeddedRuntime]:
 def serving(rt: EmbeddedRuntime, tmp: Path, *, workers: int = 2, app: str = "misbehave.py",
             env: dict[str, str] | None = None, args: tuple[str, ...] = (),
             top_level: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    config = tmp / "cmworker.toml"
-    config.write_text(top_level + CONFIG)
-    log = open(tmp / "run.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, app), "--workers", str(workers),
-         "--config", str(config), *args],
-        env={**os.environ, **rt.env(0), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
+    with cmworker_run(rt, tmp, top_level + CONFIG, app=app, workers=workers, env=env, args=args) as proc:
         yield proc
-    finally:
-        stop_process(proc, WAIT)
-        log.close()
 
 
 def answer(rt: EmbeddedRuntime, job_id: str, timeout: float = WAIT) -> tuple[str, Any]:
