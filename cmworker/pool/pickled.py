@@ -1,4 +1,4 @@
-"""The executor's job body (``MODE_PICKLE``): written by ``cmworker.executor``, read by ``cmworker.worker``.
+"""The executor's job body (``MODE_PICKLE``): written by ``cmworker.executor``, read by ``cmworker.pool.worker``.
 
 This module is the one place that knows the format; both sides import it, and it imports neither.
 

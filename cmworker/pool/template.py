@@ -1,6 +1,6 @@
 """The worker template: a clean, single-threaded process that imports the app once and forks workers.
 
-The parent starts it as a fresh interpreter (``python -m cmworker.template``), never by forking
+The parent starts it as a fresh interpreter (``python -m cmworker.pool.template``), never by forking
 itself: the parent has threads and holds the service connection, and a fork of such a process is
 unsafe. Starting from a fresh interpreter also makes the pool behave the same on every Python from
 3.10 to 3.14, whatever ``multiprocessing``'s default start method is, because it is not used at all.

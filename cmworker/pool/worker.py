@@ -232,7 +232,7 @@ def _failure(error: JobError) -> Failure:
 def _run_pickled(run: Run) -> Result | Failure:
     """Executor jobs: a cloudpickled ``(fn, args, kwargs)`` in, a pickled result or exception out."""
     try:
-        # The body's format lives in cmworker.pickled: a function sent by value comes as bytes plus a
+        # The body's format lives in cmworker.pool.pickled: a function sent by value comes as bytes plus a
         # digest and is unpickled once per worker, so its module globals (a cache) persist across calls.
         fn, args, kwargs = pickled.load_call(run.body)
         with _soft_limit(run.soft_timeout):

@@ -5,7 +5,7 @@ Discovery understands every form the platform uses (see DESIGN §2): the ``*_URI
 the legacy ``CONNECTION_TO_RUNTIME`` JSON file. Files the platform writes a little after start (the
 token file, the legacy connection file) are waited for, for a bounded time.
 
-Every call goes over one keep-alive TLS connection per thread (``cmworker.transport``): measured on
+Every call goes over one keep-alive TLS connection per thread (``cmworker.replica.transport``): measured on
 this kind of machine it costs a fraction of the CPU of ``requests`` for the same call (see
 docs/benchmarks.md). TLS is verified against the CA bundle(s) the runtime gives and nothing else: never
 the system's store, never ``SSL_CERT_FILE``/``SSL_CERT_DIR``/``REQUESTS_CA_BUNDLE``. A runtime that

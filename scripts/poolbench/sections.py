@@ -287,7 +287,7 @@ class DeathSample:
 
 
 # label -> (function, modules the template imports before forking). The preload row is a diagnostic:
-# a worker imports cmworker.worker after the fork unless the template already has.
+# a worker imports cmworker.pool.worker after the fork unless the template already has.
 DEATHS = {
     "os._exit(3)": ("die_exit", ()),
     "SIGSEGV": ("die_segfault", ()),
