@@ -112,7 +112,7 @@ def descendants() -> set[int]:
     return out
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Alive and not a zombie; a process that exits while it is looked at is not running."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -124,7 +124,7 @@ def wait_gone(pids: set[int], timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if _running(p)}
+        alive = {p for p in alive if running(p)}
         if alive:
             time.sleep(0.01)
     assert not alive, f"processes left behind: {alive}"

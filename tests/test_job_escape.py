@@ -27,7 +27,7 @@ import pytest
 
 from cmworker.pool import cgroups
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import WAIT, Harness, running_pool, wait_gone
+from tests.pool_harness import WAIT, Harness, running, running_pool, wait_gone
 from tests.test_serve import answer, serving
 
 MiB = 2**20
@@ -40,18 +40,11 @@ def marked(mark: Path) -> set[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.readlink(f"/proc/{entry}/cwd") == str(mark) and _running(int(entry)):
+                if os.readlink(f"/proc/{entry}/cwd") == str(mark) and running(int(entry)):
                     found.add(int(entry))
             except OSError:
                 continue
     return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def wait_unmarked(mark: Path, timeout: float = WAIT) -> None:
