@@ -8,8 +8,11 @@ stopped by bench_e2e's ``serving``). CPU-bound jobs (``e2e_work.spin_timed``) re
 and ended inside the worker. Joined on the job id and the worker's pid, each hand-off from one job of a worker
 to its next reads:
 
-    job ends (in the worker) -> the parent has its answer -> POST result sent -> POST answered
-    -> GET job sent -> GET answered -> job handed to the worker -> job starts (in the worker)
+    job ends (in the worker) -> the parent has its answer -> GET job sent -> GET answered
+    -> job handed to the worker -> job starts (in the worker)
+
+and, beside the GET, the earlier job's answer: POST result sent -> POST answered (timed from the parent
+having the answer; it no longer stands between two jobs of a worker).
 
 All times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide); recording one is a list append. A
 diagnostic, not a benchmark: the VM's speed drifts, so compare steps within one run.
@@ -25,6 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -32,11 +36,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "scripts" / "bench_apps"
-STEPS = ("the parent has the answer", "POST result sent", "POST answered", "GET job sent", "GET answered",
-         "job handed to the worker", "job starts")
+STEPS = ("the parent has the answer", "GET job sent", "GET answered", "job handed to the worker", "job starts")
+BESIDE = ("POST result sent", "POST answered")
 # The Poller's steps (its observer's) of the earlier job of a hand-off, and of the later one.
-EARLIER = ("answer", "post_start", "post_end")
+EARLIER = ("answer",)
 LATER = ("get_start", "get_end", "submit")
+POSTING = ("post_start", "post_end")
 
 
 def serve(trace: str, argv: list[str]) -> int:
@@ -44,10 +49,11 @@ def serve(trace: str, argv: list[str]) -> int:
     from cmworker import cli
     from cmworker.commands import run
 
-    marks: list[tuple[float, str, str]] = []
+    marks: list[tuple[float, str, str, int]] = []
 
     def observe(step: str, job_id: str) -> None:
-        marks.append((time.monotonic(), step, job_id))
+        # A GET's job is known only once the same poll thread submits it: the thread joins the two.
+        marks.append((time.monotonic(), step, job_id, threading.get_ident()))
 
     try:
         return run.run_run(cli.build_parser("run").parse_args(argv), observer=observe)
@@ -56,18 +62,17 @@ def serve(trace: str, argv: list[str]) -> int:
 
 
 def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[list[list[float]], int]:
-    """Each hand-off's step times, in ms from the end of the earlier job (one list per hand-off, in the
-    order of ``STEPS``), and how many hand-offs were left out because their steps interleaved with another
-    worker's (a poster thread's POST beside the poll thread's GET). A GET belongs to the job submitted
-    right after it answered."""
+    """Each hand-off's step times, in ms from the end of the earlier job (one list per hand-off: the
+    times of ``STEPS``, then those of ``BESIDE``), and how many hand-offs were left out because their
+    GET was sent before the earlier job's answer was in (it was asked for by another worker's turn). A GET
+    belongs to the job its poll thread submitted next."""
     by_job: dict[str, dict[str, float]] = defaultdict(dict)
-    last_get: dict[str, float] = {}
-    for at, name, job_id in marks:
+    last_get: dict[int, dict[str, float]] = defaultdict(dict)  # by poll thread
+    for at, name, job_id, thread in marks:
         if name in ("get_start", "get_end"):
-            last_get[name] = at
+            last_get[thread][name] = at
         elif name == "submit":
-            by_job[job_id].update(last_get)
-            by_job[job_id]["submit"] = at
+            by_job[job_id].update(last_get[thread], submit=at)
         else:
             by_job[job_id][name] = at
     by_worker: dict[tuple[float, float], list[tuple[float, float, str]]] = defaultdict(list)
@@ -78,29 +83,39 @@ def hand_offs(marks: list[list[Any]], jobs: dict[str, list[float]]) -> tuple[lis
         runs.sort()
         for (_, end, earlier), (start, _, later) in itertools.pairwise(runs):
             a, b = by_job.get(earlier, {}), by_job.get(later, {})
-            if not set(EARLIER) <= a.keys() or not set(LATER) <= b.keys():
+            if not set(EARLIER + POSTING) <= a.keys() or not set(LATER) <= b.keys():
                 continue  # the first job of a batch, or a step that was not traced
             times = [end, *(a[step] for step in EARLIER), *(b[step] for step in LATER), start]
             if times != sorted(times):
                 interleaved += 1
                 continue
-            out.append([(t - end) * 1e3 for t in times[1:]])
+            out.append([(t - end) * 1e3 for t in times[1:]] + [(a[step] - end) * 1e3 for step in POSTING])
     return out, interleaved
 
 
 def report(rows: list[list[float]], interleaved: int) -> None:
-    print(f"{len(rows)} hand-offs ({interleaved} more interleaved with another worker's and are left out); "
-          "each step's time from the step before, ms\n")
+    print(f"{len(rows)} hand-offs ({interleaved} more whose GET went out before the earlier answer was in "
+          "are left out); each step's time from the step before, ms\n")
     print("| step | median | mean | p90 | max |\n|---|---|---|---|---|")
-    previous = [0.0] * len(rows)
-    for i, step in enumerate(STEPS):
-        took = sorted(row[i] - before for row, before in zip(rows, previous, strict=True))
-        previous = [row[i] for row in rows]
+
+    def line(step: str, took: list[float]) -> None:
+        took = sorted(took)
         print(f"| {step} | {statistics.median(took):.3f} | {statistics.fmean(took):.3f} | "
               f"{took[int(len(took) * 0.9)]:.3f} | {took[-1]:.3f} |")
-    total = sorted(row[-1] for row in rows)
-    print(f"| **job end to next job start** | {statistics.median(total):.3f} | {statistics.fmean(total):.3f} | "
-          f"{total[int(len(total) * 0.9)]:.3f} | {total[-1]:.3f} |")
+
+    if not rows:
+        print("| (no hand-off traced) | | | | |")
+        return
+    previous = [0.0] * len(rows)
+    for i, step in enumerate(STEPS):
+        line(step, [row[i] - before for row, before in zip(rows, previous, strict=True)])
+        previous = [row[i] for row in rows]
+    line("**job end to next job start**", [row[len(STEPS) - 1] for row in rows])
+    answered = [row[0] for row in rows]
+    for j, step in enumerate(BESIDE):  # beside the GET: from the answer being in, then from the step before
+        times = [row[len(STEPS) + j] for row in rows]
+        line(f"beside it: {step}", [t - before for t, before in zip(times, answered, strict=True)])
+        answered = times
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
-"""The ledger's outbox: who posts which answer. The poll thread takes the answer that frees a place when
-it is waiting for one (so its GET follows the POST on the same thread); posters take everything else."""
+"""The ledger: the jobs a replica holds until their answers are posted, and the outbox the posters
+take those answers from, in order, each answer by one poster only."""
 
 from __future__ import annotations
 
@@ -20,55 +20,29 @@ def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
-def until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
-
-
-def full_ledger() -> Ledger:
+def test_each_answer_goes_to_one_poster_in_order() -> None:
     ledger = Ledger()
-    assert ledger.accept("j1", "f") is not None and ledger.accept("j2", "f") is not None
-    return ledger
-
-
-def test_the_waiting_poll_thread_takes_the_answer_and_posters_take_the_next() -> None:
-    ledger = full_ledger()
-    poster, posted = in_thread(ledger.next_answer)
-    poll, turns = in_thread(lambda: ledger.poll_turn(2, timeout=WAIT))
-    until(lambda: ledger.poll_waiting)
-    first = Outgoing("j1", b"1", None)
+    first, second = Outgoing("j1", b"1", None), Outgoing("j2", b"2", None)
+    posters = [in_thread(ledger.next_answer) for _ in range(2)]
     ledger.queue_answer(first)
-    poll.join(WAIT)
-    assert turns == [first]
-    assert posted == [] and poster.is_alive()  # the poster was passed over, and still waits
-    second = Outgoing("j2", b"2", None)
-    ledger.queue_answer(second)  # the poll thread is busy posting the first: a poster takes it
-    poster.join(WAIT)
-    assert posted == [second]
+    ledger.queue_answer(second)
+    for thread, _ in posters:
+        thread.join(WAIT)
+    taken = [out[0] for _, out in posters]
+    assert sorted(taken, key=lambda o: o.job_id) == [first, second]
 
 
-def test_a_retry_is_left_to_the_posters() -> None:
-    ledger = full_ledger()
-    poll, turns = in_thread(lambda: ledger.poll_turn(2, timeout=0.3))
-    until(lambda: ledger.poll_waiting)
-    retry = Outgoing("j1", b"1", None, attempts=1)
-    ledger.queue_answer(retry)
-    poster, posted = in_thread(ledger.next_answer)
-    poster.join(WAIT)
-    poll.join(WAIT)
-    assert posted == [retry]
-    assert turns == [False]  # it timed out: nothing for it
-
-
-def test_with_a_free_place_the_poll_thread_asks_for_a_job_and_a_poster_posts() -> None:
+def test_a_job_is_held_once_until_its_answer_is_posted() -> None:
     ledger = Ledger()
-    ledger.accept("j1", "f")
-    waiting = Outgoing("j1", b"1", None)
-    ledger.queue_answer(waiting)
-    assert ledger.poll_turn(2, timeout=WAIT) is True
-    assert ledger.next_answer() is waiting
+    assert ledger.accept("j1", "f") is not None
+    assert ledger.accept("j1", "f") is None  # handed out twice: the run under way answers it
+    assert "j1" in ledger and len(ledger) == 1
+    waiter, below = in_thread(lambda: ledger.wait_below(1, timeout=WAIT))
+    time.sleep(0.05)
+    assert waiter.is_alive()  # still held: nothing to wake it yet
+    ledger.release("j1")
+    waiter.join(WAIT)
+    assert below == [True] and "j1" not in ledger and ledger.posted == 1
 
 
 def test_closing_the_outbox_lets_the_posters_go_once_it_is_empty() -> None:

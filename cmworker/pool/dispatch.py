@@ -9,6 +9,10 @@ With ``prefetch`` a busy worker is sent its next job ahead: the job waits in the
 starts the moment the worker has answered the current one, so the worker never waits for the parent
 between jobs. Its deadline and memory watch start then; if the worker dies or is killed first, the job
 goes back to the head of the queue, never having run. A prefetched job can no longer be cancelled.
+
+A caller that must know a worker is free *before* it has a job to give (the replica's poll threads, which
+ask the runtime for a job only then) takes a ``Ticket``: a promise of one idle worker, counted against
+``available`` until the job it brought is submitted with it or the ticket is returned.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ from collections.abc import Callable, Mapping
 from cmworker.pool.jobs import Job
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import Slot
+
+
+class Ticket:
+    """One idle worker promised to a caller that has no job yet (``Dispatcher.reserve``)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
 
 
 class Dispatcher:
@@ -43,15 +56,18 @@ class Dispatcher:
         self.planned_wake = float("inf")  # when the loop means to wake next
         self.stopping = False             # the pool takes no more jobs
         self.stalled = False              # no worker will come (the pool is unhealthy)
+        self.reserved = 0                 # open tickets: idle workers promised to jobs not yet here
 
     # -- any thread -----------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> bool:
-        """Hand ``job`` to an idle worker when nothing is queued before it, else queue it.
+    def submit(self, job: Job, ticket: Ticket | None = None) -> bool:
+        """Hand ``job`` to an idle worker when nothing is queued before it, else queue it; ``ticket``, the
+        promise of a worker taken for it, is spent.
 
         False when the pool no longer takes jobs.
         """
         with self.lock:
+            self._close(ticket)
             if self.stopping:
                 return False
             if self.idle and not self.pending:
@@ -79,15 +95,41 @@ class Dispatcher:
 
     @property
     def available(self) -> int:
-        """Workers that are idle and not yet promised to a queued job."""
+        """Workers that are idle and not yet promised to a queued job or an open ticket."""
         with self.lock:
-            return len(self.idle) - len(self.pending)
+            return self._free()
+
+    def _free(self) -> int:
+        return len(self.idle) - len(self.pending) - self.reserved
 
     def wait_available(self, timeout: float | None) -> bool:
         with self.lock:
-            self.lock.wait_for(lambda: len(self.idle) > len(self.pending) or self.stopping or self.stalled,
-                               timeout)
-            return len(self.idle) > len(self.pending) and not self.stopping
+            self.lock.wait_for(lambda: self._free() > 0 or self.stopping or self.stalled, timeout)
+            return self._free() > 0 and not self.stopping
+
+    def reserve(self, timeout: float | None) -> Ticket | None:
+        """Wait for an idle worker and promise it to the caller; None after ``timeout``, or at once
+        when the pool takes no more jobs."""
+        with self.lock:
+            self.lock.wait_for(lambda: self._free() > 0 or self.stopping or self.stalled, timeout)
+            if self._free() <= 0 or self.stopping:
+                return None
+            self.reserved += 1
+            return Ticket()
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a ticket that brought no job (one spent by ``submit`` is left alone)."""
+        with self.lock:
+            if self._close(ticket):
+                self.lock.notify_all()
+
+    def _close(self, ticket: Ticket | None) -> bool:
+        """Spend ``ticket`` (caller holds the lock); True when it was still open."""
+        if ticket is None or not ticket.open:
+            return False
+        ticket.open = False
+        self.reserved -= 1
+        return True
 
     def stop(self) -> None:
         with self.lock:

@@ -53,7 +53,7 @@ from cmworker.errors import (
 )
 from cmworker.pool import processes
 from cmworker.pool.crew import Crew
-from cmworker.pool.dispatch import Dispatcher
+from cmworker.pool.dispatch import Dispatcher, Ticket
 from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem, print_line
 from cmworker.pool.messages import (
     MAX_BODY,
@@ -76,7 +76,7 @@ from cmworker.pool.slot import Slot as _Slot
 from cmworker.pool.timers import Doorbell, Timer, Timers
 from cmworker.units import describe_size, format_duration, format_size
 
-__all__ = ["Answer", "Job", "OutputLine", "Pool", "PoolOptions", "StreamItem"]
+__all__ = ["Answer", "Job", "OutputLine", "Pool", "PoolOptions", "StreamItem", "Ticket"]
 
 log = logging.getLogger("cmworker.supervisor")
 
@@ -159,13 +159,13 @@ class Pool:
             self.close()
             raise error
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, ticket: Ticket | None = None) -> None:
         """Run a job; its answer arrives through ``on_answer``. Thread-safe.
 
         With a worker idle and nothing queued, the job goes straight to that worker from this thread;
-        otherwise it waits in the queue for the next free worker.
+        otherwise it waits in the queue for the next free worker. ``ticket`` (from ``reserve``) is spent.
         """
-        if not self._desk.submit(job):
+        if not self._desk.submit(job, ticket):
             error = ShuttingDown("the pool is shutting down and no longer accepts jobs")
             self.on_answer(Answer.failed(job, error))
 
@@ -181,6 +181,16 @@ class Pool:
     def wait_available(self, timeout: float | None = None) -> bool:
         """Block until a worker is free (for admission: ask for a job only then)."""
         return self._desk.wait_available(timeout)
+
+    def reserve(self, timeout: float | None = None) -> Ticket | None:
+        """Wait for a free worker and promise it to the caller, who has no job for it yet (the replica asks
+        the runtime for one only then); None after ``timeout`` or once the pool takes no more jobs. The
+        ticket is spent by ``submit(job, ticket)``, or given back with ``release``. Thread-safe."""
+        return self._desk.reserve(timeout)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back a ticket that brought no job; a spent one is left alone. Thread-safe."""
+        self._desk.release(ticket)
 
     @property
     def unhealthy(self) -> PoolUnhealthy | None:

@@ -27,7 +27,7 @@ log = logging.getLogger("cmworker.poller")  # the poller's start-up: its lines k
 
 
 def announce(service: Service, conn: Connection, schemas: list[dict[str, Any]], stopping: threading.Event,
-             in_background: Callable[[Callable[[], None], str], None]) -> None:
+             in_background: Callable[[Callable[[], None], str], object]) -> None:
     """Post the schemas once (``in_background`` retries them when that fails), then the restart notification."""
     if service.endpoints.schema_path is not None and not _post_schemas(service, conn, schemas, 1, stopping) \
             and not stopping.is_set():

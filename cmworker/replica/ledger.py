@@ -39,26 +39,21 @@ class Outgoing:
 
 class Ledger:
     """The jobs this replica holds (accepted from the runtime, not yet answered to it), and the answers
-    waiting for their POST.
+    waiting for their POST (the outbox), which the posters take in order.
 
-    Both live under one lock because the poll thread waits for either: a free place to take a job, or an
-    answer to post. When every worker is busy the next place frees up only once an answer is posted, so
-    the poll thread posts it itself and asks for the next job straight after, on the same connection: no
-    thread stands between the POST and the GET. The posters take every other answer, and all of them
-    while the poll thread is inside a GET or a POST.
+    A job enters when the GET that brought it is read and leaves when its answer is posted; its worker is
+    free again as soon as the answer is in the parent, so the ledger also holds the answers on their way.
     """
 
     def __init__(self) -> None:
         self._jobs: dict[str, Held] = {}
-        # One lock, three waits, so that a change wakes only the thread it concerns: an answer wakes the
-        # poll thread or one poster, not every waiting thread (each needless wake-up costs the free CPU
-        # of a hand-off some tens of microseconds, and the GIL a turn).
+        # One lock, two waits, so that a change wakes only the threads it concerns: an answer wakes one
+        # poster, not every waiting thread (each needless wake-up costs the free CPU of a hand-off some
+        # tens of microseconds, and the GIL a turn).
         self._lock = threading.Lock()
-        self._poll = threading.Condition(self._lock)      # the poll thread, in poll_turn
         self._posters = threading.Condition(self._lock)   # the posters, in next_answer
         self._changed = threading.Condition(self._lock)   # wait_below: a job left the ledger
         self._outbox: collections.deque[Outgoing] = collections.deque()
-        self._poll_waiting = False
         self._closed = False
         self.posted = 0
 
@@ -82,17 +77,11 @@ class Ledger:
         with self._lock:
             self._jobs.pop(job_id, None)
             self.posted += 1
-            self._poll.notify()
             self._changed.notify_all()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)
-
-    @property
-    def poll_waiting(self) -> bool:
-        """True while the poll thread waits in ``poll_turn`` (the answer that frees a place is then its)."""
-        return self._poll_waiting
 
     def wait_below(self, limit: int, timeout: float) -> bool:
         with self._lock:
@@ -106,46 +95,15 @@ class Ledger:
     def queue_answer(self, outgoing: Outgoing) -> None:
         with self._lock:
             self._outbox.append(outgoing)
-            self._hand_on()
-
-    def _hand_on(self) -> None:
-        """Wake the one thread whose turn the head of the outbox is (caller holds the lock)."""
-        if not self._outbox:
-            return
-        if self._poll_waiting and not self._outbox[0].attempts:
-            self._poll.notify()
-        else:
             self._posters.notify()
 
-    def poll_turn(self, limit: int, timeout: float) -> Outgoing | bool:
-        """The poll thread's wait: True when fewer than ``limit`` jobs are held (it may ask for one), else
-        an answer to post when one is waiting (first attempts only; retries are the posters' business),
-        False after ``timeout``."""
-        def ready() -> bool:
-            return len(self._jobs) < limit or bool(self._outbox and not self._outbox[0].attempts)
-
-        with self._lock:
-            self._poll_waiting = True
-            try:
-                self._poll.wait_for(ready, timeout)
-                if len(self._jobs) < limit:
-                    return True
-                if self._outbox and not self._outbox[0].attempts:
-                    return self._outbox.popleft()
-                return False
-            finally:
-                self._poll_waiting = False
-                self._hand_on()  # what is left is the posters'
-
     def next_answer(self) -> Outgoing | None:
-        """A poster's wait: the next answer the poll thread is not waiting to take; None once closed."""
-        def ready() -> bool:
-            return self._closed or bool(self._outbox and (not self._poll_waiting or self._outbox[0].attempts))
-
+        """A poster's wait: the next answer to post; None once closed and empty."""
         with self._lock:
-            self._posters.wait_for(ready)
+            self._posters.wait_for(lambda: self._closed or bool(self._outbox))
             outgoing = self._outbox.popleft() if self._outbox else None
-            self._hand_on()  # more waiting: the next poster's turn, or the poll thread's
+            if self._outbox:
+                self._posters.notify()  # more waiting: the next poster's turn
             return outgoing
 
     def close_outbox(self) -> None:

@@ -5,16 +5,23 @@ What a GET body asks for is decided in ``cmworker.replica.intake``, the jobs hel
 is re-emitted by ``cmworker.replica.job_output``. Threads of the parent process and what each owns::
 
     main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
-    poll       GET job, only while a worker is free and fewer than ``workers`` jobs are held; while it
-               waits for that, it posts the answer that frees a place (one attempt), then asks again
+    poll-N     GET job, each only with a worker promised to it (``Pool.reserve``): the first posts the
+               schemas and the restart notification, then starts the others (``pollers``)
     pool       the supervisor loop (cmworker.pool.supervisor): workers, deadlines, memory, deaths; it
                hands answers and output on through the Poller's callbacks
-    post-N     POST results/{jobId} for the answers the poll thread does not take, retried with backoff
-               until the runtime has it
+    post-N     POST results/{jobId}, retried with backoff until the runtime has it
     stream-ID  one chunked POST per streaming job, fed item by item as the worker yields
     log        renders and writes the job_finished lines, in batches, 50 ms after the first (logs.FixedLine)
 
-Every job the poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
+Admission: a job is asked for only when a worker is free to start it at once, so no job ever waits in
+the replica for a worker. A worker is free once its answer is in the parent, while that answer may still
+be on its way to the runtime: the next GET goes out beside the POST, each on its own keep-alive
+connection, and the runtime then holds at most ``workers`` running jobs plus the answers being posted
+(a runtime that caps a replica at ``MAX_CONCURRENT_TASKS`` holds that GET until the POST lands). Several
+poll threads let the hand-offs of different workers proceed at once. As a backstop against a runtime
+that takes answers slowly or not at all, no more than ``2 * workers`` jobs are ever held.
+
+Every job a poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
 been posted (or the runtime said it no longer knows the job). A job is never held twice and never
 answered twice: the pool answers each job exactly once, and a POST retried after a lost reply is
 recognised by the runtime's ``409`` as already delivered.
@@ -41,7 +48,7 @@ from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
-from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem
+from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
 from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
@@ -62,9 +69,19 @@ def _unobserved(step: str, job_id: str) -> None:
     pass
 
 
-# Threads that post answers beside the poll thread. A poster retrying an answer sleeps out its backoff;
-# the other keeps the rest flowing meanwhile.
-POSTERS = 2
+# Threads that GET jobs and that POST answers, each with its own connection, at most this many of each
+# and never more than the workers (but two posters at least: one retrying an answer sleeps out its
+# backoff, the other keeps the rest flowing meanwhile). More would only queue for the interpreter.
+MAX_POLLERS = 4
+MAX_POSTERS = 4
+
+
+def pollers(workers: int) -> int:
+    return max(1, min(workers, MAX_POLLERS))
+
+
+def posters(workers: int) -> int:
+    return max(2, min(workers, MAX_POSTERS))
 
 # Told of each step of a job's way through the parent, as observer(step, job_id), for tracing it
 # (scripts/trace_handoff.py): "get_start"/"get_end" around a GET job (job id "": not known yet), "submit"
@@ -101,12 +118,13 @@ class Poller:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
+        self._pollers: list[threading.Thread] = []
         # One keep-alive connection kept for the next streaming job: a new TLS connection costs ~3.5 ms
         # here, which a stream's first item would otherwise wait for. Streams that run at once beside it
         # connect anew and close after; keeping one only, the parent's open files never grow with streams.
         self._spare_connection: Connection | None = None
         self._spare_lock = threading.Lock()
-        self._limits: dict[str, JobLimits] = {}  # by function; read and written by the poll thread only
+        self._limits: dict[str, JobLimits] = {}  # by function; all filled in by run() before any poll thread
         self.exit_code = 0
 
     # -- lifecycle (main thread) ----------------------------------------------------------------
@@ -123,9 +141,9 @@ class Poller:
         except BaseException:
             self.pool.close()
             raise
-        for i in range(POSTERS):
+        for i in range(posters(self.config.workers)):
             self._thread(self._post_loop, f"cmworker-post-{i}")
-        self._thread(self._poll_loop, "cmworker-poll")
+        self._pollers.append(self._thread(self._first_poll_loop, "cmworker-poll-0"))
         while not self._stopping.is_set():
             self._wait_main()
             self._handle_signals()
@@ -160,6 +178,10 @@ class Poller:
         while not self.pool.closed:
             self._wait_main()
             self._handle_signals()
+        # A GET under way may still bring a job: it is answered `shutdown`, and must be in the ledger
+        # before the wait for an empty ledger starts. The runtime holds a GET ~5 s at most.
+        for poller in list(self._pollers):
+            poller.join(timeout=max(self.config.shutdown_grace, 6.0))
         if not self.ledger.wait_empty(timeout=max(self.config.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
         self.ledger.close_outbox()
@@ -171,10 +193,11 @@ class Poller:
         if spare is not None:
             spare.close()
 
-    def _thread(self, target: Callable[[], None], name: str) -> None:
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -244,24 +267,35 @@ class Poller:
                 with contextlib.suppress(ChildProcessError, OSError):
                     os.waitpid(child.pid, os.WNOHANG)
 
-    # -- the poll loop (poll thread) --------------------------------------------------------------
+    # -- the poll loops (poll threads) -----------------------------------------------------------
 
-    def _poll_loop(self) -> None:
+    def _first_poll_loop(self) -> None:
+        """Announce the replica (schemas, restart notification), then poll beside the other poll threads."""
         conn = self.service.connection()
-        failures = 0
-        empty = EmptyPolls()
         try:
             schemas = [i["schema"] for i in self.pool.function_info.values() if i.get("schema") is not None]
             announce(self.service, conn, schemas, self._stopping, self._thread)
             with self._spare_lock:  # connected already: the first stream's POST goes out at once
                 self._spare_connection, conn = conn, self.service.connection()
+        except BaseException:
+            conn.close()
+            raise
+        for i in range(1, pollers(self.config.workers)):
+            self._pollers.append(self._thread(self._poll_loop, f"cmworker-poll-{i}"))
+        self._poll_loop(conn)
+
+    def _poll_loop(self, conn: Connection | None = None) -> None:
+        """GET jobs, each only once the pool has promised a free worker to it."""
+        conn = conn or self.service.connection()
+        failures = 0
+        empty = EmptyPolls()
+        hold_limit = 2 * self.config.workers
+        try:
             while not self._stopping.is_set():
-                turn = self.ledger.poll_turn(self.config.workers, timeout=0.5)
-                if isinstance(turn, Outgoing):
-                    self._post_once(conn, turn)
+                if not self.ledger.wait_below(hold_limit, timeout=0.5):
                     continue
-                # A job is asked for only while a worker is idle and fewer than ``workers`` jobs are held.
-                if not turn or not self.pool.wait_available(timeout=0.5):
+                ticket = self.pool.reserve(timeout=0.5)
+                if ticket is None:
                     continue
                 started = time.monotonic()
                 try:
@@ -269,18 +303,23 @@ class Poller:
                     reply = self.service.get_job(conn)
                     self._observe("get_end", "")
                 except TransportError as exc:
+                    self.pool.release(ticket)
                     failures += 1
                     (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
                     self._stopping.wait(backoff(failures))
                     continue
-                failures = 0 if reply.status < 300 else failures + 1
-                pause = empty.pause(time.monotonic() - started, self._on_get(reply, failures))
+                try:
+                    failures = 0 if reply.status < 300 else failures + 1
+                    brought = self._on_get(reply, failures, ticket)
+                finally:
+                    self.pool.release(ticket)  # unless the job it brought spent it
+                pause = empty.pause(time.monotonic() - started, brought)
                 if pause:
                     self._stopping.wait(pause)
         finally:
             conn.close()
 
-    def _on_get(self, reply: Reply, failures: int) -> bool:
+    def _on_get(self, reply: Reply, failures: int, ticket: Ticket) -> bool:
         """Act on one GET job reply; True when it brought a job."""
         if reply.status == 204:
             return False
@@ -291,9 +330,9 @@ class Poller:
             log.error("GET job answered HTTP %s: %r", reply.status, logs.excerpt(reply.body, 300))
             self._stopping.wait(backoff(failures))
             return False
-        return self._take(reply.body)
+        return self._take(reply.body, ticket)
 
-    def _take(self, body: bytes) -> bool:
+    def _take(self, body: bytes, ticket: Ticket) -> bool:
         """Act on what the intake decided for one GET body: hold the job, then run it or answer it now.
         False when the body named no job."""
         self._register_sources()  # before the job can read them
@@ -310,12 +349,13 @@ class Poller:
             return True
         job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
         self._observe("submit", job.id)
-        self.pool.submit(job)
+        self.pool.submit(job, ticket)
         return True
 
     def _register_sources(self) -> None:
         """The sources' credentials are secrets; read again whenever their file changes, since the
-        platform may write it after start-up, and jobs read it when they find it."""
+        platform may write it after start-up, and jobs read it when they find it. (Poll threads; two at
+        once at worst register the same secrets twice.)"""
         if not self._sources_path:  # the common case: no sources, nothing to look at per job
             return
         try:
@@ -381,16 +421,6 @@ class Poller:
                     self._log_finished(outgoing.answer)
         finally:
             conn.close()
-
-    def _post_once(self, conn: Connection, outgoing: Outgoing) -> None:
-        """The poll thread's POST: one attempt; if it must be retried, the posters retry it."""
-        if self._attempt_post(conn, outgoing.job_id, outgoing.body):
-            self.ledger.release(outgoing.job_id)
-            if outgoing.answer is not None:
-                self._log_finished(outgoing.answer)
-        else:
-            outgoing.attempts += 1
-            self.ledger.queue_answer(outgoing)
 
     def _post_stream(self, held: Held) -> None:
         """One chunked POST fed as items arrive; the items are kept so a failed POST can be replayed."""

@@ -62,6 +62,8 @@ class Job:
     answer: bytes | None = None
     message: str = ""  # why it was dropped
     waiters: list[_Waiter] = field(default_factory=list)
+    handed_out_at: float | None = None
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class JobSnapshot:
     replica: int | None
     answer: bytes | None
     message: str
+    handed_out_at: float | None = None  # time.monotonic() of the GET that took it, last time
+    answered_at: float | None = None    # time.monotonic() its accepted answer was recorded
 
     @property
     def finished(self) -> bool:
@@ -203,6 +207,7 @@ class JobStore:
                 if self._queue and not (self.cap and len(state.held) >= state.max_concurrent_tasks):
                     job = self._queue.popleft()
                     job.status, job.replica = "running", replica
+                    job.handed_out_at = time.monotonic()
                     state.held[job.id] = job
                     state.max_held = max(state.max_held, len(state.held))
                     return job
@@ -235,6 +240,7 @@ class JobStore:
                 status, message = 204, ""
                 del self.replicas[replica].held[job_id]
                 job.answer = body
+                job.answered_at = time.monotonic()
                 self._finish(job, "failed" if failed else "done")
             self._posts.setdefault(job_id, []).append(
                 ResultPost(replica, status, len(body), chunked, first_chunk_at))
@@ -291,7 +297,8 @@ class JobStore:
 
 
 def _snapshot(job: Job) -> JobSnapshot:
-    return JobSnapshot(job.id, job.query_type, job.status, job.replica, job.answer, job.message)
+    return JobSnapshot(job.id, job.query_type, job.status, job.replica, job.answer, job.message,
+                       job.handed_out_at, job.answered_at)
 
 
 class Record:

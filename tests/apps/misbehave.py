@@ -182,3 +182,11 @@ def raw_bytes_then_die(context, event):
     os.write(1, b"bad bytes \xff\xfe here\n")
     os.write(2, b"no newline at the end")
     os._exit(5)
+
+
+@cmworker.function
+def timed(context, event):
+    """Sleeps, and says when it ran (time.monotonic: the same clock in every process of the machine)."""
+    start = time.monotonic()
+    time.sleep(event["sleep"])
+    return {"n": event["n"], "start": start, "end": time.monotonic()}
