@@ -231,6 +231,18 @@ class JobDropped(JobError):
 _SDK_UNKNOWN_QUERY = {"error": "Unknown query type"}
 
 
+def unreadable_job(exc: ValueError | RecursionError) -> InvalidInput:
+    """The answer to a job body that cannot be parsed as JSON, naming why: the same words whether the
+    parent or the worker found it out."""
+    if isinstance(exc, RecursionError):
+        reason = "it is nested more deeply than Python's JSON parser allows (about 1,000 levels)"
+    elif isinstance(exc, UnicodeDecodeError):
+        reason = f"it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start})"
+    else:
+        reason = f"it is not valid JSON ({exc})"
+    return InvalidInput(f"the job cannot be read: {reason}")
+
+
 def error_from_payload(payload: Any) -> JobError | None:
     """The error a job answer carries, or ``None`` when the answer is a result.
 

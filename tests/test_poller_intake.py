@@ -125,3 +125,37 @@ def test_the_limits_a_function_declared_reach_its_jobs() -> None:
     assert not thread.is_alive()
     assert finished is not None and finished.answer is not None, finished
     assert decode_answer(finished.answer) == "cleaned up"
+
+
+# -- the envelope's head: the parent reads the id and function there, without parsing the query ---------
+
+def test_the_query_is_not_parsed_by_the_parent() -> None:
+    # A query that is not JSON at all: the head names the job, the worker will find the query unreadable.
+    body = job(jobId="j1", queryType="echo", query=0).replace(b'"query": 0', b'"query": [1, 2, {{{')
+    assert parse_job(body, FUNCTIONS, set()) == Accepted("j1", "echo")
+
+
+@pytest.mark.parametrize("body", [
+    job(jobId="outer", queryType="echo", query={"jobId": "inner", "queryType": "other"}),  # keys in the query
+    job(queryType="echo", query={"jobId": "inner"}, jobId="outer"),                        # id after the query
+    job(jobId="first", queryType="echo", query=1).replace(b"}}", b', "jobId": "second"}}'),  # a duplicate key
+    job(jobId="j\u00e9\\\"q", queryType="echo", query=1),                                     # escapes in the id
+    json.dumps({"computeModuleJobV1": {"jobId": 7, "queryType": "echo", "query": 1}}).encode(),  # a number
+    b'{"computeModuleJobV1": {"jobId": "a", "queryType": "echo", "query": 1}, "type": "computeModuleJobV1"}',
+], ids=repr)
+def test_every_shape_is_read_as_a_full_parse_reads_it(body: bytes) -> None:
+    document = json.loads(body)["computeModuleJobV1"]
+    assert parse_job(body, FUNCTIONS, set()) == Accepted(str(document["jobId"]), "echo")
+
+
+def test_credentials_after_the_query_are_found_as_secrets() -> None:
+    body = job(jobId="j1", queryType="echo", query={"x": 1}, temporaryCredentialsAuthToken="temp-creds-1234",
+               authHeader="Bearer auth-header-5678")
+    intake = parse_job(body, FUNCTIONS, set())
+    assert isinstance(intake, Accepted)
+    assert {"temp-creds-1234", "Bearer auth-header-5678", "auth-header-5678"} <= set(intake.secrets)
+
+
+def test_a_held_job_read_from_the_head_is_refused_as_a_duplicate() -> None:
+    intake = parse_job(job(jobId="j1", queryType="echo", query=1), FUNCTIONS, {"j1"})
+    assert isinstance(intake, Refused) and intake.duplicate

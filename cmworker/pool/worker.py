@@ -41,6 +41,7 @@ from cmworker.errors import (
     ResultTooLarge,
     StreamFailed,
     UnknownFunction,
+    unreadable_job,
 )
 from cmworker.pool import pickled, processes
 from cmworker.pool.baseline import Baseline
@@ -130,12 +131,10 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
         known = ", ".join(sorted(functions)) or "none"
         return _failure(UnknownFunction(f"no function named {run.function!r}; this app has: {known}",
                                         function=run.function, known=sorted(functions)))
-    try:
+    try:  # the parent read only the head of the envelope: the body is parsed here, once
         job = json.loads(bytes(run.body))
-    except ValueError as exc:
-        return _failure(InvalidInput(f"the job is not valid JSON: {exc}"))
-    except RecursionError:
-        return _failure(InvalidInput("the job is nested too deeply to be read"))
+    except (ValueError, RecursionError) as exc:
+        return _failure(unreadable_job(exc))
     query, context = _query_and_context(job)
     structlog.contextvars.bind_contextvars(job_id=context["jobId"], function=run.function)
     try:
