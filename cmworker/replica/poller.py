@@ -313,6 +313,7 @@ class Poller:
                     brought = self._on_get(reply, failures, ticket)
                 finally:
                     self.pool.release(ticket)  # unless the job it brought spent it
+                del reply  # not held through the next long poll: a big job's body is the job's only
                 pause = empty.pause(time.monotonic() - started, brought)
                 if pause:
                     self._stopping.wait(pause)
@@ -419,6 +420,7 @@ class Poller:
                 self._post(conn, outgoing.job_id, _constant(outgoing.body), outgoing.attempts)
                 if outgoing.answer is not None:  # after the POST: the runtime has the answer, and sooner
                     self._log_finished(outgoing.answer)
+                del outgoing  # not held while waiting for the next: a big answer is freed once posted
         finally:
             conn.close()
 
