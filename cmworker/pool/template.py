@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from cmworker.app import sdk_logging
 from cmworker.app.registry import FunctionSpec, load_app, registry
 from cmworker.pool import cgroups, processes
 from cmworker.pool.messages import (
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> NoReturn:
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
+    sdk_logging.install()  # before the app imports the SDK's logging, which writes every line twice
     try:
         for module in options.preload:
             __import__(module)
