@@ -40,6 +40,7 @@ class FunctionSpec:
     timeout: float | None = None
     soft_timeout: float | None = None
     memory_limit: int | None = None
+    edits: tuple[Any, ...] = ()  # Ontology SDK object types the function edits (its ontologyProvenance)
 
     @cached_property
     def call_types(self) -> CallTypes:
@@ -96,15 +97,17 @@ def function(fn: F, /) -> F: ...
 def function(
     *, name: str | None = None, streaming: bool = False, timeout: float | str | None = None,
     soft_timeout: float | str | None = None, memory_limit: int | str | None = None,
+    edits: Iterable[Any] | None = None,
 ) -> Callable[[F], F]: ...
 def function(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, streaming: bool = False,
     timeout: float | str | None = None, soft_timeout: float | str | None = None,
-    memory_limit: int | str | None = None,
+    memory_limit: int | str | None = None, edits: Iterable[Any] | None = None,
 ) -> Any:
     """Register ``fn(context, event)`` as a compute-module function, bare or with options.
 
     ``timeout``/``soft_timeout`` take seconds or strings like ``"5m"``; ``memory_limit`` bytes or ``"2GiB"``.
+    ``edits``: the Ontology SDK object types the function edits, as in the SDK's ``@function(edits=...)``.
     """
 
     def register(f: F) -> F:
@@ -115,6 +118,7 @@ def function(
             timeout=None if timeout is None else parse_duration(timeout),
             soft_timeout=None if soft_timeout is None else parse_duration(soft_timeout),
             memory_limit=None if memory_limit is None else parse_size(memory_limit),
+            edits=tuple(edits or ()),
         )
         # Read the hints now, so that a bad one fails the import as in the SDK. A NameError is a class
         # defined further down the module: load_app reads the hints again once it exists.

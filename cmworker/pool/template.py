@@ -254,13 +254,19 @@ class Template:
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
     """What the parent needs to know of each function without importing the app itself."""
-    from cmworker.app.schema import infer_schema
+    from cmworker.app.schema import infer_schema, load_type_ids
 
     described = {}
+    type_ids: dict[str, str] = {}
+    if any(spec.edits for spec in functions.values()):
+        try:
+            type_ids = load_type_ids()
+        except Exception as exc:
+            print(f"cmworker: cannot read the ontology metadata config: {exc}", file=sys.stderr)
     for name, spec in functions.items():
         schema = None
         try:
-            schema = infer_schema(spec)
+            schema = infer_schema(spec, type_ids)
         except Exception as exc:  # a schema is a courtesy to callers; the function still runs
             print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
         described[name] = {"streaming": spec.streaming, "timeout": spec.timeout,
