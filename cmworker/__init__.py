@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
 from cmworker.app.context import Context
+from cmworker.app.pipeline import PipelineContext, pipeline
 from cmworker.app.registry import function
 from cmworker.errors import (
     AppLoadError,
@@ -42,9 +43,10 @@ if TYPE_CHECKING:
 # The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
 __all__ = [
     "AppLoadError", "AuthFailed", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
-    "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "NotProvided", "PoolUnhealthy", "RemoteException",
-    "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable", "ShuttingDown", "StreamFailed",
-    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "NotProvided", "PipelineContext",
+    "PoolUnhealthy", "RemoteException", "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable",
+    "ShuttingDown", "StreamFailed", "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "pipeline",
 ]
 
 

@@ -5,7 +5,8 @@
   at ``https://HOST/multipass/api/oauth2/token`` (the OAuth 2 client-credentials grant), verifying the
   server with the CA bundle in ``DEFAULT_CA_PATH``. A token expires (the reply's ``expires_in``):
   ``RefreshingToken`` keeps one fresh for a long-lived process.
-* **Pipeline mode**: ``pipeline_token()`` reads the job token from the file named by ``BUILD2_TOKEN``.
+* **Pipeline mode**: ``pipeline_token()`` reads the job token from the file named by ``BUILD2_TOKEN``
+  (it lives in ``cmworker.resources``, which loads no HTTP library, and is re-exported here).
 
 Every token obtained here is registered as a log secret, so it never reaches a log line. A missing
 variable or file raises ``NotProvided`` naming it; a refused exchange raises ``AuthFailed``.
@@ -24,6 +25,7 @@ from typing import Any
 
 from cmworker import logs
 from cmworker.errors import AuthFailed, NotProvided
+from cmworker.resources import pipeline_token
 
 __all__ = ["AccessToken", "RefreshingToken", "fetch_token", "oauth_token", "pipeline_token"]
 
@@ -31,7 +33,6 @@ TOKEN_PATH = "/multipass/api/oauth2/token"
 CLIENT_ID = "CLIENT_ID"
 CLIENT_SECRET = "CLIENT_SECRET"
 DEFAULT_CA_PATH = "DEFAULT_CA_PATH"
-BUILD2_TOKEN = "BUILD2_TOKEN"
 # When the endpoint does not say how long its token lives, assume this (the SDK refreshes every 30 min).
 _DEFAULT_LIFETIME = 1800.0
 _APPLICATION = "application permissions (a functions module with the application's permissions)"
@@ -172,18 +173,3 @@ class RefreshingToken:
 
     def __repr__(self) -> str:
         return f"RefreshingToken(host={self.host!r}, scopes={self.scopes!r})"
-
-
-def pipeline_token() -> str:
-    """The job token of a pipeline-mode module (read from the file named by ``BUILD2_TOKEN`` each call:
-    Foundry may replace it). It has permissions on the module's inputs and outputs only."""
-    path = _required_env(BUILD2_TOKEN, "pipeline mode (it names the file holding the job token)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except OSError as exc:
-        raise NotProvided(f"{BUILD2_TOKEN} names {path}, which cannot be read: {exc.strerror}") from None
-    if not token:
-        raise NotProvided(f"{BUILD2_TOKEN} names {path}, which is empty")
-    logs.add_secret(token)
-    return token

@@ -1,4 +1,5 @@
-"""The inputs and outputs of a pipeline-mode module: ``pipeline_resources()``.
+"""The inputs and outputs of a pipeline-mode module (``pipeline_resources()``) and its job token
+(``pipeline_token()``, also in ``cmworker.auth``).
 
 In pipeline mode Foundry mounts a JSON file, named by ``RESOURCE_ALIAS_MAP``, mapping each identifier
 given in the module's configuration to the resource's RID and branch::
@@ -16,11 +17,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from cmworker import logs
 from cmworker.errors import NotProvided
 
-__all__ = ["PipelineResource", "pipeline_resource", "pipeline_resources"]
+__all__ = ["PipelineResource", "pipeline_resource", "pipeline_resources", "pipeline_token"]
 
 RESOURCE_ALIAS_MAP = "RESOURCE_ALIAS_MAP"
+BUILD2_TOKEN = "BUILD2_TOKEN"
 
 
 class PipelineResource(NamedTuple):
@@ -73,3 +76,22 @@ def pipeline_resource(alias: str) -> PipelineResource:
     if alias not in resources:
         raise KeyError(f"no pipeline resource {alias!r}; this module has: {', '.join(sorted(resources)) or 'none'}")
     return resources[alias]
+
+
+def pipeline_token() -> str:
+    """The job token of a pipeline-mode module, read from the file named by ``BUILD2_TOKEN`` at each call
+    (Foundry may replace the file). It has permissions on the module's inputs and outputs only, and is
+    registered as a log secret."""
+    path = os.environ.get(BUILD2_TOKEN)
+    if not path:
+        raise NotProvided(f"{BUILD2_TOKEN} is not set: it names the file holding the job token of a compute "
+                          "module running in pipeline mode (locally: cmworker dev --pipeline)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise NotProvided(f"{BUILD2_TOKEN} names {path}, which cannot be read: {exc.strerror}") from None
+    if not token:
+        raise NotProvided(f"{BUILD2_TOKEN} names {path}, which is empty")
+    logs.add_secret(token)
+    return token

@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import Any, TypeVar, overload
 
 from cmworker.app.context import job_context
+from cmworker.app.pipeline import pipeline_entry
 from cmworker.app.schema import CallTypes, UnsupportedType, analyse_call
 from cmworker.errors import AppLoadError, InvalidInput
 from cmworker.units import parse_duration, parse_size
@@ -156,8 +157,9 @@ def load_app(spec: str) -> Mapping[str, FunctionSpec]:
                     function(fn)
                 except UnsupportedType as exc:
                     raise AppLoadError(f"app {spec!r}: {exc}") from None
-    if not _registry:
-        raise AppLoadError(f"app {spec!r} registers no functions: decorate them with @cmworker.function")
+    if not _registry and pipeline_entry() is None:
+        raise AppLoadError(f"app {spec!r} registers no functions: decorate them with @cmworker.function "
+                           "(or its loop with @cmworker.pipeline)")
     _check_type_hints(spec)
     return _registry
 
