@@ -233,6 +233,29 @@ class EmbeddedRuntime:
         return {"BUILD2_TOKEN": str(token_file), "RESOURCE_ALIAS_MAP": str(alias_file),
                 "DEFAULT_CA_PATH": str(self.ca_path), "FOUNDRY_HOST": self.foundry_host}
 
+    def sources_env(self, sources: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """The files Foundry mounts for a module's sources, written in the state directory, and the
+        variables naming them. ``sources``: by source API name, ``{"secrets": {name: value}, "url": ...,
+        "configuration": ...}`` (each optional). The official SDK's source helpers (``get_source``,
+        ``get_source_secret``) and cmworker's context read these same files."""
+        directory = self.state_dir / "sources"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        credentials = {name: dict(source.get("secrets", {})) for name, source in sources.items()}
+        configurations = {}
+        for name, source in sources.items():
+            entry: dict[str, Any] = {"secrets": credentials[name],
+                                     "sourceConfiguration": source.get("configuration")}
+            if source.get("url"):
+                entry["httpConnectionConfig"] = {"url": source["url"], "authHeaders": {}, "queryParameters": {}}
+            configurations[name] = entry
+        paths = {"SOURCE_CREDENTIALS": directory / "credentials.json",
+                 "SOURCE_CONFIGURATIONS_PATH": directory / "configurations.json",
+                 "FOUNDRY_SERVICE_DISCOVERY_V2": directory / "service-discovery.yml"}
+        _write_private(paths["SOURCE_CREDENTIALS"], json.dumps(credentials, indent=2))
+        _write_private(paths["SOURCE_CONFIGURATIONS_PATH"], json.dumps(configurations, indent=2))
+        _write_private(paths["FOUNDRY_SERVICE_DISCOVERY_V2"], "on_prem_proxy: []\n")  # no on-prem agents here
+        return {**{name: str(path) for name, path in paths.items()}, "DEFAULT_CA_PATH": str(self.ca_path)}
+
     def env_exports(self, replica: int = 0) -> str:
         """``env(replica)`` as shell ``export`` lines."""
         return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in self.env(replica).items())
