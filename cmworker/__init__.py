@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
 from cmworker.app.context import Context
+from cmworker.app.pipeline import PipelineContext, pipeline
 from cmworker.app.registry import function
 from cmworker.errors import (
     AppLoadError,
+    AuthFailed,
     CmworkerError,
     ConfigError,
     InvalidInput,
@@ -21,6 +23,7 @@ from cmworker.errors import (
     JobError,
     JobTimeout,
     MemoryLimitExceeded,
+    NotProvided,
     PoolUnhealthy,
     RemoteException,
     ResultNotSerializable,
@@ -39,10 +42,11 @@ if TYPE_CHECKING:
 
 # The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
 __all__ = [
-    "AppLoadError", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
-    "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "PoolUnhealthy", "RemoteException",
-    "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable", "ShuttingDown", "StreamFailed",
-    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "AppLoadError", "AuthFailed", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
+    "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "NotProvided", "PipelineContext",
+    "PoolUnhealthy", "RemoteException", "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable",
+    "ShuttingDown", "StreamFailed", "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "pipeline",
 ]
 
 
@@ -55,4 +59,8 @@ def __getattr__(name: str) -> Any:
         from cmworker.executor import Executor
 
         return Executor
+    if name in ("auth", "resources"):  # submodules: auth loads requests, so only when asked for
+        import importlib
+
+        return importlib.import_module(f"cmworker.{name}")
     raise AttributeError(f"module 'cmworker' has no attribute {name!r}")

@@ -19,6 +19,7 @@ _RUN_HELP = "serve an app's functions to the compute-module runtime (the contain
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("cmworker.commands.run", _RUN_HELP),
     "dev": ("cmworker.commands.run", "serve an app on the embedded runtime, for local development"),
+    "pipeline": ("cmworker.commands.pipeline", "run an app's @cmworker.pipeline loop, supervised (pipeline mode)"),
     "config": ("cmworker.commands.config", "print the effective configuration and where each value came from"),
     "runtime": ("cmworker.commands.runtime", "run the embedded compute-module runtime on loopback"),
     "call": ("cmworker.commands.runtime", "send a query to the running embedded runtime and print the answer"),

@@ -5,6 +5,8 @@
     ├── AppLoadError             the user's app could not be imported
     ├── PoolUnhealthy            workers keep dying before they take a job; respawning stopped
     ├── RuntimeUnavailable       the compute-module runtime cannot be reached or refused us
+    ├── NotProvided              a variable or file the execution mode provides is missing (named)
+    ├── AuthFailed               Foundry's token endpoint refused or failed the credentials exchange
     └── JobError                 a job ended with an error answer; each leaf is one payload ``kind``
         ├── RemoteException          "exception"                the function raised
         ├── UnknownFunction          "unknown_function"         no function of that name
@@ -35,6 +37,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AppLoadError",
+    "AuthFailed",
     "CmworkerError",
     "ConfigError",
     "InvalidInput",
@@ -42,6 +45,7 @@ __all__ = [
     "JobError",
     "JobTimeout",
     "MemoryLimitExceeded",
+    "NotProvided",
     "PoolUnhealthy",
     "RemoteException",
     "ResultNotSerializable",
@@ -73,6 +77,20 @@ class PoolUnhealthy(CmworkerError):
 
 class RuntimeUnavailable(CmworkerError):
     """The compute-module runtime cannot be reached, or it rejected our credentials."""
+
+
+class NotProvided(CmworkerError):
+    """A variable or file the execution mode provides is missing: the message names it and the mode
+    (application permissions, pipeline mode) that provides it."""
+
+
+class AuthFailed(CmworkerError):
+    """Foundry's OAuth token endpoint refused the exchange or could not be reached; ``status`` is the
+    HTTP status when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 _KINDS: dict[str, type[JobError]] = {}

@@ -240,6 +240,22 @@ def _chain() -> list[Any]:
     return [structlog.contextvars.merge_contextvars, _level, _origin, _session_and_process]
 
 
+RECORD_FIELDS = "cmworker_fields"
+
+
+def _record_fields(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Fields a standard-library record carries in its ``cmworker_fields`` attribute (a dict), as user
+    fields (``unsafeParams``): how a logging library's own parameters reach the line (the SDK's
+    ``params``, see ``cmworker.app.sdk_logging``)."""
+    record = event.get("_record")
+    fields = getattr(record, RECORD_FIELDS, None)
+    if isinstance(fields, dict) and fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+        event["unsafe"] = [*event.get("unsafe", ()), *fields]
+    return event
+
+
 def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None = None,
               logger_levels: Iterable[tuple[str, str]] = ()) -> None:
     """Configure structlog and stdlib logging for this process. ``format``: "sls" or "console"."""
@@ -260,7 +276,7 @@ def configure(format: str = "sls", level: str = "INFO", *, stream: TextIO | None
     handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=_chain(),
+        foreign_pre_chain=[_record_fields, *_chain()],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

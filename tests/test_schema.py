@@ -360,3 +360,93 @@ def test_schema_command_without_an_app_says_how_to_name_one(tmp_path: Any) -> No
     done = _cli(cwd=str(tmp_path))
     assert done.returncode == 1
     assert "no app" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Functions that edit the Ontology (edits=): ontologyProvenance as the SDK makes it.
+# ---------------------------------------------------------------------------------------------------
+
+EDITS_APP = os.path.join(ROOT, "tests", "apps", "edits_app.py")
+TYPE_IDS = {"Aircraft": "aircraft-type-id", "Flight": "flight-type-id"}
+
+
+@pytest.fixture(scope="module")
+def edits_app() -> dict[str, FunctionSpec]:
+    sys.modules.pop("edits_app", None)
+    with isolated_registry():
+        registry = load_app(EDITS_APP)
+        return {name: spec for name, spec in registry.items() if spec.fn.__module__ == "edits_app"}
+
+
+def sdk_build_time_schema(spec: FunctionSpec, type_ids: dict[str, str]) -> dict[str, Any]:
+    """What the SDK's build-time inference writes for the same function and apiNameToTypeId table."""
+    from compute_modules.function_registry.function import Function
+
+    schema: dict[str, Any] = Function(spec.fn, list(spec.edits)).get_function_schema(type_ids)  # type: ignore[assignment]
+    return schema
+
+
+@SDK_PARITY
+@pytest.mark.parametrize("name", ["ground", "delay", "no_edits"])
+def test_schema_with_edits_at_run_time_is_the_sdks(edits_app: dict[str, FunctionSpec], name: str) -> None:
+    """Served without a metadata config, as the SDK's own start-up registers it: the edited types unknown."""
+    spec = edits_app[name]
+    sdk = parse_function_schema(spec.fn, spec.name, list(spec.edits), {}).function_schema
+    assert json.dumps(infer_schema(spec)) == json.dumps(sdk)
+
+
+@SDK_PARITY
+@pytest.mark.parametrize("name", ["ground", "delay", "no_edits"])
+def test_schema_with_edits_and_a_type_id_table_is_the_sdks(edits_app: dict[str, FunctionSpec], name: str) -> None:
+    spec = edits_app[name]
+    ours_ = infer_schema(spec, TYPE_IDS, strict=True)
+    assert json.dumps(ours_) == json.dumps(sdk_build_time_schema(spec, TYPE_IDS))
+    if name == "ground":
+        assert ours_["ontologyProvenance"] == {"editedObjects": {"aircraft-type-id": {}, "flight-type-id": {}},
+                                               "editedLinks": {}}
+
+
+def test_an_edited_type_missing_from_the_table_is_an_error_as_in_the_sdk(edits_app: dict[str, FunctionSpec]) -> None:
+    partial = {"Aircraft": "aircraft-type-id"}
+    with pytest.raises(ValueError, match="Flight"):
+        sdk_build_time_schema(edits_app["ground"], partial)
+    with pytest.raises(UnsupportedType, match="'ground' edits 'Flight'"):
+        infer_schema(edits_app["ground"], partial, strict=True)
+    assert infer_schema(edits_app["ground"], partial)["ontologyProvenance"] == \
+        {"editedObjects": {"aircraft-type-id": {}}, "editedLinks": {}}
+
+
+class AddObject: ...
+class ModifyObject: ...
+class DeleteObject: ...
+class AddLink: ...
+class RemoveLink: ...
+
+
+OntologyEdit = Union[AddObject, ModifyObject, DeleteObject, AddLink, RemoveLink]
+
+
+@SDK_PARITY
+@pytest.mark.parametrize("hint", [OntologyEdit, list[OntologyEdit]], ids=repr)
+def test_an_ontology_edit_result_type_is_the_sdks(hint: Any) -> None:
+    fn = _returning(hint)
+    assert json.dumps(ours(fn)) == json.dumps(sdk_schema(fn, "f"))
+
+
+def test_schema_command_reads_the_metadata_config_in_the_working_directory(tmp_path: Any) -> None:
+    (tmp_path / "ontology_metadata_config.json").write_text(json.dumps({"apiNameToTypeId": TYPE_IDS}))
+    done = _cli(EDITS_APP, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    provenance = {s["functionName"]: s["ontologyProvenance"] for s in json.loads(done.stdout)}
+    both = {"aircraft-type-id": {}, "flight-type-id": {}}
+    assert provenance == {"ground": {"editedObjects": both, "editedLinks": {}},
+                          "delay": {"editedObjects": {"flight-type-id": {}}, "editedLinks": {}},
+                          "no_edits": None}
+
+
+def test_schema_command_names_an_edited_type_missing_from_the_given_config(tmp_path: Any) -> None:
+    config = tmp_path / "meta.json"
+    config.write_text(json.dumps({"apiNameToTypeId": {"Aircraft": "a"}}))
+    done = _cli(EDITS_APP, "--ontology-metadata-config", str(config))
+    assert done.returncode == 1
+    assert "edits 'Flight'" in done.stderr

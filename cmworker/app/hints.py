@@ -247,6 +247,19 @@ class _Opaque(_Type):
             raise _Bad(f"{_show(value)} is not {self.noun}", "anonymousCustomType") from None
 
 
+class _OntologyEdit(_Type):
+    """The union of the Ontology SDK's edit classes, a function's edits as its result (passed through)."""
+
+    __slots__ = ()
+    MEMBERS = frozenset({"AddObject", "ModifyObject", "DeleteObject", "AddLink", "RemoveLink"})
+
+    def data_type(self) -> dict[str, Any]:
+        return {"ontologyEdit": {}, "type": "ontologyEdit"}  # the SDK's key order, for identical JSON
+
+    def convert(self, value: Any) -> Any:
+        return value
+
+
 class _Optional(_Type):
     __slots__ = ("inner",)
 
@@ -400,6 +413,8 @@ def _analyse(hint: Any, where: str, seen: tuple[type, ...], for_input: bool) -> 
         return width if width is not None else _analyse(hint.__supertype__, where, seen, for_input)
     if _is_union(hint):
         members = typing.get_args(hint)
+        if {getattr(m, "__name__", None) for m in members} >= _OntologyEdit.MEMBERS:
+            return _OntologyEdit()
         if len(members) == 2 and type(None) in members:
             inner = members[0] if members[1] is type(None) else members[1]
             return _Optional(_analyse(inner, where, seen, for_input))

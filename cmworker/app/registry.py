@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import Any, TypeVar, overload
 
 from cmworker.app.context import job_context
+from cmworker.app.pipeline import pipeline_entry
 from cmworker.app.schema import CallTypes, UnsupportedType, analyse_call
 from cmworker.errors import AppLoadError, InvalidInput
 from cmworker.units import parse_duration, parse_size
@@ -40,6 +41,7 @@ class FunctionSpec:
     timeout: float | None = None
     soft_timeout: float | None = None
     memory_limit: int | None = None
+    edits: tuple[Any, ...] = ()  # Ontology SDK object types the function edits (its ontologyProvenance)
 
     @cached_property
     def call_types(self) -> CallTypes:
@@ -96,15 +98,17 @@ def function(fn: F, /) -> F: ...
 def function(
     *, name: str | None = None, streaming: bool = False, timeout: float | str | None = None,
     soft_timeout: float | str | None = None, memory_limit: int | str | None = None,
+    edits: Iterable[Any] | None = None,
 ) -> Callable[[F], F]: ...
 def function(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, streaming: bool = False,
     timeout: float | str | None = None, soft_timeout: float | str | None = None,
-    memory_limit: int | str | None = None,
+    memory_limit: int | str | None = None, edits: Iterable[Any] | None = None,
 ) -> Any:
     """Register ``fn(context, event)`` as a compute-module function, bare or with options.
 
     ``timeout``/``soft_timeout`` take seconds or strings like ``"5m"``; ``memory_limit`` bytes or ``"2GiB"``.
+    ``edits``: the Ontology SDK object types the function edits, as in the SDK's ``@function(edits=...)``.
     """
 
     def register(f: F) -> F:
@@ -115,6 +119,7 @@ def function(
             timeout=None if timeout is None else parse_duration(timeout),
             soft_timeout=None if soft_timeout is None else parse_duration(soft_timeout),
             memory_limit=None if memory_limit is None else parse_size(memory_limit),
+            edits=tuple(edits or ()),
         )
         # Read the hints now, so that a bad one fails the import as in the SDK. A NameError is a class
         # defined further down the module: load_app reads the hints again once it exists.
@@ -152,8 +157,9 @@ def load_app(spec: str) -> Mapping[str, FunctionSpec]:
                     function(fn)
                 except UnsupportedType as exc:
                     raise AppLoadError(f"app {spec!r}: {exc}") from None
-    if not _registry:
-        raise AppLoadError(f"app {spec!r} registers no functions: decorate them with @cmworker.function")
+    if not _registry and pipeline_entry() is None:
+        raise AppLoadError(f"app {spec!r} registers no functions: decorate them with @cmworker.function "
+                           "(or its loop with @cmworker.pipeline)")
     _check_type_hints(spec)
     return _registry
 

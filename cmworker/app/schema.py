@@ -46,6 +46,8 @@ __all__ = [
     "analyse_call",
     "app_schemas",
     "infer_schema",
+    "load_type_ids",
+    "ontology_provenance",
     "output_data_type",
 ]
 
@@ -222,24 +224,74 @@ class Spec(Protocol):
     def call_types(self) -> CallTypes: ...
 
 
-def infer_schema(spec: Spec) -> dict[str, Any]:
-    """The function schema of ``spec``, as ``POST schemas`` carries it and as the SDK infers it."""
+def infer_schema(spec: Spec, type_ids: Mapping[str, str] | None = None, *, strict: bool = False) -> dict[str, Any]:
+    """The function schema of ``spec``, as ``POST schemas`` carries it and as the SDK infers it.
+
+    ``type_ids`` maps object type API names to their type ids (``load_type_ids``), for the
+    ``ontologyProvenance`` of a function declaring ``edits``; ``strict``: an edited type missing from it
+    is an error (as in the SDK's build-time inference) instead of being left out (as at its run time).
+    """
     call = spec.call_types
     return {
         "functionName": spec.name,
         "inputs": call.event.inputs() if call.event is not None else [],
         "output": {"type": "single", "single": {"dataType": output_data_type(spec.fn, spec.name)}},
-        "ontologyProvenance": None,
+        "ontologyProvenance": ontology_provenance(spec.name, getattr(spec, "edits", ()), type_ids or {}, strict),
     }
 
 
-def app_schemas(functions: Mapping[str, Spec] | Iterable[Spec]) -> list[dict[str, Any]]:
+ONTOLOGY_METADATA_CONFIG = "ontology_metadata_config.json"
+
+
+def load_type_ids(path: str | None = None) -> dict[str, str]:
+    """The ``apiNameToTypeId`` table of an ontology metadata config file (the SDK's
+    ``ontology_metadata_config.json``, by default the one in the working directory, if any: empty without
+    one). ``OSError`` or ``ValueError`` when the file named cannot be read."""
+    import json
+    import os
+
+    if path is None:
+        path = os.path.join(os.getcwd(), ONTOLOGY_METADATA_CONFIG)
+        if not os.path.isfile(path):
+            return {}
+    with open(path, encoding="utf-8") as handle:
+        table = json.load(handle).get("apiNameToTypeId", {})
+    if not isinstance(table, dict):
+        raise UnsupportedType(f"{path}: apiNameToTypeId is not an object")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def ontology_provenance(name: str, edits: Iterable[Any], type_ids: Mapping[str, str],
+                        strict: bool) -> dict[str, Any] | None:
+    """The object types a function edits, by type id; ``None`` for a function that declares no edits.
+
+    An edit is an Ontology SDK object type class: its ``api_name()`` is looked up in ``type_ids``.
+    """
+    edits = list(edits)
+    if not edits:
+        return None
+    objects: dict[str, Any] = {}
+    for edit in edits:
+        api_name = getattr(edit, "api_name", None)
+        if not callable(api_name):
+            continue
+        type_id = type_ids.get(api_name())
+        if type_id:
+            objects[type_id] = {}
+        elif strict:
+            raise UnsupportedType(f"function {name!r} edits {api_name()!r}, which has no type id in the "
+                                  f"ontology metadata config (apiNameToTypeId)")
+    return {"editedObjects": objects, "editedLinks": {}}
+
+
+def app_schemas(functions: Mapping[str, Spec] | Iterable[Spec], type_ids: Mapping[str, str] | None = None,
+                *, strict: bool = False) -> list[dict[str, Any]]:
     """The schemas of every function, in registration order; ``UnsupportedType`` lists every failure."""
     specs = list(functions.values()) if isinstance(functions, Mapping) else list(functions)
     schemas, problems = [], []
     for spec in specs:
         try:
-            schemas.append(infer_schema(spec))
+            schemas.append(infer_schema(spec, type_ids, strict=strict))
         except (UnsupportedType, NameError) as exc:
             problems.append(str(exc) if isinstance(exc, UnsupportedType) else f"function {spec.name!r}: {exc}")
     if problems:

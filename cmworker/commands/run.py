@@ -32,6 +32,9 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def configure_dev(parser: argparse.ArgumentParser) -> None:
     _configure(parser)
     parser.add_argument("--replicas", type=int, default=1, help="embedded runtime replicas (default 1)")
+    from cmworker.commands.pipeline import add_dev_flags
+
+    add_dev_flags(parser)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -91,6 +94,10 @@ def run_run(args: argparse.Namespace, observer: Observer | None = None) -> int:
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    if getattr(args, "pipeline", False):
+        from cmworker.commands.pipeline import run_pipeline_dev
+
+        return run_pipeline_dev(args)
     logs.configure("console", "INFO", stream=sys.stderr)
     from cmworker.runtime.discovery import publish, withdraw
     from cmworker.runtime.embedded import EmbeddedRuntime

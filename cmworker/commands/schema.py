@@ -6,13 +6,17 @@ import argparse
 import json
 import sys
 
-from cmworker.app.schema import UnsupportedType, app_schemas
+from cmworker.app.schema import UnsupportedType, app_schemas, load_type_ids
 
 
 def configure_schema(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("app", nargs="?", metavar="APP",
                         help="module, module:attribute, or path of a .py file (default: `app` in cmworker.toml)")
     parser.add_argument("--compact", action="store_true", help="print the JSON on one line")
+    parser.add_argument("--ontology-metadata-config", metavar="PATH", default=None,
+                        help="the apiNameToTypeId file for functions declaring edits= (default: "
+                             "./ontology_metadata_config.json if it exists); an edited type missing from it "
+                             "is an error")
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -27,8 +31,8 @@ def run_schema(args: argparse.Namespace) -> int:
 
             app = load_config().require_app()
         functions = load_app(app)
-        schemas = app_schemas(functions)
-    except (AppLoadError, ConfigError, UnsupportedType) as exc:
+        schemas = app_schemas(functions, load_type_ids(args.ontology_metadata_config), strict=True)
+    except (AppLoadError, ConfigError, UnsupportedType, OSError, ValueError) as exc:
         print(f"cmworker schema: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(schemas, indent=None if args.compact else 2))

@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from cmworker.app import sdk_logging
 from cmworker.app.registry import FunctionSpec, load_app, registry
 from cmworker.pool import cgroups, processes
 from cmworker.pool.messages import (
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> NoReturn:
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
+    sdk_logging.install()  # before the app imports the SDK's logging, which writes every line twice
     try:
         for module in options.preload:
             __import__(module)
@@ -252,13 +254,19 @@ class Template:
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
     """What the parent needs to know of each function without importing the app itself."""
-    from cmworker.app.schema import infer_schema
+    from cmworker.app.schema import infer_schema, load_type_ids
 
     described = {}
+    type_ids: dict[str, str] = {}
+    if any(spec.edits for spec in functions.values()):
+        try:
+            type_ids = load_type_ids()
+        except Exception as exc:
+            print(f"cmworker: cannot read the ontology metadata config: {exc}", file=sys.stderr)
     for name, spec in functions.items():
         schema = None
         try:
-            schema = infer_schema(spec)
+            schema = infer_schema(spec, type_ids)
         except Exception as exc:  # a schema is a courtesy to callers; the function still runs
             print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
         described[name] = {"streaming": spec.streaming, "timeout": spec.timeout,

@@ -30,12 +30,13 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from cmworker.runtime.faults import Fault, FaultKind, FaultPlan, Spoil
+from cmworker.runtime.oauth import Issuer, TokenService
 from cmworker.runtime.server import JOB_PATH, RESTART_PATH, RESULTS_PATH, SCHEMAS_PATH, ModuleApp, QueryApp
 from cmworker.runtime.state import JobStore, Record, ReplicaState
 from cmworker.runtime.tls import TlsFiles, write_tls_files
@@ -61,7 +62,7 @@ class EmbeddedRuntime:
     def __init__(self, replicas: int = 1, *, long_poll: float = 5.0, max_result_size: int = 32 * 2**20,
                  cap: bool = True, max_concurrent_tasks: int | Sequence[int] = 1,
                  state_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
-                 port: int = 0, query_port: int = 0) -> None:
+                 port: int = 0, query_port: int = 0, token_lifetime: float = 3600.0) -> None:
         caps = _per_replica(max_concurrent_tasks, replicas)
         if long_poll < 0 or max_result_size < 0:
             raise ValueError("long_poll and max_result_size must be >= 0")
@@ -77,6 +78,7 @@ class EmbeddedRuntime:
         self.store = JobStore([ReplicaState(i, _token(32), str(uuid.uuid4()), caps[i])
                                for i in range(replicas)], cap=cap)
         self.record = Record(self.store)
+        self.oauth = Issuer(token_lifetime)
         self._faults = FaultPlan()
         self._modules: list[Listener] = []
         self._query: Listener | None = None
@@ -114,7 +116,8 @@ class EmbeddedRuntime:
             self._modules.append(Listener(f"replica-{replica.index}", self.host, port, context, app,
                                           self.store.wake))
         self._query = Listener("query-api", self.host, self._query_port, context,
-                               QueryApp(self.store, self.caller_token, DEFAULT_USER_ID), self.store.wake)
+                               TokenService(self.oauth, QueryApp(self.store, self.caller_token, DEFAULT_USER_ID)),
+                               self.store.wake)
         for listener in [*self._modules, self._query]:
             listener.open()
         self._write_state_files(state_dir)
@@ -204,6 +207,54 @@ class EmbeddedRuntime:
             "COMPUTE_SESSION_ID": state.session_id,
             "CONNECTION_TO_RUNTIME": str(self.state_dir / f"replica-{replica}" / "connection-to-runtime.json"),
         }
+
+    @property
+    def foundry_host(self) -> str:
+        """``host:port`` where this runtime plays Foundry's own APIs (the OAuth token endpoint)."""
+        return self.query_url.removeprefix("https://")
+
+    def application_env(self) -> dict[str, str]:
+        """What Foundry gives a module running with application permissions: the client the runtime
+        issued, and the CA its endpoints use. ``FOUNDRY_HOST`` is cmworker's, not Foundry's: where the
+        token endpoint is (in Foundry, the enrollment's host, which the app knows)."""
+        return {"CLIENT_ID": self.oauth.client_id, "CLIENT_SECRET": self.oauth.client_secret,
+                "DEFAULT_CA_PATH": str(self.ca_path), "FOUNDRY_HOST": self.foundry_host}
+
+    def pipeline_env(self, resources: Mapping[str, tuple[str, str | None]]) -> dict[str, str]:
+        """What Foundry gives a pipeline-mode module: ``BUILD2_TOKEN`` (a file holding a fresh job token)
+        and ``RESOURCE_ALIAS_MAP`` (a file mapping each alias to ``{"rid", "branch"}``), written in the
+        state directory; with ``DEFAULT_CA_PATH`` and ``FOUNDRY_HOST`` as in ``application_env``."""
+        directory = self.state_dir / "pipeline"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        token_file, alias_file = directory / "build2-token", directory / "resource-alias-map.json"
+        _write_private(token_file, self.oauth.job_token())
+        table = {alias: {"rid": rid, "branch": branch} for alias, (rid, branch) in resources.items()}
+        _write_private(alias_file, json.dumps(table, indent=2))
+        return {"BUILD2_TOKEN": str(token_file), "RESOURCE_ALIAS_MAP": str(alias_file),
+                "DEFAULT_CA_PATH": str(self.ca_path), "FOUNDRY_HOST": self.foundry_host}
+
+    def sources_env(self, sources: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """The files Foundry mounts for a module's sources, written in the state directory, and the
+        variables naming them. ``sources``: by source API name, ``{"secrets": {name: value}, "url": ...,
+        "configuration": ...}`` (each optional). The official SDK's source helpers (``get_source``,
+        ``get_source_secret``) and cmworker's context read these same files."""
+        directory = self.state_dir / "sources"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        credentials = {name: dict(source.get("secrets", {})) for name, source in sources.items()}
+        configurations = {}
+        for name, source in sources.items():
+            entry: dict[str, Any] = {"secrets": credentials[name],
+                                     "sourceConfiguration": source.get("configuration")}
+            if source.get("url"):
+                entry["httpConnectionConfig"] = {"url": source["url"], "authHeaders": {}, "queryParameters": {}}
+            configurations[name] = entry
+        paths = {"SOURCE_CREDENTIALS": directory / "credentials.json",
+                 "SOURCE_CONFIGURATIONS_PATH": directory / "configurations.json",
+                 "FOUNDRY_SERVICE_DISCOVERY_V2": directory / "service-discovery.yml"}
+        _write_private(paths["SOURCE_CREDENTIALS"], json.dumps(credentials, indent=2))
+        _write_private(paths["SOURCE_CONFIGURATIONS_PATH"], json.dumps(configurations, indent=2))
+        _write_private(paths["FOUNDRY_SERVICE_DISCOVERY_V2"], "on_prem_proxy: []\n")  # no on-prem agents here
+        return {**{name: str(path) for name, path in paths.items()}, "DEFAULT_CA_PATH": str(self.ca_path)}
 
     def env_exports(self, replica: int = 0) -> str:
         """``env(replica)`` as shell ``export`` lines."""
