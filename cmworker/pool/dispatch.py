@@ -102,11 +102,6 @@ class Dispatcher:
     def _free(self) -> int:
         return len(self.idle) - len(self.pending) - self.reserved
 
-    def wait_available(self, timeout: float | None) -> bool:
-        with self.lock:
-            self.lock.wait_for(lambda: self._free() > 0 or self.stopping or self.stalled, timeout)
-            return self._free() > 0 and not self.stopping
-
     def reserve(self, timeout: float | None) -> Ticket | None:
         """Wait for an idle worker and promise it to the caller; None after ``timeout``, or at once
         when the pool takes no more jobs."""

@@ -178,18 +178,12 @@ class Pool:
         """Workers that are idle and not yet promised to a queued job."""
         return self._desk.available
 
-    def wait_available(self, timeout: float | None = None) -> bool:
-        """Block until a worker is free (for admission: ask for a job only then)."""
-        return self._desk.wait_available(timeout)
-
     def reserve(self, timeout: float | None = None) -> Ticket | None:
-        """Wait for a free worker and promise it to the caller, who has no job for it yet (the replica asks
-        the runtime for one only then); None after ``timeout`` or once the pool takes no more jobs. The
-        ticket is spent by ``submit(job, ticket)``, or given back with ``release``. Thread-safe."""
+        """Promise a free worker to a caller with no job yet (see ``Dispatcher.reserve``); spent by
+        ``submit(job, ticket)``, given back by ``release``. Thread-safe."""
         return self._desk.reserve(timeout)
 
     def release(self, ticket: Ticket) -> None:
-        """Give back a ticket that brought no job; a spent one is left alone. Thread-safe."""
         self._desk.release(ticket)
 
     @property
