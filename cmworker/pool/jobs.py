@@ -35,7 +35,7 @@ class Answer:
     """
 
     job: Job
-    body: bytes
+    body: bytes | bytearray  # a large result stays in the buffer it was received into: never copied
     kind: str = "ok"
     error: JobError | None = None
     streamed: bool = False
@@ -54,7 +54,7 @@ class Answer:
 @dataclass(frozen=True)
 class StreamItem:
     job: Job
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(frozen=True)

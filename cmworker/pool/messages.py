@@ -37,6 +37,17 @@ MAX_FRAME = 2**30
 MAX_BODY = MAX_FRAME - 1024
 
 # How a job's bytes are to be read: JSON (compute-module jobs) or cloudpickle (the local executor).
+# Bytes as they travel: a large frame's body stays in the bytearray it was received into.
+Buffer = bytes | bytearray | memoryview
+
+
+
+def owned(body: Buffer) -> bytes | bytearray:
+    """A message's body for keeping beyond the read that brought it: a large frame's is its own
+    bytearray already (kept as it is), a small one's is copied out of the shared read buffer."""
+    return body if isinstance(body, bytes | bytearray) else bytes(body)
+
+
 MODE_JSON = 0
 MODE_PICKLE = 1
 
@@ -57,9 +68,20 @@ class Message:
     def pack(self) -> bytes | memoryview:
         raise NotImplementedError
 
+    def parts(self) -> list[Buffer]:
+        """The body in pieces to be sent one after the other: a job's or an answer's bytes are never
+        copied into one buffer with the fields before them."""
+        return [self.pack()]
+
     @classmethod
     def unpack(cls, body: memoryview) -> Message:
         raise NotImplementedError
+
+    @classmethod
+    def unpack_owned(cls, body: bytearray) -> Message:
+        """Like ``unpack``, from a buffer the message may keep: a large frame's, read into a buffer of
+        its own (``FrameReader``), whose bytes then become the message's body without a copy."""
+        return cls.unpack(memoryview(body))
 
 
 class _Packed(Message):
@@ -75,16 +97,16 @@ class _Packed(Message):
         return cls(*cls.layout.unpack(body))
 
 
-def frame(message: Message) -> list[bytes | memoryview]:
+def frame(message: Message) -> list[Buffer]:
     """Header and body, ready for ``socket.sendmsg`` (the body is not copied)."""
-    body = message.pack()
-    return [HEADER.pack(len(body), message.tag), body]
+    parts = message.parts()
+    return [HEADER.pack(sum(len(part) for part in parts), message.tag), *parts]
 
 
-def decode(tag: int, body: memoryview) -> Message:
+def decode(tag: int, body: memoryview | bytearray) -> Message:
     cls = message_class(tag)
     try:
-        return cls.unpack(body)
+        return cls.unpack_owned(body) if isinstance(body, bytearray) else cls.unpack(body)
     except (struct.error, ValueError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(f"an undecodable {cls.__name__} message ({len(body)} bytes)") from exc
 
@@ -121,16 +143,19 @@ class Run(Message):
 
     tag = 2
     function: str
-    body: bytes | memoryview
+    body: Buffer
     mode: int = MODE_JSON
     soft_timeout: float = 0.0        # seconds; 0 = none
     max_result_size: int = 0         # bytes; 0 = unlimited
     seq: int = 0
 
     def pack(self) -> bytes:
+        return b"".join(self.parts())
+
+    def parts(self) -> list[Buffer]:
         name = self.function.encode()
-        return b"".join((_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name)),
-                         name, self.body))
+        return [_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name)) + name,
+                self.body]
 
     @classmethod
     def unpack(cls, body: memoryview) -> Run:
@@ -139,23 +164,42 @@ class Run(Message):
         name = bytes(body[start:start + name_len]).decode()
         return cls(name, body[start + name_len:], mode, soft, max_size, seq)
 
+    @classmethod
+    def unpack_owned(cls, body: bytearray) -> Run:
+        seq, mode, soft, max_size, name_len = _RUN.unpack_from(body)
+        start = _RUN.size + name_len
+        if len(body) < start:
+            raise ValueError("the function name runs past the end of the frame")
+        name = bytes(body[_RUN.size:start]).decode()
+        del body[:start]  # no copy: a bytearray drops a prefix by moving its start
+        return cls(name, body, mode, soft, max_size, seq)
+
 
 @dataclass(frozen=True)
 class Result(Message):
     """The job's encoded result and the CPU seconds it used."""
 
     tag = 3
-    body: bytes | memoryview
+    body: Buffer
     cpu: float = 0.0
     seq: int = 0
 
     def pack(self) -> bytes:
         return _ANSWER.pack(self.seq, self.cpu) + self.body
 
+    def parts(self) -> list[Buffer]:
+        return [_ANSWER.pack(self.seq, self.cpu), self.body]
+
     @classmethod
     def unpack(cls, body: memoryview) -> Result:
         seq, cpu = _ANSWER.unpack_from(body)
         return cls(body[_ANSWER.size:], cpu, seq)
+
+    @classmethod
+    def unpack_owned(cls, body: bytearray) -> Result:
+        seq, cpu = _ANSWER.unpack_from(body)
+        del body[:_ANSWER.size]
+        return cls(body, cpu, seq)
 
 
 @dataclass(frozen=True)
@@ -164,7 +208,7 @@ class Failure(Message):
 
     tag = 4
     kind: str
-    body: bytes | memoryview
+    body: Buffer
     cpu: float = 0.0
     seq: int = 0
 
@@ -188,15 +232,24 @@ class Chunk(Message):
     """One streamed item, already encoded."""
 
     tag = 5
-    body: bytes | memoryview
+    body: Buffer
     seq: int = 0
 
     def pack(self) -> bytes:
         return _SEQ.pack(self.seq) + self.body
 
+    def parts(self) -> list[Buffer]:
+        return [_SEQ.pack(self.seq), self.body]
+
     @classmethod
     def unpack(cls, body: memoryview) -> Chunk:
         return cls(body[_SEQ.size:], _SEQ.unpack_from(body)[0])
+
+    @classmethod
+    def unpack_owned(cls, body: bytearray) -> Chunk:
+        seq = _SEQ.unpack_from(body)[0]
+        del body[:_SEQ.size]
+        return cls(body, seq)
 
 
 @dataclass(frozen=True)
@@ -342,7 +395,7 @@ class FrameReader:
         if self._filled < len(self._large):
             return []
         body, self._large = self._large, None
-        return [decode(self._large_tag, memoryview(body))]
+        return [decode(self._large_tag, body)]
 
     def feed(self, data: bytes | memoryview) -> list[Message]:
         messages: list[Message] = []
@@ -397,9 +450,10 @@ def send_message(sock: socket.socket, message: Message) -> None:
     """Blocking send of one message (worker and template side)."""
     parts = frame(message)
     sent = sock.sendmsg(parts)
-    total = sum(len(p) for p in parts)
-    if sent < total:
-        sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
+    for part in parts:  # what did not fit, part by part, none copied
+        if sent < len(part):
+            sock.sendall(memoryview(part)[sent:])
+        sent = max(0, sent - len(part))
 
 
 class BlockingReader:
@@ -440,7 +494,8 @@ class BlockingReader:
             if not n:
                 return None
             filled += n
-        return decode(tag, view)
+        view.release()
+        return decode(tag, body)
 
     def _fill(self) -> bool:
         n = self.sock.recv_into(self._chunk)

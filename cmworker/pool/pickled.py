@@ -151,7 +151,7 @@ def resolve(fn: Any) -> Any:
     return loaded
 
 
-def load_call(body: bytes | memoryview) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+def load_call(body: bytes | bytearray | memoryview) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """``(fn, args, kwargs)`` from a call body (the older form, with the callable inline, reads the same)."""
     fn, args, kwargs = pickle.loads(body)
     return resolve(fn), args, kwargs

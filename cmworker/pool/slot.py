@@ -118,7 +118,7 @@ class Slot:
         """
         parts = frame(message)
         if self.outbox:  # behind a message still being sent: never into the middle of it
-            self.outbox.append(memoryview(b"".join(bytes(p) for p in parts)))
+            self.outbox.extend(memoryview(part) for part in parts)
             return True
         try:
             sent = self.sock.sendmsg(parts)
@@ -126,11 +126,11 @@ class Slot:
             sent = 0
         except OSError:
             return False  # the worker is gone; its Exited message will answer the job
-        total = sum(len(p) for p in parts)
-        if sent == total:
-            return False
-        self.outbox.append(memoryview(b"".join(bytes(p) for p in parts))[sent:])
-        return True
+        for part in parts:  # what did not fit waits in the outbox, part by part, none copied
+            if sent < len(part):
+                self.outbox.append(memoryview(part)[sent:])
+            sent = max(0, sent - len(part))
+        return bool(self.outbox)
 
     def watch_writes(self) -> None:
         """Have the selector report when the socket can take more of the outbox."""
@@ -208,6 +208,8 @@ class Slot:
                     return
                 except OSError:
                     n = 0
+                finally:
+                    large.release()  # the buffer becomes the answer's body, which must not stay pinned
                 if n:
                     yield from self.reader.advance(n)
                     continue

@@ -24,9 +24,8 @@ a new template forks their replacements (``_on_template_died``). Only a death af
 without a wait status, and its answer says so.
 
 The pieces it drives live beside it: ``options`` (what the pool is), ``jobs`` (what goes in and out),
-``dispatch`` (queued jobs, idle workers and the hand-over, shared with submitting threads), ``crew``
-(the template and the worker processes), ``slot`` (one worker and the I/O on its pipes),
-``template_link`` (the template process and its control socket) and ``timers`` (what wakes the loop).
+``dispatch`` (queued jobs, idle workers, the hand-over), ``crew`` (the template and the workers), ``slot``
+(one worker and the I/O on its pipes), ``template_link`` (the template and its control socket), ``timers``.
 """
 
 from __future__ import annotations
@@ -69,6 +68,7 @@ from cmworker.pool.messages import (
     StreamEnd,
     TemplateFailed,
     TemplateReady,
+    owned,
 )
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.processes import Exit
@@ -366,7 +366,7 @@ class Pool:
             self._ready.set()
 
     def _on_answered(self, slot: _Slot, message: Result | Failure | StreamEnd) -> None:
-        body = b"" if isinstance(message, StreamEnd) else bytes(message.body)
+        body = b"" if isinstance(message, StreamEnd) else owned(message.body)
         kind = message.kind if isinstance(message, Failure) else "ok"
         self._finish(slot, body, kind, cpu=message.cpu, from_worker=True)
         self._job_done(slot)
@@ -374,7 +374,7 @@ class Pool:
     def _on_chunk(self, slot: _Slot, message: Chunk) -> None:
         if slot.job is not None and not slot.answered and self.on_stream is not None:
             slot.streamed = True
-            self._call(self.on_stream, StreamItem(slot.job, bytes(message.body)))
+            self._call(self.on_stream, StreamItem(slot.job, owned(message.body)))
 
     def _on_exited(self, message: Exited) -> None:
         slot = self._crew.forget(message.pid)
@@ -426,7 +426,7 @@ class Pool:
         result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # a bigger one: result_too_large
         return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent))
 
-    def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
+    def _finish(self, slot: _Slot, body: bytes | bytearray, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
         """Answer the slot's job — the only place an answer is made, at most once per job.
 
@@ -597,3 +597,4 @@ class Pool:
             self._lock.notify_all()
         self._ready.set()
         self._call(lambda _: self.on_state_change(), None)
+

@@ -32,7 +32,7 @@ class Outgoing:
     """One answer waiting for its POST."""
 
     job_id: str
-    body: bytes
+    body: bytes | bytearray
     answer: Answer | None  # None for answers made here (bad input, shutting down): nothing more to log
     attempts: int = 0
 

@@ -61,7 +61,7 @@ events = logs.get_logger("cmworker.poller")
 _END = object()   # closes a stream's item queue
 
 
-def _constant(body: bytes) -> Callable[[], bytes]:
+def _constant(body: bytes | bytearray) -> Callable[[], bytes | bytearray]:
     return lambda: body
 
 
