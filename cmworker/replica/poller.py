@@ -49,6 +49,7 @@ from cmworker.config import Config
 from cmworker.errors import JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
+from cmworker.replica import heap
 from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
@@ -98,6 +99,7 @@ class Poller:
         self.service = service
         self.ledger = Ledger()
         config.require_app()  # a replica serves an app: without one, a ConfigError saying so, now
+        heap.return_big_buffers()
         self.pool = Pool(PoolOptions.from_config(config), on_answer=self._on_answer, on_stream=self._on_stream,
                          on_output=OutputRelay(), on_state_change=self._poke)
         self.outcomes: collections.Counter[str] = collections.Counter()
