@@ -1,8 +1,8 @@
 """cmworker: run Python functions in a Foundry compute module, one crash-isolated worker per job.
 
 The public surface is re-exported here; everything else is private to its module. Workers import this
-package too, so nothing here may pull in the HTTP stack or the pool's parent side: ``Client`` and
-``Executor`` are loaded on first use.
+package too, so nothing here may pull in the HTTP stack or the pool's parent side: ``Client``,
+``Executor`` and ``main`` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ from cmworker.logs import get_logger
 if TYPE_CHECKING:
     from cmworker.executor import Executor
     from cmworker.runtime.client import Client
+    from cmworker.script import main
 
-# The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
+# The decorator, the context, Client, Executor, main() and the error tree of cmworker.errors.
 __all__ = [
     "AppLoadError", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
     "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "PoolUnhealthy", "RemoteException",
     "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable", "ShuttingDown", "StreamFailed",
-    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger", "main",
 ]
 
 
@@ -55,4 +56,8 @@ def __getattr__(name: str) -> Any:
         from cmworker.executor import Executor
 
         return Executor
+    if name == "main":
+        from cmworker.script import main
+
+        return main
     raise AttributeError(f"module 'cmworker' has no attribute {name!r}")

@@ -1,0 +1,88 @@
+"""``cmworker init [DIR]``: scaffold a compute module — an app, its configuration, its tests, its image.
+
+The files come from ``cmworker/templates/project`` (package data, so they ship in the wheel); ``{{name}}``
+and ``{{version}}`` in them become the project's name and this cmworker's version. Nothing is written
+when any file is already there, unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+from cmworker._version import __version__
+
+# template (below cmworker/templates/project) -> path in the new project, in the order they are listed
+FILES = {
+    "app.py.tmpl": "app.py",
+    "cmworker.toml.tmpl": "cmworker.toml",
+    "requirements.txt.tmpl": "requirements.txt",
+    "Dockerfile.tmpl": "Dockerfile",
+    "dockerignore.tmpl": ".dockerignore",
+    "tests/test_app.py.tmpl": "tests/test_app.py",
+    "README.md.tmpl": "README.md",
+    "wheels/README.md.tmpl": "wheels/README.md",
+}
+
+NEXT_STEPS = """\
+Next, in {where}:
+  cmworker dev                               serve app.py on a local runtime (Ctrl-C stops it)
+  cmworker call greet '{{"name": "Ada"}}'      from another terminal
+  pytest                                     tests/ serve app.py with real workers
+  docker build --platform linux/amd64 -t <registry>/{name}:0.1.0 .   after putting cmworker's wheel in wheels/
+"""
+
+
+def configure_init(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", nargs="?", default=".", metavar="DIR",
+                        help="where to create the project (default: the working directory; created if missing)")
+    parser.add_argument("--name", help="the project's name, used in the README and the image tag "
+                        "(default: DIR's name)")
+    parser.add_argument("--force", action="store_true", help="overwrite files that already exist")
+
+
+def run_init(args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    name = args.name or project_name(target.resolve().name)
+    existing = [path for path in FILES.values() if (target / path).exists()]
+    if existing and not args.force:
+        print(f"cmworker init: not overwriting {', '.join(existing)} in {target} (--force overwrites them)",
+              file=sys.stderr)
+        return 1
+    written = write_project(target, name)
+    for path in written:
+        print(f"  {path}")
+    print(NEXT_STEPS.format(where=target, name=name))
+    return 0
+
+
+def write_project(target: Path, name: str) -> list[str]:
+    """Write every template into ``target``, overwriting; return the paths written, relative to it."""
+    templates = _templates()
+    for template, path in FILES.items():
+        text = _resource(templates, template).read_text(encoding="utf-8")
+        text = text.replace("{{name}}", name).replace("{{version}}", __version__)
+        destination = target / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(text, encoding="utf-8")
+    return list(FILES.values())
+
+
+def project_name(directory_name: str) -> str:
+    """A name an image repository accepts (lower case, digits, ``.``, ``_``, ``-``), from a directory's."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", directory_name.lower()).strip("._-")
+    return name or "compute-module"
+
+
+def _templates() -> Traversable:
+    return resources.files("cmworker").joinpath("templates", "project")
+
+
+def _resource(root: Traversable, relative: str) -> Traversable:
+    for part in relative.split("/"):
+        root = root.joinpath(part)
+    return root
