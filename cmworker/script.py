@@ -47,7 +47,7 @@ def _script_path() -> str:
     """
     main_module = sys.modules.get("__main__")
     path = getattr(main_module, "__file__", None)
-    if not path or not path.endswith(".py"):
+    if not isinstance(path, str) or not path.endswith(".py"):
         raise RuntimeError("cmworker.main() serves the script Python is running (`python app.py`); "
                            "here there is none. Use `cmworker run APP` instead.")
     path = os.path.abspath(path)

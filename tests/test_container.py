@@ -228,12 +228,12 @@ def check_app(stages: list[Stage], root: Path) -> list[str]:
     app = re.search(r'^app\s*=\s*"([^"]+)"', toml_path.read_text(), re.M)
     if app is None:
         return [f"{tomls[0]} names no app"]
-    app_src = f"{Path(tomls[0]).parent.as_posix()}/{app[1]}"
+    app_src = os.path.normpath(f"{Path(tomls[0]).parent.as_posix()}/{app[1]}")  # "./app.py" is "app.py"
     if app_src not in final:
         return [f"the app {app_src} named by {tomls[0]} is not copied"]
     problems = []
     for module in re.findall(r"^(?:import|from)\s+(\w+)", (root / app_src).read_text(), re.M):
-        local = f"{Path(app_src).parent.as_posix()}/{module}.py"
+        local = os.path.normpath(f"{Path(app_src).parent.as_posix()}/{module}.py")
         if (root / local).exists() and local not in final:
             problems.append(f"the app imports {module}, but {local} is not copied")
     return problems
@@ -425,7 +425,7 @@ def image() -> Iterator[Image]:
     try:
         src = root / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "setup.cfg", "README.md"):  # what the build stage copies
+        for name in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE"):  # what the build stage copies
             shutil.copy2(ROOT / name, src / name)
         shutil.copytree(ROOT / "cmworker", src / "cmworker", ignore=shutil.ignore_patterns("__pycache__"))
         built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",

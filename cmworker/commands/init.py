@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import unicodedata
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
@@ -73,13 +74,14 @@ def write_project(target: Path, name: str) -> list[str]:
 
 
 def project_name(directory_name: str) -> str:
-    """A name an image repository accepts (lower case, digits, ``.``, ``_``, ``-``), from a directory's."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", directory_name.lower()).strip("._-")
-    return name or "compute-module"
+    """A name any image repository accepts (lower-case letters and digits joined by single ``-``), from a
+    directory's: accents dropped, every other run of characters one ``-``."""
+    ascii_name = unicodedata.normalize("NFKD", directory_name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "compute-module"
 
 
 def _templates() -> Traversable:
-    return resources.files("cmworker").joinpath("templates", "project")
+    return resources.files("cmworker").joinpath("templates").joinpath("project")
 
 
 def _resource(root: Traversable, relative: str) -> Traversable:
