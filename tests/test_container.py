@@ -36,6 +36,7 @@ import psutil
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
+from tests import wheel_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -438,7 +439,9 @@ def image() -> Iterator[Image]:
         venv = root / "venv"
         made = _run([python, "-m", "venv", str(venv)])
         assert made.returncode == 0, made.stderr
-        installed = _run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", str(wheels[0])])
+        # Its dependencies from the session's one download of them (tests/wheel_harness.py), offline.
+        installed = _run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-index",
+                          "--find-links", str(wheel_harness.wheelhouse()), str(wheels[0])])
         if installed.returncode != 0:
             pytest.skip(f"cannot install the wheel's dependencies (PyPI unreachable?): {installed.stderr[-500:]}")
         app = root / "app"
@@ -467,7 +470,7 @@ def test_the_wheel_installs_the_cmworker_script_and_no_test_extras(image: Image)
         assert found.stdout.strip() == "False", f"{extra} is installed: the image must carry no test extras"
 
 
-def _pid_namespaces_permitted() -> str | None:
+def pid_namespaces_permitted() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare is not installed"
     done = _run(["unshare", "--pid", "--fork", "--mount-proc", "true"])
@@ -476,7 +479,7 @@ def _pid_namespaces_permitted() -> str | None:
     return None
 
 
-def _ns_pid(proc: psutil.Process) -> int | None:
+def ns_pid(proc: psutil.Process) -> int | None:
     """A host process's pid inside its own (innermost) PID namespace."""
     try:
         with open(f"/proc/{proc.pid}/status") as f:
@@ -530,8 +533,8 @@ class Container:
                 pass
         return found
 
-    def by_ns_pid(self, ns_pid: int) -> psutil.Process | None:
-        return next((p for p in self.processes() if _ns_pid(p) == ns_pid), None)
+    def by_ns_pid(self, pid_inside: int) -> psutil.Process | None:
+        return next((p for p in self.processes() if ns_pid(p) == pid_inside), None)
 
     def output(self) -> str:
         self._log_file.flush()
@@ -557,7 +560,7 @@ def scratch(image: Image) -> Iterator[Path]:
 @pytest.fixture
 def container_factory(image: Image, scratch: Path,
                       tmp_path: Path) -> Iterator[Callable[..., tuple[Container, EmbeddedRuntime]]]:
-    reason = _pid_namespaces_permitted()
+    reason = pid_namespaces_permitted()
     if reason:
         pytest.skip(reason)
     started: list[tuple[Container | None, EmbeddedRuntime]] = []
@@ -617,7 +620,7 @@ def test_the_entrypoint_serves_the_example_app_as_pid_1(container_factory: Calla
         == ("ok", 12.0)
     kind, plan = answer(runtime, runtime.submit("plan_route", {"stops": stops}), container)
     assert kind == "ok" and plan["order"][0] == "depot" and plan["length_km"] == 12.0
-    assert _ns_pid(container.init) == 1
+    assert ns_pid(container.init) == 1
     if image.run_as:
         assert {p.uids().real for p in container.processes()} == {CONTAINER_UID}, image.note
     # Worker count = $MAX_CONCURRENT_TASKS: PID 1, the template, two workers.

@@ -20,6 +20,7 @@ import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS, WAIT, stop_process
+from tests.test_container import ns_pid, pid_namespaces_permitted
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,33 +40,52 @@ def _wait_for(condition: object, what: str, proc: subprocess.Popen[bytes]) -> No
         time.sleep(0.02)
 
 
-def test_python_app_py_serves_jobs_and_drains_on_sigterm(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+def _serving_process(proc: subprocess.Popen[bytes], as_pid_1: bool) -> psutil.Process:
+    """The process that serves: ``proc`` itself, or the PID 1 that ``unshare`` forked."""
+    if not as_pid_1:
+        return psutil.Process(proc.pid)
+    deadline = time.monotonic() + WAIT
+    while not psutil.Process(proc.pid).children():
+        assert proc.poll() is None and time.monotonic() < deadline, "unshare started nothing"
+        time.sleep(0.01)
+    return psutil.Process(proc.pid).children()[0]
+
+
+@pytest.mark.parametrize("as_pid_1", [False, True], ids=["process", "pid-1"])
+def test_python_app_py_serves_jobs_and_drains_on_sigterm(runtime: EmbeddedRuntime, tmp_path: Path,
+                                                         as_pid_1: bool) -> None:
+    if as_pid_1 and (reason := pid_namespaces_permitted()):
+        pytest.skip(reason)
     import_log = tmp_path / "imports.log"
     env = {**os.environ, **runtime.env(0), "IMPORT_LOG": str(import_log),
            "PYTHONPATH": str(ROOT)}  # cmworker from this tree, as an installed one would be found
     app = os.path.join(APPS, "sdk_migrated.py")
+    prefix = ["unshare", "--pid", "--kill-child", "--mount-proc"] if as_pid_1 else []
     with open(tmp_path / "out.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, app, "--workers", "2"], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([*prefix, sys.executable, app, "--workers", "2"], cwd=tmp_path, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            serving = _serving_process(proc, as_pid_1)
+            own_pid = str(ns_pid(serving))  # what os.getpid() says inside it
+            assert own_pid == ("1" if as_pid_1 else str(serving.pid))
             client = runtime.client()
             assert client.call("add", {"a": 2, "b": 3}, timeout=WAIT) == {"sum": 5}
 
             # The same process, now `cmworker run` of the script with the script's own arguments.
-            cmdline = psutil.Process(proc.pid).cmdline()
+            cmdline = serving.cmdline()
             assert cmdline[1:] == ["-m", "cmworker", "run", app, "--workers", "2"], cmdline
 
             # The parent ran the app's body once, as __main__, before main(); the app's functions are
             # imported by the worker template only (a process of its own, under the app's own name).
             imports = [line.split() for line in import_log.read_text().splitlines()]
-            assert [str(proc.pid), "__main__"] in imports
-            assert imports.count([str(proc.pid), "__main__"]) == 1
+            assert imports.count([own_pid, "__main__"]) == 1, imports
             served_by = [pid for pid, name in imports if name == "sdk_migrated"]
-            assert len(served_by) == 1 and served_by[0] != str(proc.pid), imports
+            assert len(served_by) == 1 and served_by[0] != own_pid, imports
 
-            job = client.run("slow", {"seconds": 1.0})
-            _wait_for(lambda: client.status(job) == "running", "the slow job ran", proc)
-            proc.send_signal(signal.SIGTERM)
+            started = tmp_path / "started"
+            job = client.run("slow", {"seconds": 1.0, "started": str(started)})
+            _wait_for(started.exists, "the slow job started", proc)
+            serving.send_signal(signal.SIGTERM)
             assert proc.wait(WAIT) == 0
             assert client.get_result(job, timeout=WAIT) == "finished"
             client.close()

@@ -25,6 +25,7 @@ def add(context, event: Pair):
 
 @function
 def slow(context, event):
+    open(event["started"], "w").close()  # the test knows it runs, not only that the replica took it
     time.sleep(event["seconds"])
     return "finished"
 
