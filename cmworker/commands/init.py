@@ -12,7 +12,6 @@ import re
 import sys
 import unicodedata
 from importlib import resources
-from importlib.abc import Traversable
 from pathlib import Path
 
 from cmworker._version import __version__
@@ -63,9 +62,8 @@ def run_init(args: argparse.Namespace) -> int:
 
 def write_project(target: Path, name: str) -> list[str]:
     """Write every template into ``target``, overwriting; return the paths written, relative to it."""
-    templates = _templates()
     for template, path in FILES.items():
-        text = _resource(templates, template).read_text(encoding="utf-8")
+        text = _template_text(template)
         text = text.replace("{{name}}", name).replace("{{version}}", __version__)
         destination = target / path
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +78,8 @@ def project_name(directory_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-") or "compute-module"
 
 
-def _templates() -> Traversable:
-    return resources.files("cmworker").joinpath("templates").joinpath("project")
-
-
-def _resource(root: Traversable, relative: str) -> Traversable:
-    for part in relative.split("/"):
-        root = root.joinpath(part)
-    return root
+def _template_text(relative: str) -> str:
+    resource = resources.files("cmworker")
+    for part in ("templates", "project", *relative.split("/")):
+        resource = resource.joinpath(part)
+    return resource.read_text(encoding="utf-8")
