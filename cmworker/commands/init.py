@@ -47,7 +47,7 @@ def configure_init(parser: argparse.ArgumentParser) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     target = Path(args.directory)
-    name = args.name or project_name(target.resolve().name)
+    name = project_name(args.name or target.resolve().name)
     existing = [path for path in FILES.values() if (target / path).exists()]
     if existing and not args.force:
         print(f"cmworker init: not overwriting {', '.join(existing)} in {target} (--force overwrites them)",
