@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# The container image of a cmworker compute module for Palantir Foundry, serving examples/routes.
+# The container image of a cmworker compute module for Palantir Foundry, serving examples/routes:
+# built as `cmworker init`'s Dockerfile builds a project's, with cmworker's wheel made in a first stage.
 # Build and push (see docs/deploying.md):
 #
 #   docker build --platform linux/amd64 -t <registry>/<repository>:0.1.0 .
@@ -14,21 +15,24 @@
 # change both: `docker buildx imagetools inspect python:<tag>` prints a tag's digest.
 ARG PYTHON_IMAGE=python:3.12.13-slim-trixie@sha256:229a2c5bfa27522db7815ea81f9bed70af17ccb9de9fc7ad142b1877b5830d36
 
-# -- build: a wheel of cmworker from this source tree --------------------------------------------
+# -- build: a wheel of cmworker from this source tree (what `python -m build --wheel` makes) ---------
 FROM --platform=linux/amd64 ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml setup.cfg README.md LICENSE ./
 COPY cmworker ./cmworker
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
-# -- runtime: the wheel (no test or dev extras), the app, an unprivileged user -------------------
+# -- runtime: what `cmworker init`'s Dockerfile does, with the wheel from the stage above ----------
 FROM --platform=linux/amd64 ${PYTHON_IMAGE}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY --from=build /wheels /tmp/wheels
-RUN pip install /tmp/wheels/cmworker-*.whl && rm -rf /tmp/wheels
+# cmworker from its wheel (no test or dev extras), and the app's own requirements.
+COPY --from=build /wheels /tmp/wheels/
+COPY examples/routes/requirements.txt /tmp/requirements.txt
+RUN pip install /tmp/wheels/cmworker-*.whl -r /tmp/requirements.txt && rm -rf /tmp/wheels /tmp/requirements.txt
 WORKDIR /app
+# The app and its configuration. To ship another app of this tree, copy its files here instead.
 COPY examples/routes/app.py examples/routes/routing.py examples/routes/cmworker.toml ./
 # Any uid works; Foundry needs it numeric. Files stay root-owned and read-only for it.
 USER 5000:5000

@@ -1,8 +1,8 @@
 """cmworker: run Python functions in a Foundry compute module, one crash-isolated worker per job.
 
 The public surface is re-exported here; everything else is private to its module. Workers import this
-package too, so nothing here may pull in the HTTP stack or the pool's parent side: ``Client`` and
-``Executor`` are loaded on first use.
+package too, so nothing here may pull in the HTTP stack or the pool's parent side: ``Client``,
+``Executor`` and ``main`` are loaded on first use.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ from cmworker.logs import get_logger
 if TYPE_CHECKING:
     from cmworker.executor import Executor
     from cmworker.runtime.client import Client
+    from cmworker.script import main
 
-# The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
+# The decorator, the context, Client, Executor, main() and the error tree of cmworker.errors.
 __all__ = [
     "AppLoadError", "AuthFailed", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
     "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "NotProvided", "PipelineContext",
     "PoolUnhealthy", "RemoteException", "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable",
     "ShuttingDown", "StreamFailed", "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
-    "pipeline",
+    "main", "pipeline",
 ]
 
 
@@ -63,4 +64,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module(f"cmworker.{name}")
+    if name == "main":
+        from cmworker.script import main
+
+        return main
     raise AttributeError(f"module 'cmworker' has no attribute {name!r}")

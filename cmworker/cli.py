@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("cmworker.commands.runtime", "run the embedded compute-module runtime on loopback"),
     "call": ("cmworker.commands.runtime", "send a query to the running embedded runtime and print the answer"),
     "schema": ("cmworker.commands.schema", "print the function schemas inferred from an app's type hints"),
+    "init": ("cmworker.commands.init", "create a compute-module project: app, config, tests, Dockerfile"),
 }
 
 

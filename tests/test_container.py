@@ -36,6 +36,7 @@ import psutil
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
+from tests import wheel_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -228,12 +229,12 @@ def check_app(stages: list[Stage], root: Path) -> list[str]:
     app = re.search(r'^app\s*=\s*"([^"]+)"', toml_path.read_text(), re.M)
     if app is None:
         return [f"{tomls[0]} names no app"]
-    app_src = f"{Path(tomls[0]).parent.as_posix()}/{app[1]}"
+    app_src = os.path.normpath(f"{Path(tomls[0]).parent.as_posix()}/{app[1]}")  # "./app.py" is "app.py"
     if app_src not in final:
         return [f"the app {app_src} named by {tomls[0]} is not copied"]
     problems = []
     for module in re.findall(r"^(?:import|from)\s+(\w+)", (root / app_src).read_text(), re.M):
-        local = f"{Path(app_src).parent.as_posix()}/{module}.py"
+        local = os.path.normpath(f"{Path(app_src).parent.as_posix()}/{module}.py")
         if (root / local).exists() and local not in final:
             problems.append(f"the app imports {module}, but {local} is not copied")
     return problems
@@ -425,7 +426,7 @@ def image() -> Iterator[Image]:
     try:
         src = root / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "setup.cfg", "README.md"):  # what the build stage copies
+        for name in ("pyproject.toml", "setup.cfg", "README.md", "LICENSE"):  # what the build stage copies
             shutil.copy2(ROOT / name, src / name)
         shutil.copytree(ROOT / "cmworker", src / "cmworker", ignore=shutil.ignore_patterns("__pycache__"))
         built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
@@ -438,7 +439,9 @@ def image() -> Iterator[Image]:
         venv = root / "venv"
         made = _run([python, "-m", "venv", str(venv)])
         assert made.returncode == 0, made.stderr
-        installed = _run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", str(wheels[0])])
+        # Its dependencies from the session's one download of them (tests/wheel_harness.py), offline.
+        installed = _run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "--no-index",
+                          "--find-links", str(wheel_harness.wheelhouse()), str(wheels[0])])
         if installed.returncode != 0:
             pytest.skip(f"cannot install the wheel's dependencies (PyPI unreachable?): {installed.stderr[-500:]}")
         app = root / "app"
@@ -467,7 +470,7 @@ def test_the_wheel_installs_the_cmworker_script_and_no_test_extras(image: Image)
         assert found.stdout.strip() == "False", f"{extra} is installed: the image must carry no test extras"
 
 
-def _pid_namespaces_permitted() -> str | None:
+def pid_namespaces_permitted() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare is not installed"
     done = _run(["unshare", "--pid", "--fork", "--mount-proc", "true"])
@@ -476,7 +479,7 @@ def _pid_namespaces_permitted() -> str | None:
     return None
 
 
-def _ns_pid(proc: psutil.Process) -> int | None:
+def ns_pid(proc: psutil.Process) -> int | None:
     """A host process's pid inside its own (innermost) PID namespace."""
     try:
         with open(f"/proc/{proc.pid}/status") as f:
@@ -530,8 +533,8 @@ class Container:
                 pass
         return found
 
-    def by_ns_pid(self, ns_pid: int) -> psutil.Process | None:
-        return next((p for p in self.processes() if _ns_pid(p) == ns_pid), None)
+    def by_ns_pid(self, pid_inside: int) -> psutil.Process | None:
+        return next((p for p in self.processes() if ns_pid(p) == pid_inside), None)
 
     def output(self) -> str:
         self._log_file.flush()
@@ -557,7 +560,7 @@ def scratch(image: Image) -> Iterator[Path]:
 @pytest.fixture
 def container_factory(image: Image, scratch: Path,
                       tmp_path: Path) -> Iterator[Callable[..., tuple[Container, EmbeddedRuntime]]]:
-    reason = _pid_namespaces_permitted()
+    reason = pid_namespaces_permitted()
     if reason:
         pytest.skip(reason)
     started: list[tuple[Container | None, EmbeddedRuntime]] = []
@@ -617,7 +620,7 @@ def test_the_entrypoint_serves_the_example_app_as_pid_1(container_factory: Calla
         == ("ok", 12.0)
     kind, plan = answer(runtime, runtime.submit("plan_route", {"stops": stops}), container)
     assert kind == "ok" and plan["order"][0] == "depot" and plan["length_km"] == 12.0
-    assert _ns_pid(container.init) == 1
+    assert ns_pid(container.init) == 1
     if image.run_as:
         assert {p.uids().real for p in container.processes()} == {CONTAINER_UID}, image.note
     # Worker count = $MAX_CONCURRENT_TASKS: PID 1, the template, two workers.
