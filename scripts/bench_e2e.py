@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """cmworker against the official SDK on the same embedded runtime, in one run, rounds interleaved.
 
-Both clients serve the same four functions (scripts/bench_apps/e2e_cmworker.py and e2e_sdk.py, whose
+Both clients serve the same six functions (scripts/bench_apps/e2e_cmworker.py and e2e_sdk.py, whose
 work lives in e2e_work.py) as real subprocesses, ``W`` workers each (``cmworker run APP --workers W`` /
 the SDK app with ``MAX_CONCURRENT_TASKS=W``), each session against a fresh ``EmbeddedRuntime`` running
 in this process (``max_concurrent_tasks=W``). Jobs are queued in-process (``runtime.store.submit``) and
 their answers awaited on the runtime's own event (``store.wait_finished``), so no caller HTTP stack is
 inside any measured time: what is timed is queue -> client -> answer recorded by the runtime.
 
-Measured per session, and rounds alternate the order of the clients:
+Measured per session, and rounds alternate the order of the clients (each group of rows can be run alone:
+``--only noop,cpu,stream,logging,transport,payload,waiting,pin``):
   1. no-op burst: jobs/s and client CPU per job. Client CPU is user + system time of the client's whole
      process tree: every process in the tree is sampled before and after the burst, each sample being
      its own time plus its reaped children's (``children_user/system``); the CPU of the burst is
@@ -27,18 +28,33 @@ Measured per session, and rounds alternate the order of the clients:
      would dilute, count against the client as much as against the bare pool. Each job answers when it
      started and ended and which pid ran it (``e2e_work.spin_timed``), so the time a worker sat idle
      between two jobs is measured directly, apart from the jobs' own length (which follows the VM's speed).
-  4. a large payload (20 MB string) echoed: time per job;
-  5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
+  4. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
      ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
      records when the first chunk of the chunked POST arrived (``ResultPost.first_chunk_at``), and this
      process notes when the whole answer was recorded. CLOCK_MONOTONIC is system-wide, so the three
      processes' clocks agree.
-And once per round, a logging session: what INFO logs cost against WARN (``logging_cost``).
+And once per round:
+  - a logging session: what INFO logs cost against WARN (``logging_cost``);
+  - a payload session (``payload_session``): the thin reference client (scripts/bench_apps/e2e_thin.py:
+    one loop, one keep-alive ``http.client`` connection, no pool: GET job, run it, POST result), the
+    SDK and cmworker, alive at once on a runtime each, take turns job by job: a 20 MB query echoed and a
+    20 MB result from a small query, timed against the thin client (the wire-speed floor), with the CPU
+    of each client's parent process per MB moved apart from its other processes'; before that, the
+    cmworker parent's RSS before and after three 50 MB echoes;
+  - a waiting session per worker count (2, 8 and 32; ``--waiting-workers``) and client
+    (``waiting_session``): jobs that sleep 20 ms, batches alternated with a bare ``multiprocessing.Pool``
+    of the same size as the CPU-bound ones are; efficiency, and the hand-off (a worker's idle time
+    between two consecutive jobs, from the [start, end, pid] each job answers) as median and p90;
+  - a pinned session per client (``pinned_session``, or ``--pin`` alone): the CPU-bound batches with 1
+    worker while every thread of this process (the runtime) runs on CPU 1 and the client's process tree
+    and a bare pool's worker on CPU 0 (``os.sched_setaffinity``), as in Foundry, where the runtime is
+    another container.
 Once, after the rounds: CPU per GET job + POST result cycle (keep-alive, TLS) with requests, urllib3,
 http.client and cmworker's own Service, in this process against a fresh emulator: the calling thread's CPU
 (``time.thread_time``: the client alone) and the process's (``time.process_time``: client + emulator).
 
     .venv/bin/python scripts/bench_e2e.py [--quick] [--rounds N] [--workers W] [--json FILE] [--strict]
+        [--only GROUP,...] [--pin] [--waiting-workers 2,8,32] [--report [DIR]]
 
 Exits 0 whether or not the targets are met (``--strict``: 1 on a miss); non-zero when the benchmark
 itself fails. Client subprocesses are always stopped: SIGTERM, then SIGKILL for whatever is left.
@@ -97,6 +113,11 @@ GROUPS = {
     "pin": "CPU-bound, 1 worker, the runtime on CPU 1 and the client (and a bare pool) on CPU 0",
 }
 STOP_GRACE = 15.0
+# The runtimes' long poll. cmworker leaves on SIGTERM once its parked GET has come back, so the end of every
+# session waits up to this long (5 s, the emulator's default, cost 5 s per session). No measured job waits
+# for a poll to expire: a burst or batch is queued at once, and a client idle between two of them for longer
+# than this only sends one more GET, which answers 204.
+LONG_POLL = 1.0
 STARTED: list[tuple[int, float]] = []  # (pid, create time) of every client process seen: --json lists them
 WAIT = 600.0
 
@@ -132,7 +153,7 @@ FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=20, cpu_pairs=12,
              wait_pairs=6, pin_pairs=6)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
               payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150,
-              log_pairs=2, log_burst=200, nice0_session=True, rss_mb=5, rss_jobs=3, wait_ms=20, wait_per_worker=3,
+              log_pairs=2, log_burst=200, nice0_session=False, rss_mb=5, rss_jobs=3, wait_ms=20, wait_per_worker=3,
               wait_pairs=1, pin_pairs=1)
 
 
@@ -336,7 +357,7 @@ def session(kind: str, sizes: Sizes, workers: int, spin_n: int, workdir: Path, t
     if kind == "logging":
         return logging_cost(sizes, workers, workdir, tag)
     out: dict[str, Any] = {}
-    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
             serving(kind, rt, workers, workdir, tag) as tree:
         slots = SlotLog(rt)
         run_jobs(rt, [("noop", None)] * 50 + [("spin", 1000)] * 4 + [("echo", "warm")] * 4
@@ -382,8 +403,8 @@ def logging_cost(sizes: Sizes, workers: int, workdir: Path, tag: str) -> dict[st
     not waits in its long poll, which costs nothing. Bursts seconds apart see nearly the same machine,
     as the CPU-bound batches do; separate sessions, as once measured, differed by up to 35 % from drift."""
     out = {level: {"wall_s": 0.0, "jobs": 0, "cpu_s": defaultdict(float)} for level in ("info", "warn")}
-    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_info, \
-            EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_warn, \
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt_info, \
+            EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt_warn, \
             serving("cmworker", rt_info, workers, workdir, f"{tag}-info") as tree_info, \
             serving("cmworker_warn", rt_warn, workers, workdir, f"{tag}-warn") as tree_warn:
         clients = {"info": (rt_info, tree_info), "warn": (rt_warn, tree_warn)}
@@ -499,7 +520,7 @@ def payload_session(sizes: Sizes, workers: int, payload: str, workdir: Path, tag
     with contextlib.ExitStack() as stack:
         served: dict[str, tuple[EmbeddedRuntime, Tree]] = {}
         for kind in kinds:
-            rt = stack.enter_context(EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers,
+            rt = stack.enter_context(EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers,
                                                      max_result_size=bound))
             tree = stack.enter_context(serving(kind, rt, workers, workdir, f"{tag}-{kind}",
                                                extra_env={"CMWORKER_MAX_RESULT_SIZE": str(bound)}))
@@ -524,12 +545,12 @@ def payload_session(sizes: Sizes, workers: int, payload: str, workdir: Path, tag
 
 
 def parent_rss(sizes: Sizes, rt: EmbeddedRuntime, tree: Tree) -> dict[str, Any]:
-    """The cmworker parent's RSS, MB (10**6 bytes), before and 1 s after ``rss_jobs`` echoes of ``rss_mb`` MB."""
+    """The cmworker parent's RSS, MB (10**6 bytes), before and 0.5 s after ``rss_jobs`` echoes of ``rss_mb`` MB."""
     big = "y" * (sizes.rss_mb * 10**6)
     expected = json.dumps(big).encode()
 
     def rss() -> float:
-        time.sleep(1.0)  # whatever the parent frees after an answer is freed by now
+        time.sleep(0.5)  # whatever the parent frees once an answer is posted is freed by now
         return float(tree.root.memory_info().rss / 1e6)
 
     before = rss()
@@ -556,7 +577,7 @@ def waiting_session(kind: str, sizes: Sizes, workers: int, workdir: Path, tag: s
     jobs = sizes.wait_per_worker * workers
     out: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0}
     records: dict[str, list[list[list[float]]]] = {"client": [], "bare": []}
-    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt, \
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt, \
             serving(kind, rt, workers, workdir, tag):
         run_jobs(rt, [("nap", 1)] * (2 * workers))
         time.sleep(0.2)
@@ -601,7 +622,7 @@ def pinned_session(kind: str, sizes: Sizes, spin_n: int, workdir: Path, tag: str
     on CPU 0, against a bare pool of 1 whose worker is on CPU 0 too: the closest this machine comes to
     Foundry, where the runtime is another container. (The bare pool's own threads are in this process, on
     CPU 1, as the runtime is: only its worker shares CPU 0 with nothing.)"""
-    with pinned({1}), EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=1) as rt, \
+    with pinned({1}), EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=1) as rt, \
             serving(kind, rt, 1, workdir, tag, cpus={0}) as tree:
         slots = SlotLog(rt)
         run_jobs(rt, [("noop", None)] * 20 + [("spin", 1000)] * 4)
@@ -1039,7 +1060,7 @@ def report_payload(rounds: list[dict[str, Any]], sizes: Sizes) -> list[Check]:
     rss = [s["rss"] for s in sessions]
     grown = [x["after_mb"] - x["before_mb"] for x in rss]
     print(f"\nThe cmworker parent's RSS, MB: {spread([x['before_mb'] for x in rss], '{:.1f}')} before "
-          f"{sizes.rss_jobs} echoes of {sizes.rss_mb} MB, {spread([x['after_mb'] for x in rss], '{:.1f}')} 1 s after "
+          f"{sizes.rss_jobs} echoes of {sizes.rss_mb} MB, {spread([x['after_mb'] for x in rss], '{:.1f}')} 0.5 s after "
           f"them ({spread(grown, '{:+.1f}')}), {spread([x['end_mb'] for x in rss], '{:.1f}')} at the end of the "
           f"session; each echo took {spread([med(x['wall_s']) * 1e3 for x in rss])} ms.")
     worst = f"{max(grown):+.1f} MB" + (" (the most of any round)" if len(grown) > 1 else "")
@@ -1221,7 +1242,11 @@ def main() -> int:
     if args.report and groups != set(GROUPS):
         parser.error("--report writes every table: it cannot be combined with --only or --pin")
     if "pin" in groups and not can_pin():
-        parser.error(f"the pinned row needs CPUs 0 and 1; this process may use {sorted(os.sched_getaffinity(0))}")
+        if args.only or args.pin:
+            parser.error(f"the pinned row needs CPUs 0 and 1; this process may use {sorted(os.sched_getaffinity(0))}")
+        groups.discard("pin")
+        progress(f"the pinned row is left out: it needs CPUs 0 and 1, this process may use "
+                 f"{sorted(os.sched_getaffinity(0))}")
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
