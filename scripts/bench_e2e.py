@@ -1262,7 +1262,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp, BarePools() as bare:
         # Every bare pool up front, before anything is pinned: the forkserver they share keeps the CPUs it
         # was started with, and so would every worker forked from it.
-        if groups & {"cpu", "noop", "stream"}:
+        if groups & {"cpu", "noop", "stream", "logging"}:  # the sessions that are handed it
             bare.get(args.workers)
         for count in args.waiting_workers if "waiting" in groups else ():
             bare.get(count)
