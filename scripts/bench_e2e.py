@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """cmworker against the official SDK on the same embedded runtime, in one run, rounds interleaved.
 
-Both clients serve the same four functions (scripts/bench_apps/e2e_cmworker.py and e2e_sdk.py, whose
+Both clients serve the same six functions (scripts/bench_apps/e2e_cmworker.py and e2e_sdk.py, whose
 work lives in e2e_work.py) as real subprocesses, ``W`` workers each (``cmworker run APP --workers W`` /
 the SDK app with ``MAX_CONCURRENT_TASKS=W``), each session against a fresh ``EmbeddedRuntime`` running
 in this process (``max_concurrent_tasks=W``). Jobs are queued in-process (``runtime.store.submit``) and
 their answers awaited on the runtime's own event (``store.wait_finished``), so no caller HTTP stack is
 inside any measured time: what is timed is queue -> client -> answer recorded by the runtime.
 
-Measured per session, and rounds alternate the order of the clients:
+Measured per session, and rounds alternate the order of the clients (each group of rows can be run alone:
+``--only noop,cpu,stream,logging,transport,payload,waiting,pin``):
   1. no-op burst: jobs/s and client CPU per job. Client CPU is user + system time of the client's whole
      process tree: every process in the tree is sampled before and after the burst, each sample being
      its own time plus its reaped children's (``children_user/system``); the CPU of the burst is
@@ -27,18 +28,33 @@ Measured per session, and rounds alternate the order of the clients:
      would dilute, count against the client as much as against the bare pool. Each job answers when it
      started and ended and which pid ran it (``e2e_work.spin_timed``), so the time a worker sat idle
      between two jobs is measured directly, apart from the jobs' own length (which follows the VM's speed).
-  4. a large payload (20 MB string) echoed: time per job;
-  5. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
+  4. streaming: a paced stream (3 items, 50 ms apart) and a 1,000-item stream. The generator writes
      ``time.monotonic()`` at its start, just before yielding item 0 and after its last item; the runtime
      records when the first chunk of the chunked POST arrived (``ResultPost.first_chunk_at``), and this
      process notes when the whole answer was recorded. CLOCK_MONOTONIC is system-wide, so the three
      processes' clocks agree.
-And once per round, a logging session: what INFO logs cost against WARN (``logging_cost``).
+And once per round:
+  - a logging session: what INFO logs cost against WARN (``logging_cost``);
+  - a payload session (``payload_session``): the thin reference client (scripts/bench_apps/e2e_thin.py:
+    one loop, one keep-alive ``http.client`` connection, no pool: GET job, run it, POST result), the
+    SDK and cmworker, alive at once on a runtime each, take turns job by job: a 20 MB query echoed and a
+    20 MB result from a small query, timed against the thin client (the wire-speed floor), with the CPU
+    of each client's parent process per MB moved apart from its other processes'; before that, the
+    cmworker parent's RSS before and after three 50 MB echoes;
+  - a waiting session per worker count (2, 8 and 32; ``--waiting-workers``) and client
+    (``waiting_session``): jobs that sleep 20 ms, batches alternated with a bare ``multiprocessing.Pool``
+    of the same size as the CPU-bound ones are; efficiency, and the hand-off (a worker's idle time
+    between two consecutive jobs, from the [start, end, pid] each job answers) as median and p90;
+  - a pinned session per client (``pinned_session``, or ``--pin`` alone): the CPU-bound batches with 1
+    worker while every thread of this process (the runtime) runs on CPU 1 and the client's process tree
+    and a bare pool's worker on CPU 0 (``os.sched_setaffinity``), as in Foundry, where the runtime is
+    another container.
 Once, after the rounds: CPU per GET job + POST result cycle (keep-alive, TLS) with requests, urllib3,
 http.client and cmworker's own Service, in this process against a fresh emulator: the calling thread's CPU
 (``time.thread_time``: the client alone) and the process's (``time.process_time``: client + emulator).
 
     .venv/bin/python scripts/bench_e2e.py [--quick] [--rounds N] [--workers W] [--json FILE] [--strict]
+        [--only GROUP,...] [--pin] [--waiting-workers 2,8,32] [--report [DIR]]
 
 Exits 0 whether or not the targets are met (``--strict``: 1 on a miss); non-zero when the benchmark
 itself fails. Client subprocesses are always stopped: SIGTERM, then SIGKILL for whatever is left.
@@ -84,8 +100,24 @@ from cmworker.runtime.client import decode_answer  # noqa: E402
 from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime  # noqa: E402
 
 CLIENTS = {"sdk": "official SDK 0.34.0", "cmworker": "cmworker", "cmworker_warn": "cmworker, WARN logs",
-           "cmworker_nice0": "cmworker, worker_nice = 0"}
+           "cmworker_nice0": "cmworker, worker_nice = 0", "thin": "thin client (one loop, http.client)"}
+# Row groups, each selectable alone with --only; the default runs them all.
+GROUPS = {
+    "noop": "no-op burst and idle latency (cmworker and the SDK)",
+    "cpu": "CPU-bound batches, co-located, against a bare pool (and cmworker with worker_nice = 0)",
+    "stream": "streaming: a paced stream and a 1,000-item stream",
+    "logging": "cmworker at INFO against WARN, paired",
+    "transport": "CPU per GET + POST cycle of five HTTP stacks, in this process",
+    "payload": "large query echoed and large result, against the thin client; parent CPU per MB; parent RSS",
+    "waiting": "jobs that sleep, 2/8/32 workers, against bare pools of the same size; the hand-off",
+    "pin": "CPU-bound, 1 worker, the runtime on CPU 1 and the client (and a bare pool) on CPU 0",
+}
 STOP_GRACE = 15.0
+# The runtimes' long poll. cmworker leaves on SIGTERM once its parked GET has come back, so the end of every
+# session waits up to this long (5 s, the emulator's default, cost 5 s per session). No measured job waits
+# for a poll to expire: a burst or batch is queued at once, and a client idle between two of them for longer
+# than this only sends one more GET, which answers 204.
+LONG_POLL = 1.0
 STARTED: list[tuple[int, float]] = []  # (pid, create time) of every client process seen: --json lists them
 WAIT = 600.0
 
@@ -107,14 +139,22 @@ class Sizes:
     log_pairs: int        # no-op bursts at INFO and at WARN in the logging session, each (0: no such session)
     log_burst: int        # no-op jobs in one of those bursts
     nice0_session: bool   # an extra cmworker CPU-bound run with worker_nice = 0
+    rss_mb: int           # the size of each large echo after which the cmworker parent's RSS is read
+    rss_jobs: int         # how many of them
+    wait_ms: float        # what each job of the waiting row sleeps
+    wait_per_worker: int  # jobs per worker in one waiting batch
+    wait_pairs: int       # bare-pool and client waiting batches per session, each
+    pin_pairs: int        # bare-pool and client CPU-bound batches per pinned session, each
 
 
 FULL = Sizes(rounds=3, burst=2000, latency_calls=200, cpu_jobs=20, cpu_pairs=12, job_ms=50, payload_mb=20,
              payload_reps=3, stream_items=1000, stream_reps=5, paced_reps=10, transport_cycles=1000,
-             log_pairs=8, log_burst=500, nice0_session=True)
+             log_pairs=8, log_burst=500, nice0_session=True, rss_mb=50, rss_jobs=3, wait_ms=20, wait_per_worker=10,
+             wait_pairs=6, pin_pairs=6)
 QUICK = Sizes(rounds=1, burst=200, latency_calls=30, cpu_jobs=6, cpu_pairs=1, job_ms=50, payload_mb=2,
               payload_reps=1, stream_items=1000, stream_reps=2, paced_reps=3, transport_cycles=150,
-              log_pairs=2, log_burst=200, nice0_session=True)
+              log_pairs=2, log_burst=200, nice0_session=False, rss_mb=5, rss_jobs=3, wait_ms=20, wait_per_worker=3,
+              wait_pairs=1, pin_pairs=1)
 
 
 def progress(message: str) -> None:
@@ -182,18 +222,28 @@ class Meter:
 
 @contextlib.contextmanager
 def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: str,
-            launcher: tuple[str, ...] = (sys.executable, "-m", "cmworker")) -> Iterator[Tree]:
-    """The client ``kind`` serving ``rt`` until the block ends; cmworker is started as ``launcher run APP``."""
+            launcher: tuple[str, ...] = (sys.executable, "-m", "cmworker"), cpus: set[int] | None = None,
+            extra_env: dict[str, str] | None = None) -> Iterator[Tree]:
+    """The client ``kind`` serving ``rt`` until the block ends; cmworker is started as ``launcher run APP``.
+    ``cpus``: the whole client tree runs on these CPUs only (set before the client's interpreter starts,
+    so every process it forks inherits it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMWORKER_")}
     env.update(rt.env(0))
     env["MAX_CONCURRENT_TASKS"] = str(workers)
     if kind == "cmworker_nice0":  # the workers at the parent's CPU priority: what worker_nice buys
         env["CMWORKER_WORKER_NICE"] = "0"
+    env.update(extra_env or {})
     if kind == "sdk":
         cmd = [sys.executable, str(APPS / "e2e_sdk.py")]
+    elif kind == "thin":
+        cmd = [sys.executable, str(APPS / "e2e_thin.py")]
     else:
         cmd = [*launcher, "run", str(APPS / "e2e_cmworker.py"), "--workers", str(workers),
                "--log-level", "WARN" if kind == "cmworker_warn" else "INFO"]
+    if cpus is not None:  # an interpreter that pins itself and execs the client: no preexec_fn in a threaded process
+        pin = ("import os, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(','))); "
+               "os.execv(sys.argv[2], sys.argv[2:])")
+        cmd = [sys.executable, "-c", pin, ",".join(map(str, sorted(cpus))), *cmd]
     log_path = workdir / f"{tag}.log"
     with open(log_path, "wb") as log:
         # Its own session: the SDK's pool workers outlive a parent killed by SIGTERM unless signalled too.
@@ -300,51 +350,50 @@ class SlotLog:
                 "turnaround_ms": statistics.median(gaps) * 1e3 if gaps else float("nan")}
 
 
-def session(kind: str, sizes: Sizes, workers: int, spin_n: int, payload: str, workdir: Path,
-            tag: str, bare: BarePool) -> dict[str, Any]:
-    """Every measurement for the SDK and cmworker; only the CPU-bound batches for cmworker_nice0; for
-    "logging", the INFO and WARN bursts (``logging_cost``)."""
+def session(kind: str, sizes: Sizes, workers: int, spin_n: int, workdir: Path, tag: str, bare: BarePool,
+            groups: set[str]) -> dict[str, Any]:
+    """The selected groups' measurements for the SDK and cmworker (no-op, CPU-bound, streaming); only the
+    CPU-bound batches for cmworker_nice0; for "logging", the INFO and WARN bursts (``logging_cost``)."""
     if kind == "logging":
         return logging_cost(sizes, workers, workdir, tag)
     out: dict[str, Any] = {}
-    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers, max_result_size=64 * 2**20) as rt, \
             serving(kind, rt, workers, workdir, tag) as tree:
         slots = SlotLog(rt)
         run_jobs(rt, [("noop", None)] * 50 + [("spin", 1000)] * 4 + [("echo", "warm")] * 4
                  + [("stream", {"n": 10})] * 2)
         time.sleep(0.2)
         if kind == "cmworker_nice0":
-            out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare)
+            out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare, sizes.cpu_pairs)
             return out
-        with Meter(tree) as m:
-            answers = run_jobs(rt, [("noop", None)] * sizes.burst)
-        if any(a != b"null" for a in answers):
-            raise RuntimeError(f"{kind}: a no-op answered something else than null")
-        out["burst"] = {"wall_s": m.wall, "jobs_per_s": sizes.burst / m.wall,
-                        "cpu_us_per_job": {k: v / sizes.burst * 1e6 for k, v in m.cpu.items()},
-                        "runtime_cpu_us_per_job": m.runtime_cpu / sizes.burst * 1e6}
+        if "noop" in groups:
+            out.update(noop_rows(kind, rt, tree, sizes))
+        if "cpu" in groups:
+            out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare, sizes.cpu_pairs)
+        if "stream" in groups:
+            out["paced"] = [stream_once(rt, workdir, n=3, gap=0.05) for _ in range(sizes.paced_reps)]
+            out["flood"] = [stream_once(rt, workdir, n=sizes.stream_items) for _ in range(sizes.stream_reps)]
+    return out
 
-        latencies = []
-        for _ in range(sizes.latency_calls):
-            time.sleep(0.005)  # every thread of the client back to waiting
-            t = time.perf_counter()
-            run_jobs(rt, [("noop", None)])
-            latencies.append(time.perf_counter() - t)
-        out["latency_ms"] = [x * 1e3 for x in latencies]
 
-        out["cpu_bound"] = cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare)
+def noop_rows(kind: str, rt: EmbeddedRuntime, tree: Tree, sizes: Sizes) -> dict[str, Any]:
+    """A burst of no-op jobs (throughput, client CPU per job), then no-op jobs one at a time (latency)."""
+    out: dict[str, Any] = {}
+    with Meter(tree) as m:
+        answers = run_jobs(rt, [("noop", None)] * sizes.burst)
+    if any(a != b"null" for a in answers):
+        raise RuntimeError(f"{kind}: a no-op answered something else than null")
+    out["burst"] = {"wall_s": m.wall, "jobs_per_s": sizes.burst / m.wall,
+                    "cpu_us_per_job": {k: v / sizes.burst * 1e6 for k, v in m.cpu.items()},
+                    "runtime_cpu_us_per_job": m.runtime_cpu / sizes.burst * 1e6}
 
-        expected = json.dumps(payload).encode()
-        times = []
-        for _ in range(sizes.payload_reps):
-            t = time.perf_counter()
-            if run_jobs(rt, [("echo", payload)])[0] != expected:
-                raise RuntimeError(f"{kind}: the large payload came back changed")
-            times.append(time.perf_counter() - t)
-        out["payload_s"] = times
-
-        out["paced"] = [stream_once(rt, workdir, n=3, gap=0.05) for _ in range(sizes.paced_reps)]
-        out["flood"] = [stream_once(rt, workdir, n=sizes.stream_items) for _ in range(sizes.stream_reps)]
+    latencies = []
+    for _ in range(sizes.latency_calls):
+        time.sleep(0.005)  # every thread of the client back to waiting
+        t = time.perf_counter()
+        run_jobs(rt, [("noop", None)])
+        latencies.append(time.perf_counter() - t)
+    out["latency_ms"] = [x * 1e3 for x in latencies]
     return out
 
 
@@ -354,8 +403,8 @@ def logging_cost(sizes: Sizes, workers: int, workdir: Path, tag: str) -> dict[st
     not waits in its long poll, which costs nothing. Bursts seconds apart see nearly the same machine,
     as the CPU-bound batches do; separate sessions, as once measured, differed by up to 35 % from drift."""
     out = {level: {"wall_s": 0.0, "jobs": 0, "cpu_s": defaultdict(float)} for level in ("info", "warn")}
-    with EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_info, \
-            EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=workers) as rt_warn, \
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt_info, \
+            EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt_warn, \
             serving("cmworker", rt_info, workers, workdir, f"{tag}-info") as tree_info, \
             serving("cmworker_warn", rt_warn, workers, workdir, f"{tag}-warn") as tree_warn:
         clients = {"info": (rt_info, tree_info), "warn": (rt_warn, tree_warn)}
@@ -378,15 +427,15 @@ def logging_cost(sizes: Sizes, workers: int, workdir: Path, tag: str) -> dict[st
 
 
 def cpu_bound(kind: str, rt: EmbeddedRuntime, tree: Tree, slots: SlotLog, sizes: Sizes, spin_n: int,
-              bare: BarePool) -> dict[str, Any]:
+              bare: BarePool, pairs: int) -> dict[str, Any]:
     """The client's CPU-bound batches, alternated with the bare pool's: bare, client, client, bare, ..."""
     slots.clear()
     out: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0, "bare_workers_cpu_s": 0.0,
                            "client_cpu_s": defaultdict(float), "runtime_cpu_s": 0.0, "batches": []}
     jobs: dict[str, list[list[float]]] = {"client": [], "bare": []}  # one list of [start, end, pid] per batch
-    for i in range(2 * sizes.cpu_pairs):
+    for i in range(2 * pairs):
         if i % 4 in (0, 3):
-            wall, workers_cpu, records = bare.run(sizes.cpu_jobs, spin_n)
+            wall, workers_cpu, records = bare.run(e2e_work.spin_timed, spin_n, sizes.cpu_jobs)
             out["bare_wall_s"] += wall
             out["bare_workers_cpu_s"] += workers_cpu
             out["batches"].append(("bare", wall))
@@ -409,16 +458,23 @@ def cpu_bound(kind: str, rt: EmbeddedRuntime, tree: Tree, slots: SlotLog, sizes:
 def job_times(batches: list[list[list[float]]]) -> tuple[float, float]:
     """From each job's [start, end, pid]: the median job's own length, and the mean time a worker sat idle
     between the end of one job and the start of its next in the same batch, both in ms."""
-    lengths, idle = [], []
+    lengths = [(end - start) for records in batches for start, end, _pid in records]
+    idle = idle_gaps(batches)
+    return statistics.median(lengths) * 1e3, (statistics.fmean(idle) if idle else float("nan"))
+
+
+def idle_gaps(batches: list[list[list[float]]]) -> list[float]:
+    """Every time, in ms, a worker sat idle between the end of one job and the start of its next job in the
+    same batch, from each job's [start, end, pid] (``time.monotonic()``, one clock for every process)."""
+    idle = []
     for records in batches:
         by_worker: dict[float, list[tuple[float, float]]] = defaultdict(list)
         for start, end, pid in records:
-            lengths.append(end - start)
             by_worker[pid].append((start, end))
         for runs in by_worker.values():
             runs.sort()
-            idle += [later[0] - earlier[1] for earlier, later in itertools.pairwise(runs)]
-    return statistics.median(lengths) * 1e3, (statistics.fmean(idle) * 1e3 if idle else float("nan"))
+            idle += [(later[0] - earlier[1]) * 1e3 for earlier, later in itertools.pairwise(runs)]
+    return idle
 
 
 def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) -> dict[str, float]:
@@ -441,6 +497,167 @@ def stream_once(rt: EmbeddedRuntime, workdir: Path, n: int, gap: float = 0.0) ->
             "tail_ms": (done - at["end"]) * 1e3}
 
 
+# -- the payload rows: cmworker, the SDK and the thin client alive at once, taking turns ---------
+
+
+def payload_session(sizes: Sizes, workers: int, payload: str, workdir: Path, tag: str) -> dict[str, Any]:
+    """Large payloads against the wire-speed floor: the thin client (scripts/bench_apps/e2e_thin.py), the
+    SDK and cmworker are alive for the whole session, each on its own runtime, and take turns, one job at
+    a time, in an order that rotates every repetition (the ones whose turn it is not wait in their long
+    poll, which costs nothing), so each row's jobs see nearly the same machine.
+
+    First, the cmworker parent's RSS before and after ``rss_jobs`` echoes of ``rss_mb`` MB (and again at
+    the end of the session); then per repetition, each client in turn: the ``payload_mb`` query echoed,
+    and a ``payload_mb`` result from a small query. Per job: its wall time (queued -> answer recorded)
+    and the CPU of each role of the client's tree, so the parent's CPU per MB moved is apart from its
+    workers'."""
+    kinds = ("thin", "sdk", "cmworker")
+    # Room for a 50 MB echo: the runtime's and cmworker's result bounds above it (the SDK has none).
+    bound = max(sizes.payload_mb, sizes.rss_mb) * 2 * 10**6
+    rows = {"echo": ("echo", payload, json.dumps(payload).encode()),
+            "result": ("blob", sizes.payload_mb * 10**6, json.dumps(e2e_work.blob(sizes.payload_mb * 10**6)).encode())}
+    out: dict[str, Any] = {row: {kind: {"wall_s": [], "cpu_s": [], "mb": []} for kind in kinds} for row in rows}
+    with contextlib.ExitStack() as stack:
+        served: dict[str, tuple[EmbeddedRuntime, Tree]] = {}
+        for kind in kinds:
+            rt = stack.enter_context(EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers,
+                                                     max_result_size=bound))
+            tree = stack.enter_context(serving(kind, rt, workers, workdir, f"{tag}-{kind}",
+                                               extra_env={"CMWORKER_MAX_RESULT_SIZE": str(bound)}))
+            served[kind] = (rt, tree)
+            run_jobs(rt, [("noop", None)] * 4 + [("echo", "warm")] * 4 + [("blob", 1000)] * 4)
+        out["rss"] = parent_rss(sizes, *served["cmworker"])
+        for rep in range(sizes.payload_reps):
+            order = kinds[rep % 3:] + kinds[:rep % 3]
+            for row, (function, query, expected) in rows.items():
+                for kind in order:
+                    rt, tree = served[kind]
+                    with Meter(tree) as m:
+                        answer = run_jobs(rt, [(function, query)])[0]
+                    if answer != expected:
+                        raise RuntimeError(f"{kind}: the {row} row's answer came back changed")
+                    sent = len(json.dumps(query)) if function == "echo" else 0
+                    out[row][kind]["wall_s"].append(m.wall)
+                    out[row][kind]["cpu_s"].append(m.cpu)
+                    out[row][kind]["mb"].append((sent + len(answer)) / 1e6)
+        out["rss"]["end_mb"] = psutil.Process(served["cmworker"][1].root.pid).memory_info().rss / 1e6
+    return out
+
+
+def parent_rss(sizes: Sizes, rt: EmbeddedRuntime, tree: Tree) -> dict[str, Any]:
+    """The cmworker parent's RSS, MB (10**6 bytes), before and 0.5 s after ``rss_jobs`` echoes of ``rss_mb`` MB."""
+    big = "y" * (sizes.rss_mb * 10**6)
+    expected = json.dumps(big).encode()
+
+    def rss() -> float:
+        time.sleep(0.5)  # whatever the parent frees once an answer is posted is freed by now
+        return float(tree.root.memory_info().rss / 1e6)
+
+    before = rss()
+    walls = []
+    for _ in range(sizes.rss_jobs):
+        t = time.perf_counter()
+        if run_jobs(rt, [("echo", big)])[0] != expected:
+            raise RuntimeError(f"cmworker: a {sizes.rss_mb} MB echo came back changed")
+        walls.append(time.perf_counter() - t)
+    return {"before_mb": before, "after_mb": rss(), "wall_s": walls}
+
+
+# -- the waiting row: jobs that sleep, against a bare pool of the same size ------------------------
+
+
+def waiting_session(kind: str, sizes: Sizes, workers: int, workdir: Path, tag: str,
+                    bare: BarePool) -> dict[str, Any]:
+    """Jobs that sleep ``wait_ms`` (a function waiting on an outside service): ``wait_per_worker`` jobs per
+    worker in one batch, the client's batches alternated with a bare ``multiprocessing.Pool`` of the same
+    size (bare, client, client, bare, ...), as the CPU-bound row does. The runtime caps the replica at
+    ``workers`` jobs (``max_concurrent_tasks``), as the client is told. A sleeping job leaves the CPUs to
+    the hand-off, so what the client adds per job shows plainly; each job answers [start, end, pid], from
+    which every idle time of a worker between two of its jobs is taken (``idle_gaps``)."""
+    jobs = sizes.wait_per_worker * workers
+    out: dict[str, Any] = {"wall_s": 0.0, "bare_wall_s": 0.0}
+    records: dict[str, list[list[list[float]]]] = {"client": [], "bare": []}
+    with EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=workers) as rt, \
+            serving(kind, rt, workers, workdir, tag):
+        run_jobs(rt, [("nap", 1)] * (2 * workers))
+        time.sleep(0.2)
+        for i in range(2 * sizes.wait_pairs):
+            if i % 4 in (0, 3):
+                wall, _cpu, batch = bare.run(e2e_work.nap_timed, sizes.wait_ms, jobs)
+                out["bare_wall_s"] += wall
+                records["bare"].append(batch)
+                continue
+            t = time.perf_counter()
+            answers = run_jobs(rt, [("nap", sizes.wait_ms)] * jobs)
+            out["wall_s"] += time.perf_counter() - t
+            records["client"].append([json.loads(a) for a in answers])
+    out["handoff_ms"] = idle_gaps(records["client"])
+    out["bare_handoff_ms"] = idle_gaps(records["bare"])
+    return out
+
+
+# -- the pinned CPU-bound row: the runtime on one CPU, the client on the other ---------------------
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """Every thread of this process (the runtime's included: threads started meanwhile inherit it) on
+    ``cpus`` until the block ends; then every thread back on the CPUs this process had."""
+    allowed = os.sched_getaffinity(0)
+
+    def pin_all(to: set[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(int(tid), to)
+
+    pin_all(cpus)
+    try:
+        yield
+    finally:
+        pin_all(allowed)
+
+
+def pinned_session(kind: str, sizes: Sizes, spin_n: int, workdir: Path, tag: str, bare: BarePool) -> dict[str, Any]:
+    """The CPU-bound batches with 1 worker, the runtime (this process) on CPU 1 and the client's whole tree
+    on CPU 0, against a bare pool of 1 whose worker is on CPU 0 too: the closest this machine comes to
+    Foundry, where the runtime is another container. (The bare pool's own threads are in this process, on
+    CPU 1, as the runtime is: only its worker shares CPU 0 with nothing.)"""
+    with pinned({1}), EmbeddedRuntime(long_poll=LONG_POLL, max_concurrent_tasks=1) as rt, \
+            serving(kind, rt, 1, workdir, tag, cpus={0}) as tree:
+        slots = SlotLog(rt)
+        run_jobs(rt, [("noop", None)] * 20 + [("spin", 1000)] * 4)
+        time.sleep(0.2)
+        elsewhere = [p.pid for p in [tree.root, *tree.root.children(recursive=True)] if p.cpu_affinity() != [0]]
+        if elsewhere or os.sched_getaffinity(0) != {1}:
+            raise RuntimeError(f"pinning did not hold: {kind} processes {elsewhere} not on CPU 0 alone, or this "
+                               f"process on {sorted(os.sched_getaffinity(0))}")
+        return cpu_bound(kind, rt, tree, slots, sizes, spin_n, bare, sizes.pin_pairs)
+
+
+def can_pin() -> bool:
+    return {0, 1} <= os.sched_getaffinity(0)
+
+
+class BarePools:
+    """The bare pools of a run, one per size (and CPU set), each alive for the whole run; all closed at its end."""
+
+    def __init__(self) -> None:
+        self.pools: dict[tuple[int, frozenset[int] | None], BarePool] = {}
+
+    def get(self, workers: int, cpus: set[int] | None = None) -> BarePool:
+        key = (workers, None if cpus is None else frozenset(cpus))
+        if key not in self.pools:
+            self.pools[key] = BarePool(workers, cpus)
+        return self.pools[key]
+
+    def __enter__(self) -> BarePools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
 class BarePool:
     """The reference: a ``multiprocessing.Pool`` of the clients' size, alive for the whole run.
 
@@ -448,15 +665,18 @@ class BarePool:
     held a lock hangs on it for good (seen once in 8 rounds). Start-up is not timed.
     """
 
-    def __init__(self, workers: int) -> None:
-        self.pool = multiprocessing.get_context("forkserver").Pool(workers)
+    def __init__(self, workers: int, cpus: set[int] | None = None) -> None:
+        # cpus: every worker runs on these CPUs only (set in each worker as it starts, respawns included)
+        self.pool = multiprocessing.get_context("forkserver").Pool(
+            workers, initializer=None if cpus is None else os.sched_setaffinity, initargs=(0, cpus))
         self.pool.map(e2e_work.spin_timed, [1000] * (2 * workers), chunksize=1)
         self.tree = Tree(psutil.Process(), "bare")
 
-    def run(self, jobs: int, spin_n: int) -> tuple[float, float, list[list[float]]]:
-        """One batch: its wall time and the CPU its workers used, in seconds, and each job's [start, end, pid]."""
+    def run(self, work: Callable[[Any], list[float]], arg: Any, jobs: int) -> tuple[float, float, list[list[float]]]:
+        """One batch of ``jobs`` calls of ``work(arg)``: its wall time and the CPU its workers used, in seconds,
+        and each job's [start, end, pid]."""
         with Meter(self.tree) as m:
-            records = self.pool.map(e2e_work.spin_timed, [spin_n] * jobs, chunksize=1)
+            records = self.pool.map(work, [arg] * jobs, chunksize=1)
         return m.wall, m.cpu.get("workers", 0.0), records
 
     def close(self) -> None:
@@ -608,19 +828,39 @@ def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
     return f"{fmt.format(med(values))} ({fmt.format(min(values))}\u2013{fmt.format(max(values))})"
 
 
-def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, bool, str]]:
-    rounds = raw["rounds"]
+Check = tuple[str, bool, str]
 
+
+def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[Check]:
+    """Print every table the run has data for; return the target checks, in the order printed."""
+    rounds = raw["rounds"]
+    checks: list[Check] = []
+    if any("burst" in r.get("cmworker", {}) for r in rounds):
+        checks += report_noop(rounds, sizes, workers)
+    if any("logging" in r for r in rounds):
+        checks += report_logging(rounds, sizes)
+    if any("cpu_bound" in r.get("cmworker", {}) for r in rounds):
+        checks += report_cpu(raw, sizes, workers)
+    if any("pinned" in r for r in rounds):
+        checks += report_pinned(raw, sizes)
+    if any("waiting" in r for r in rounds):
+        checks += report_waiting(rounds, sizes)
+    if any("payload" in r for r in rounds):
+        checks += report_payload(rounds, sizes)
+    if any("flood" in r.get("cmworker", {}) for r in rounds):
+        checks += report_stream(raw, sizes)
+    if "transport" in raw:
+        report_transport(raw, sizes)
+    return checks
+
+
+def report_noop(rounds: list[dict[str, Any]], sizes: Sizes, workers: int) -> list[Check]:
     def series(kind: str, get: Callable[[dict[str, Any]], float]) -> list[float]:
         return [get(r[kind]) for r in rounds if kind in r]
 
-    def series_cpu(kind: str) -> list[dict[str, Any]]:
-        return [r[kind]["cpu_bound"] for r in rounds if kind in r]
-
     kinds = [k for k in CLIENTS if any("burst" in r.get(k, {}) for r in rounds)]  # the sessions with a burst
-    n = len(rounds)
-    print(f"\n### No-op burst: {sizes.burst:,} jobs, {workers} workers, median (range) of {n} interleaved "
-          f"round(s)\n")
+    print(f"\n### No-op burst: {sizes.burst:,} jobs, {workers} workers, median (range) of {len(rounds)} "
+          "interleaved round(s)\n")
     print("| client | jobs/s | client CPU µs/job | parent | template | workers | emulator CPU µs/job |")
     print("|---|---|---|---|---|---|---|")
     for kind in kinds:
@@ -639,57 +879,66 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
                    for r in rounds]
     print(f"\ncmworker / SDK: throughput {cm_t / sdk_t:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_t)}),"
           f" client CPU per job {cm_c / sdk_c:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round_c)})")
-    paired = [r["logging"] for r in rounds if "logging" in r]
-    log_cost: float | None = None
-    if paired:
-        burst = f"{sizes.log_pairs} + {sizes.log_pairs} bursts of {sizes.log_burst:,}"
-        print(f"\n### Logging: cmworker at INFO (one `job_finished` line per job) against WARN, {burst} no-ops\n")
-        print("Both clients are alive for the whole session, each on its own runtime, and take turns (INFO, WARN, "
-              "WARN, INFO, ...).\n")
-        print("| log level | jobs/s | client CPU µs/job | parent |\n|---|---|---|---|")
-        for level in ("info", "warn"):
-            print(f"| {level.upper()} | {spread([p[level]['jobs_per_s'] for p in paired])} | "
-                  f"{spread([p[level]['cpu_us_per_job']['total'] for p in paired])} | "
-                  f"{spread([p[level]['cpu_us_per_job'].get('parent', 0.0) for p in paired])} |")
-        slower = [p["warn"]["jobs_per_s"] / p["info"]["jobs_per_s"] - 1 for p in paired]
-        dearer = [p["info"]["cpu_us_per_job"]["total"] / p["warn"]["cpu_us_per_job"]["total"] - 1 for p in paired]
-        log_cost = med(slower)
-        print(f"\nAt INFO against WARN, per session: throughput {log_cost * 100:+.1f} % lower (per session "
-              f"{', '.join(f'{x * 100:+.1f}' for x in slower)}), client CPU per job {med(dearer) * 100:+.1f} % "
-              f"higher (per session {', '.join(f'{x * 100:+.1f}' for x in dearer)}).")
 
     print(f"\n### Idle latency: one no-op at a time, queued -> answer recorded, {sizes.latency_calls} calls per "
           "round\n")
     print("| client | median ms | p90 ms |\n|---|---|---|")
+    latency = {}
     for kind in ("sdk", "cmworker"):
         lat = [r[kind]["latency_ms"] for r in rounds]
+        latency[kind] = med([med(x) for x in lat])
         print(f"| {CLIENTS[kind]} | {spread([med(x) for x in lat], '{:.2f}')} | "
               f"{spread([statistics.quantiles(x, n=10)[-1] for x in lat], '{:.2f}')} |")
+    return [
+        ("no-op throughput >= 2.5x the SDK", cm_t / sdk_t >= 2.5, f"{cm_t / sdk_t:.2f}x"),
+        ("client CPU per no-op job <= 0.25x the SDK", cm_c / sdk_c <= 0.25, f"{cm_c / sdk_c:.2f}x"),
+        ("idle latency (median) <= the SDK's", latency["cmworker"] <= latency["sdk"],
+         f"{latency['cmworker']:.2f} ms against {latency['sdk']:.2f} ms"),
+    ]
 
-    batches = sizes.cpu_pairs
-    print(f"\n### CPU-bound: {sizes.cpu_jobs} jobs of ~{sizes.job_ms:.0f} ms pure-Python work, {workers} workers\n")
-    print(f"Each session runs {batches} batches of the client and {batches} of a bare "
-          f"`multiprocessing.Pool({workers})` in the bench process, alternating (bare, client, client, bare, ...); "
-          "times are the sums over a session's batches.\n")
+
+def report_logging(rounds: list[dict[str, Any]], sizes: Sizes) -> list[Check]:
+    paired = [r["logging"] for r in rounds if "logging" in r]
+    burst = f"{sizes.log_pairs} + {sizes.log_pairs} bursts of {sizes.log_burst:,}"
+    print(f"\n### Logging: cmworker at INFO (one `job_finished` line per job) against WARN, {burst} no-ops\n")
+    print("Both clients are alive for the whole session, each on its own runtime, and take turns (INFO, WARN, "
+          "WARN, INFO, ...).\n")
+    print("| log level | jobs/s | client CPU µs/job | parent |\n|---|---|---|---|")
+    for level in ("info", "warn"):
+        print(f"| {level.upper()} | {spread([p[level]['jobs_per_s'] for p in paired])} | "
+              f"{spread([p[level]['cpu_us_per_job']['total'] for p in paired])} | "
+              f"{spread([p[level]['cpu_us_per_job'].get('parent', 0.0) for p in paired])} |")
+    slower = [p["warn"]["jobs_per_s"] / p["info"]["jobs_per_s"] - 1 for p in paired]
+    dearer = [p["info"]["cpu_us_per_job"]["total"] / p["warn"]["cpu_us_per_job"]["total"] - 1 for p in paired]
+    log_cost = med(slower)
+    print(f"\nAt INFO against WARN, per session: throughput {log_cost * 100:+.1f} % lower (per session "
+          f"{', '.join(f'{x * 100:+.1f}' for x in slower)}), client CPU per job {med(dearer) * 100:+.1f} % "
+          f"higher (per session {', '.join(f'{x * 100:+.1f}' for x in dearer)}).")
+    return [("INFO logs cost < 10 % of no-op throughput against WARN", log_cost < 0.10, f"{log_cost * 100:+.1f} %")]
+
+
+def cpu_tables(by_kind: dict[str, list[dict[str, Any]]], sizes: Sizes, workers: int,
+               pairs: int) -> dict[str, list[float]]:
+    """The CPU-bound tables for one setting (co-located or pinned), from each kind's ``cpu_bound`` per round;
+    return each kind's efficiency per round."""
     print("| client | its wall s | bare pool's wall s, same session | efficiency (bare / it) | "
           "time added per job and worker, ms | workers' CPU s | rest of the client's CPU s | emulator CPU s | "
           "job holds its slot, ms | slot empty between answer and next job, ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    per_worker = sizes.cpu_pairs * sizes.cpu_jobs / workers  # jobs each worker ran in a session's batches
+    per_worker = pairs * sizes.cpu_jobs / workers  # jobs each worker ran in a session's batches
     eff: dict[str, list[float]] = {}
-    for kind in [k for k in ("cmworker", "cmworker_nice0", "sdk") if any(k in r for r in rounds)]:
-        walls = [r[kind]["cpu_bound"]["wall_s"] for r in rounds]
-        eff[kind] = [efficiency(r[kind]) for r in rounds]
-        cpu = [r[kind]["cpu_bound"]["client_cpu_s"] for r in rounds]
-        print(f"| {CLIENTS[kind]} through the runtime | {spread(walls, '{:.3f}')} | "
-              f"{spread([r[kind]['cpu_bound']['bare_wall_s'] for r in rounds], '{:.3f}')} | "
+    for kind, runs in by_kind.items():
+        eff[kind] = [c["bare_wall_s"] / c["wall_s"] for c in runs]
+        cpu = [c["client_cpu_s"] for c in runs]
+        print(f"| {CLIENTS[kind]} through the runtime | {spread([c['wall_s'] for c in runs], '{:.3f}')} | "
+              f"{spread([c['bare_wall_s'] for c in runs], '{:.3f}')} | "
               f"{spread(eff[kind], '{:.3f}')} | "
-              f"{spread([(c['wall_s'] - c['bare_wall_s']) / per_worker * 1e3 for c in series_cpu(kind)], '{:.1f}')} | "
+              f"{spread([(c['wall_s'] - c['bare_wall_s']) / per_worker * 1e3 for c in runs], '{:.1f}')} | "
               f"{spread([c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
               f"{spread([c['total'] - c.get('workers', 0.0) for c in cpu], '{:.2f}')} | "
-              f"{spread(series(kind, lambda s: s['cpu_bound']['runtime_cpu_s']), '{:.2f}')} | "
-              f"{spread(series(kind, lambda s: s['cpu_bound']['held_ms']), '{:.1f}')} | "
-              f"{spread(series(kind, lambda s: s['cpu_bound']['turnaround_ms']), '{:.2f}')} |")
+              f"{spread([c['runtime_cpu_s'] for c in runs], '{:.2f}')} | "
+              f"{spread([c['held_ms'] for c in runs], '{:.1f}')} | "
+              f"{spread([c['turnaround_ms'] for c in runs], '{:.2f}')} |")
     print("\n#### Between two jobs of a worker\n\nFrom the times each job reports (start, end, pid): a worker's "
           "idle time between the end of one job and the start of its next, mean over a session's batches; the jobs' "
           "own length, median. The last column is the efficiency the idle times alone give, at the bare pool's job "
@@ -697,25 +946,131 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
     print("| client | its workers idle between jobs, ms | the bare pool's, ms | job's own length, ms | "
           "the bare pool's, ms | efficiency from idle time alone |")
     print("|---|---|---|---|---|---|")
-    for kind in eff:
-        cpu_runs = series_cpu(kind)
-        print(f"| {CLIENTS[kind]} | {spread([c['idle_ms'] for c in cpu_runs], '{:.2f}')} | "
-              f"{spread([c['bare_idle_ms'] for c in cpu_runs], '{:.2f}')} | "
-              f"{spread([c['job_ms'] for c in cpu_runs], '{:.1f}')} | "
-              f"{spread([c['bare_job_ms'] for c in cpu_runs], '{:.1f}')} | "
-              f"{spread([idle_efficiency(c) for c in cpu_runs], '{:.3f}')} |")
+    for kind, runs in by_kind.items():
+        print(f"| {CLIENTS[kind]} | {spread([c['idle_ms'] for c in runs], '{:.2f}')} | "
+              f"{spread([c['bare_idle_ms'] for c in runs], '{:.2f}')} | "
+              f"{spread([c['job_ms'] for c in runs], '{:.1f}')} | "
+              f"{spread([c['bare_job_ms'] for c in runs], '{:.1f}')} | "
+              f"{spread([idle_efficiency(c) for c in runs], '{:.3f}')} |")
+    return eff
+
+
+def report_cpu(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[Check]:
+    rounds = raw["rounds"]
+    batches = sizes.cpu_pairs
+    print(f"\n### CPU-bound: {sizes.cpu_jobs} jobs of ~{sizes.job_ms:.0f} ms pure-Python work, {workers} workers, "
+          "co-located\n")
+    print(f"Each session runs {batches} batches of the client and {batches} of a bare "
+          f"`multiprocessing.Pool({workers})` in the bench process, alternating (bare, client, client, bare, ...); "
+          "times are the sums over a session's batches. The runtime, the client and the bare pool share every "
+          "CPU.\n")
+    by_kind = {kind: [r[kind]["cpu_bound"] for r in rounds if kind in r]
+               for kind in ("cmworker", "cmworker_nice0", "sdk") if any(kind in r for r in rounds)}
+    eff = cpu_tables(by_kind, sizes, workers, batches)
     if "cmworker_nice0" in eff:
         gain = [a / b for a, b in zip(eff["cmworker"], eff["cmworker_nice0"], strict=True)]
         print(f"\nworker_nice = 19 (the default) against 0, same round: efficiency x{med(gain):.3f} "
               f"(per round {', '.join(f'{x:.3f}' for x in gain)}).")
+    over_sdk = [a / b for a, b in zip(eff["cmworker"], eff["sdk"], strict=True)]
+    print(f"\ncmworker's efficiency over the SDK's, same round: x{med(over_sdk):.3f} "
+          f"(per round {', '.join(f'{x:.3f}' for x in over_sdk)}).")
     print(f"\nOne job's work alone: {raw['spin_job_s'] * 1e3:.1f} ms (median of 5 in this process); "
           f"{sizes.cpu_jobs} jobs on {workers} workers: {raw['spin_job_s'] * sizes.cpu_jobs / workers:.3f} s at best.")
+    eff_cm = med(eff["cmworker"])
+    return [("CPU-bound efficiency >= 0.95 of a bare pool", eff_cm >= 0.95, f"{eff_cm:.3f}"),
+            (f"CPU-bound, co-located, {workers} workers: efficiency >= 1.05x the SDK's", med(over_sdk) >= 1.05,
+             f"{med(over_sdk):.3f}x")]
 
-    print(f"\n### {sizes.payload_mb} MB payload echoed (in and out), per job\n")
-    print("| client | ms per job |\n|---|---|")
-    for kind in ("sdk", "cmworker"):
-        print(f"| {CLIENTS[kind]} | {spread([med(r[kind]['payload_s']) * 1e3 for r in rounds])} |")
 
+def report_pinned(raw: dict[str, Any], sizes: Sizes) -> list[Check]:
+    rounds = [r["pinned"] for r in raw["rounds"] if "pinned" in r]
+    print(f"\n### CPU-bound, pinned: {sizes.cpu_jobs} jobs of ~{sizes.job_ms:.0f} ms, 1 worker, the runtime on "
+          "CPU 1, the client and the bare pool's worker on CPU 0\n")
+    print(f"The runtime (this process, every thread) runs on CPU 1; the client's whole process tree and the worker "
+          f"of a bare `multiprocessing.Pool(1)` run on CPU 0. Each session runs {sizes.pin_pairs} batches of the "
+          "client and as many of the bare pool, alternating.\n")
+    by_kind = {kind: [r[kind] for r in rounds if kind in r] for kind in ("cmworker", "sdk")}
+    eff = cpu_tables(by_kind, sizes, 1, sizes.pin_pairs)
+    eff_cm = med(eff["cmworker"])
+    return [("CPU-bound, pinned apart, 1 worker: efficiency >= 0.97 of a bare pool pinned alike", eff_cm >= 0.97,
+             f"{eff_cm:.3f} (the SDK {med(eff['sdk']):.3f})")]
+
+
+def report_waiting(rounds: list[dict[str, Any]], sizes: Sizes) -> list[Check]:
+    waits = [r["waiting"] for r in rounds if "waiting" in r]
+    counts = sorted({int(w) for session in waits for w in session})
+    print(f"\n### Jobs that wait: {sizes.wait_ms:.0f} ms sleeps, {sizes.wait_per_worker} jobs per worker in a batch\n")
+    print(f"Each session (one client, W workers, the runtime's `max_concurrent_tasks` = W, as each client is "
+          f"told) runs {sizes.wait_pairs} batches of the client and as many of a bare `multiprocessing.Pool(W)` in "
+          "the bench process, alternating; efficiency is the bare pool's wall time over the client's, summed. "
+          "The hand-off is a worker's idle time between the end of one job and the start of its next (each job "
+          "answers its start, end and pid, on the system-wide monotonic clock), over every pair of consecutive "
+          "jobs of a worker in the session's batches.\n")
+    print("| workers | client | efficiency (bare / it) | its wall s | bare pool's wall s | hand-off median ms | "
+          "p90 ms | the bare pool's hand-off median ms | p90 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    checks: list[Check] = []
+    for count in counts:
+        for kind in ("cmworker", "sdk"):
+            runs = [session[str(count)][kind] for session in waits]
+            eff = [s["bare_wall_s"] / s["wall_s"] for s in runs]
+            mine = [x for s in runs for x in s["handoff_ms"]]
+            bare = [x for s in runs for x in s["bare_handoff_ms"]]
+            print(f"| {count} | {CLIENTS[kind]} | {spread(eff, '{:.3f}')} | "
+                  f"{spread([s['wall_s'] for s in runs], '{:.3f}')} | "
+                  f"{spread([s['bare_wall_s'] for s in runs], '{:.3f}')} | {quantile(mine, 50):.2f} | "
+                  f"{quantile(mine, 90):.2f} | {quantile(bare, 50):.2f} | {quantile(bare, 90):.2f} |")
+            if kind != "cmworker":
+                continue
+            if count == 8:
+                checks.append(("jobs that wait, 8 workers: efficiency >= 0.97 of a bare pool of 8", med(eff) >= 0.97,
+                               f"{med(eff):.3f}"))
+            handoff = quantile(mine, 50)
+            checks.append((f"jobs that wait, {count} workers: hand-off <= 1 ms median", handoff <= 1.0,
+                           f"{handoff:.2f} ms"))
+    return checks
+
+
+def report_payload(rounds: list[dict[str, Any]], sizes: Sizes) -> list[Check]:
+    sessions = [r["payload"] for r in rounds if "payload" in r]
+    kinds = ("thin", "sdk", "cmworker")
+    print(f"\n### Large payloads: a {sizes.payload_mb} MB query echoed, a {sizes.payload_mb} MB result from a small "
+          f"query, {sizes.payload_reps} job(s) of each per client and round\n")
+    print("The thin client (`scripts/bench_apps/e2e_thin.py`: one loop on one keep-alive connection, GET, run "
+          "the function, POST, no pool) is the wire-speed floor. The three clients are alive at once, each on "
+          "its own runtime, and take turns job by job. Time: queued -> answer recorded. CPU per MB moved "
+          "(query in + result out): the client's parent process alone, and its other processes (workers and, "
+          "for cmworker, the template) apart.\n")
+    print("| row | client | ms per job | x the thin client | parent CPU ms per MB | workers' CPU ms per MB |")
+    print("|---|---|---|---|---|---|")
+    checks: list[Check] = []
+    for row, label in (("echo", f"{sizes.payload_mb} MB query echoed"), ("result", f"{sizes.payload_mb} MB result")):
+        walls = {kind: med([x for s in sessions for x in s[row][kind]["wall_s"]]) for kind in kinds}
+        for kind in kinds:
+            jobs = [(cpu, mb) for s in sessions for cpu, mb in zip(s[row][kind]["cpu_s"], s[row][kind]["mb"],
+                                                                  strict=True)]
+            moved = sum(mb for _, mb in jobs)
+            parent = sum(cpu.get("parent", 0.0) for cpu, _ in jobs) / moved * 1e3
+            rest = sum(cpu["total"] - cpu.get("parent", 0.0) for cpu, _ in jobs) / moved * 1e3
+            print(f"| {label} | {CLIENTS[kind]} | {walls[kind] * 1e3:,.0f} | {walls[kind] / walls['thin']:.2f} | "
+                  f"{parent:.2f} | {'—' if kind == 'thin' else f'{round(rest, 2) + 0.0:.2f}'} |")
+        ratio = walls["cmworker"] / walls["thin"]
+        checks.append((f"{label}: <= 1.2x the thin client's time", ratio <= 1.2,
+                       f"{ratio:.2f}x (the SDK {walls['sdk'] / walls['thin']:.2f}x)"))
+    rss = [s["rss"] for s in sessions]
+    grown = [x["after_mb"] - x["before_mb"] for x in rss]
+    print(f"\nThe cmworker parent's RSS, MB: {spread([x['before_mb'] for x in rss], '{:.1f}')} before "
+          f"{sizes.rss_jobs} echoes of {sizes.rss_mb} MB, {spread([x['after_mb'] for x in rss], '{:.1f}')} 0.5 s after "
+          f"them ({spread(grown, '{:+.1f}')}), {spread([x['end_mb'] for x in rss], '{:.1f}')} at the end of the "
+          f"session; each echo took {spread([med(x['wall_s']) * 1e3 for x in rss])} ms.")
+    worst = f"{max(grown):+.1f} MB" + (" (the most of any round)" if len(grown) > 1 else "")
+    checks.append((f"the cmworker parent's RSS within 10 MB of its start after {sizes.rss_jobs} {sizes.rss_mb} MB "
+                   "jobs", max(grown) <= 10, worst))
+    return checks
+
+
+def report_stream(raw: dict[str, Any], sizes: Sizes) -> list[Check]:
+    rounds = raw["rounds"]
     own = raw["generator_own_ms"]
     print(f"\n### Streaming (generator's own time for {sizes.stream_items:,} items, drained in-process: "
           f"{own:.2f} ms)\n")
@@ -733,7 +1088,15 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
         print(f"| {CLIENTS[kind]} | {med(paced):.2f} (max {max(paced):.2f}) | "
               f"{med([s['first_on_wire_ms'] for s in flood]):.2f} | {total:.1f} | "
               f"{med([s['generator_ms'] for s in flood]):.1f} | {total - own:.1f} |")
+    return [
+        ("first streamed item on the wire <= 5 ms after it is yielded", stream_stats["cmworker"]["first"] <= 5,
+         f"{stream_stats['cmworker']['first']:.2f} ms"),
+        (f"{sizes.stream_items:,} streamed items add <= 100 ms to the generator's own time",
+         stream_stats["cmworker"]["added"] <= 100, f"{stream_stats['cmworker']['added']:.1f} ms"),
+    ]
 
+
+def report_transport(raw: dict[str, Any], sizes: Sizes) -> None:
     wire = raw["transport"]
     print(f"\n### Transport: one keep-alive GET job (200) + POST result (204) over TLS, {sizes.transport_cycles:,} "
           f"cycles x {len(next(iter(wire.values()))['client_cpu_us'])} round(s) per stack, median µs\n")
@@ -742,19 +1105,15 @@ def report(raw: dict[str, Any], sizes: Sizes, workers: int) -> list[tuple[str, b
         print(f"| {name} | {med(v['client_cpu_us']):,.0f} | {med(v['process_cpu_us']):,.0f} | "
               f"{med(v['wall_us']):,.0f} |")
 
-    eff_cm = med(eff["cmworker"])
-    logging_check = [] if log_cost is None else [
-        ("INFO logs cost < 10 % of no-op throughput against WARN", log_cost < 0.10, f"{log_cost * 100:+.1f} %")]
-    return [
-        *logging_check,
-        ("no-op throughput >= 2x the SDK", cm_t / sdk_t >= 2, f"{cm_t / sdk_t:.2f}x"),
-        ("client CPU per no-op job <= 0.4x the SDK", cm_c / sdk_c <= 0.4, f"{cm_c / sdk_c:.2f}x"),
-        ("CPU-bound efficiency >= 0.95 of a bare pool", eff_cm >= 0.95, f"{eff_cm:.3f}"),
-        ("first streamed item on the wire <= 5 ms after it is yielded", stream_stats["cmworker"]["first"] <= 5,
-         f"{stream_stats['cmworker']['first']:.2f} ms"),
-        (f"{sizes.stream_items:,} streamed items add <= 100 ms to the generator's own time",
-         stream_stats["cmworker"]["added"] <= 100, f"{stream_stats['cmworker']['added']:.1f} ms"),
-    ]
+
+def quantile(values: list[float], percent: int) -> float:
+    """The ``percent`` percentile (inclusive method); nan for no values."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
 
 
 # -- the published report --------------------------------------------------------------------------
@@ -821,7 +1180,8 @@ def draw_chart(raw: dict[str, Any], path: Path) -> None:
          [med([efficiency(r[kind]) for r in rounds]) for kind in ("sdk", "cmworker")],
          "{:.3f}"),
         (f"{raw['sizes']['payload_mb']} MB echoed, ms per job (lower is better)",
-         per_kind(lambda s: med(s["payload_s"]) * 1e3), "{:,.0f}"),
+         [med([x for r in rounds for x in r["payload"]["echo"][kind]["wall_s"]]) * 1e3 for kind in ("sdk", "cmworker")],
+         "{:,.0f}"),
         (f"{raw['sizes']['stream_items']:,}-item stream, start to answer, ms (lower is better)",
          per_kind(lambda s: med([x["total_ms"] for x in s["flood"]])), "{:,.1f}"),
     ]
@@ -840,6 +1200,24 @@ def draw_chart(raw: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def row_groups(text: str) -> set[str]:
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(GROUPS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown group(s) {sorted(unknown)}; the groups are {', '.join(GROUPS)}")
+    return names
+
+
+def worker_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"want worker counts such as 2,8,32, got {text!r}")
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run (< 60 s)")
@@ -847,11 +1225,28 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers per client (default 2)")
     parser.add_argument("--json", metavar="FILE", help="write every raw number to FILE")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--only", metavar="GROUPS", type=row_groups,
+                        help="run only these row groups, comma-separated: " + "; ".join(
+                            f"{name}: {what}" for name, what in GROUPS.items()))
+    parser.add_argument("--pin", action="store_true", help="the pinned CPU-bound row alone (as --only pin)")
+    parser.add_argument("--waiting-workers", metavar="W,W,...", type=worker_counts, default=(2, 8, 32),
+                        help="worker counts of the waiting row (default 2,8,32)")
     parser.add_argument("--report", nargs="?", const=str(ROOT / "docs"), metavar="DIR",
                         help=f"write the tables into DIR/benchmarks.md (between the {REPORT_BEGIN!r} and "
                              f"{REPORT_END!r} lines) and the chart to DIR/{CHART} (needs the bench extra: "
                              "matplotlib); DIR defaults to docs/")
     args = parser.parse_args()
+    groups: set[str] = set(args.only or GROUPS) | ({"pin"} if args.pin else set())
+    if args.pin and not args.only:
+        groups = {"pin"}
+    if args.report and groups != set(GROUPS):
+        parser.error("--report writes every table: it cannot be combined with --only or --pin")
+    if "pin" in groups and not can_pin():
+        if args.only or args.pin:
+            parser.error(f"the pinned row needs CPUs 0 and 1; this process may use {sorted(os.sched_getaffinity(0))}")
+        groups.discard("pin")
+        progress(f"the pinned row is left out: it needs CPUs 0 and 1, this process may use "
+                 f"{sorted(os.sched_getaffinity(0))}")
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
@@ -862,24 +1257,51 @@ def main() -> int:
     raw: dict[str, Any] = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "workers": args.workers, "sizes": asdict(sizes), "spin_n": spin_n, "rounds": []}
-    bare = BarePool(args.workers)
-    with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp, contextlib.closing(bare):
+        "workers": args.workers, "groups": sorted(groups), "waiting_workers": list(args.waiting_workers),
+        "sizes": asdict(sizes), "spin_n": spin_n, "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="cmworker-bench-e2e-") as tmp, BarePools() as bare:
+        # Every bare pool up front, before anything is pinned: the forkserver they share keeps the CPUs it
+        # was started with, and so would every worker forked from it.
+        if groups & {"cpu", "noop", "stream", "logging"}:  # the sessions that are handed it
+            bare.get(args.workers)
+        for count in args.waiting_workers if "waiting" in groups else ():
+            bare.get(count)
+        if "pin" in groups:
+            bare.get(1, cpus={0})
         workdir = Path(tmp)
         for r in range(sizes.rounds):
-            order = ["sdk", "cmworker"] if r % 2 == 0 else ["cmworker", "sdk"]
-            if sizes.log_pairs:  # the logging session, before or after the two clients in turn
+            pair = ["sdk", "cmworker"] if r % 2 == 0 else ["cmworker", "sdk"]
+            order = list(pair) if groups & {"noop", "cpu", "stream"} else []
+            if sizes.log_pairs and "logging" in groups:  # the logging session, before or after the clients in turn
                 order.insert(0 if r % 2 else len(order), "logging")
-            if sizes.nice0_session:  # likewise beside the default cmworker session
+            if sizes.nice0_session and "cpu" in groups:  # likewise beside the default cmworker session
                 order.insert(order.index("cmworker") + (r // 2) % 2, "cmworker_nice0")
             results: dict[str, Any] = {"order": order}
             for kind in order:
                 progress(f"round {r + 1}/{sizes.rounds}: {kind}")
-                results[kind] = session(kind, sizes, args.workers, spin_n, payload, workdir, tag=f"r{r + 1}-{kind}",
-                                        bare=bare)
+                results[kind] = session(kind, sizes, args.workers, spin_n, workdir, f"r{r + 1}-{kind}",
+                                        bare.get(args.workers), groups)
+            if "payload" in groups:
+                progress(f"round {r + 1}/{sizes.rounds}: payload (thin client, SDK, cmworker)")
+                results["payload"] = payload_session(sizes, args.workers, payload, workdir, f"r{r + 1}-payload")
+            if "waiting" in groups:
+                results["waiting"] = {}
+                for count in args.waiting_workers:
+                    results["waiting"][str(count)] = {}
+                    for kind in pair:
+                        progress(f"round {r + 1}/{sizes.rounds}: waiting, {count} workers, {kind}")
+                        results["waiting"][str(count)][kind] = waiting_session(
+                            kind, sizes, count, workdir, f"r{r + 1}-wait{count}-{kind}", bare.get(count))
+            if "pin" in groups:
+                results["pinned"] = {}
+                for kind in pair:
+                    progress(f"round {r + 1}/{sizes.rounds}: pinned, 1 worker, {kind}")
+                    results["pinned"][kind] = pinned_session(kind, sizes, spin_n, workdir, f"r{r + 1}-pin-{kind}",
+                                                             bare.get(1, cpus={0}))
             raw["rounds"].append(results)
-        progress("transport microbenchmark")
-        raw["transport"] = transport(sizes.transport_cycles, sizes.rounds)
+        if "transport" in groups:
+            progress("transport microbenchmark")
+            raw["transport"] = transport(sizes.transport_cycles, sizes.rounds)
     raw["generator_own_ms"] = generator_own_ms(sizes.stream_items)
     spins = []
     for _ in range(5):

@@ -1,4 +1,4 @@
-"""scripts/bench_e2e.py's app for cmworker: the same four functions as e2e_sdk.py, decorated for cmworker."""
+"""scripts/bench_e2e.py's app for cmworker: the same six functions as e2e_sdk.py, decorated for cmworker."""
 
 import e2e_work
 
@@ -18,6 +18,16 @@ def spin(context, event):
 @cmworker.function
 def echo(context, event):
     return event
+
+
+@cmworker.function
+def nap(context, event):
+    return e2e_work.nap_timed(event)
+
+
+@cmworker.function
+def blob(context, event):
+    return e2e_work.blob(event)
 
 
 @cmworker.function(streaming=True)

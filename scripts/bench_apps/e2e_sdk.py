@@ -1,4 +1,4 @@
-"""scripts/bench_e2e.py's app for the official SDK (foundry-compute-modules): the same four functions as
+"""scripts/bench_e2e.py's app for the official SDK (foundry-compute-modules): the same six functions as
 e2e_cmworker.py, decorated for the SDK. Run as a script; MAX_CONCURRENT_TASKS sets its pool size."""
 
 import e2e_work
@@ -19,6 +19,16 @@ def spin(context, event):
 @function
 def echo(context, event):
     return event
+
+
+@function
+def nap(context, event):
+    return e2e_work.nap_timed(event)
+
+
+@function
+def blob(context, event):
+    return e2e_work.blob(event)
 
 
 @function(streaming=True)

@@ -29,6 +29,19 @@ def spin_timed(n: int) -> list[float]:
     return [start, time.monotonic(), os.getpid()]
 
 
+def nap_timed(ms: float) -> list[float]:
+    """Sleep ``ms`` milliseconds, as a job that waits on an outside service does, answered like
+    ``spin_timed``: [start, end, pid], so the benchmark sees each worker's idle time between two jobs."""
+    start = time.monotonic()
+    time.sleep(ms / 1e3)
+    return [start, time.monotonic(), os.getpid()]
+
+
+def blob(n: int) -> str:
+    """A result of ``n`` characters from a small query (what it costs to build is the same for every client)."""
+    return "x" * n
+
+
 def items(n: int, gap: float = 0.0, stamp: str | None = None) -> Iterator[dict[str, int]]:
     """Yield ``n`` small items, ``gap`` seconds apart; with ``stamp``, write when it started, yielded
     item 0 and finished (``time.monotonic()``, which is system-wide) to that file as JSON, once done.
