@@ -116,7 +116,7 @@ class Dispatcher:
         """Give back a ticket that brought no job (one spent by ``submit`` is left alone)."""
         with self.lock:
             if self._close(ticket):
-                self.lock.notify_all()
+                self.lock.notify()
 
     def _close(self, ticket: Ticket | None) -> bool:
         """Spend ``ticket`` (caller holds the lock); True when it was still open."""
@@ -191,7 +191,7 @@ class Dispatcher:
         with self.lock:
             slot.state = "idle"
             self.idle.append(slot)
-            self.lock.notify_all()
+            self.lock.notify()  # one worker more: one waiting ``reserve`` can go on
 
     def remove_idle(self, slot: Slot) -> bool:
         """Take a worker that died out of the idle ones; True if it was idle."""

@@ -152,9 +152,17 @@ def _envelope_head(body: bytes) -> tuple[str, str] | None:
     if body.find(b'jobId"', pos) != -1 or body.find(b'queryType"', pos) != -1:
         return None
     try:
-        return json.loads(job_id), json.loads(function)
+        return _string(job_id), _string(function)
     except ValueError:
         return None
+
+
+def _string(literal: bytes) -> str:
+    """A JSON string literal's text; most have no escapes, and need no JSON parser."""
+    if b"\\" in literal:
+        text: str = json.loads(literal)
+        return text
+    return literal[1:-1].decode()
 
 
 def job_secrets(v1: dict[str, Any] | None, body: bytes) -> tuple[str, ...]:
