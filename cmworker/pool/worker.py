@@ -132,7 +132,7 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
         return _failure(UnknownFunction(f"no function named {run.function!r}; this app has: {known}",
                                         function=run.function, known=sorted(functions)))
     try:  # the parent read only the head of the envelope: the body is parsed here, once
-        job = json.loads(bytes(run.body))
+        job = json.loads(run.body if isinstance(run.body, bytes | bytearray) else bytes(run.body))
     except (ValueError, RecursionError) as exc:
         return _failure(unreadable_job(exc))
     query, context = _query_and_context(job)
