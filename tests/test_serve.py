@@ -397,3 +397,19 @@ def test_declared_limits_that_contradict_the_configuration_stop_the_start_not_a_
         assert snapshot is not None and snapshot.status == "queued" and snapshot.answer is None
     assert proc.returncode == 2
     assert b"quick" in proc.stdout + proc.stderr and b"soft_timeout" in proc.stdout + proc.stderr
+
+
+def test_a_crash_loop_after_start_up_stops_the_replica_with_a_failure_exit(runtime: EmbeddedRuntime,
+                                                                          tmp_path: Path) -> None:
+    """Workers that start dying once the replica serves trip the breaker: the replica stops, saying why,
+    and exits non-zero so that the platform sees a failed container, not a clean stop."""
+    mark = tmp_path / "die"
+    with cmworker_run(runtime, tmp_path, "", app="dies_after_fork_later.py",
+                      env={"CMWORKER_TEST_DIE_MARK": str(mark)}) as proc:
+        assert answer(runtime, runtime.submit("echo", 1))[0] == "ok"
+        mark.touch()
+        assert answer(runtime, runtime.submit("exit_now"))[0] == "worker_died"
+        assert proc.wait(WAIT) == 1
+    log = (tmp_path / "run.log").read_text()
+    assert "exited with code 7" in log, log[-2000:]
+

@@ -155,6 +155,9 @@ class Poller:
         if self._fatal is not None:
             log.error("stopping: %s", self._fatal)
             return 1
+        if self.pool.unhealthy is not None:  # the crash-loop breaker: a failed container, not a clean stop
+            log.error("stopping: %s", self.pool.unhealthy)
+            return 1
         return self.exit_code
 
     def _log_stats(self) -> None:
