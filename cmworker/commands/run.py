@@ -32,6 +32,8 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def configure_dev(parser: argparse.ArgumentParser) -> None:
     _configure(parser)
     parser.add_argument("--replicas", type=int, default=1, help="embedded runtime replicas (default 1)")
+    parser.add_argument("--no-reload", dest="reload", action="store_false",
+                        help="do not reload the app when its .py files change")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -105,8 +107,27 @@ def run_dev(args: argparse.Namespace) -> int:
                 logging.getLogger("cmworker").info(
                     "embedded runtime at %s; in another terminal try: cmworker call FUNCTION '{...}'",
                     runtime.query_url)
-                return serve(config, env)
+                return _serve_dev(config, env, args.reload)
             finally:
                 withdraw(announcement)
     except CmworkerError as exc:
         return _fatal(exc)
+
+
+def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
+    from cmworker.commands.dev import DevConsole
+    from cmworker.replica.poller import Poller
+    from cmworker.replica.service import Service, discover
+
+    if reload:
+        # Bytecode caches are checked by the source's mtime in whole seconds and its size: an edit made in
+        # the second the cache was written, keeping the size (``return 1`` -> ``return 2``), would import
+        # the old code. Templates started from here inherit this and compile the app from its source.
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    console = DevConsole(config, reload)
+    poller = Poller(config, Service(discover(environ), long_poll_timeout=config.poll_timeout), console.observe)
+    console.attach(poller)
+    try:
+        return poller.run()
+    finally:
+        console.stop()

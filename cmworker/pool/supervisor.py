@@ -23,10 +23,8 @@ on in its orphaned workers, watched through their pidfds, and are answered; thos
 a new template forks their replacements (``_on_template_died``). Only a death after the template's comes
 without a wait status, and its answer says so.
 
-The pieces it drives live beside it: ``options`` (what the pool is), ``jobs`` (what goes in and out),
-``dispatch`` (queued jobs, idle workers and the hand-over, shared with submitting threads), ``crew``
-(the template and the worker processes), ``slot`` (one worker and the I/O on its pipes),
-``template_link`` (the template process and its control socket) and ``timers`` (what wakes the loop).
+The pieces it drives live beside it: ``options``, ``jobs``, ``dispatch`` (the queue and the hand-over),
+``crew`` (template and workers), ``slot``, ``template_link`` and ``timers`` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -195,6 +193,15 @@ class Pool:
     def worker_pids(self) -> list[int]:
         return self._crew.pids()
 
+    def reload(self, on_done: Callable[[str | None], None]) -> None:
+        """Import the app afresh in a new template (any thread; ``crew`` says how). ``on_done(None)`` on the
+        pool's thread once new jobs go to its workers, ``on_done(reason)`` if it cannot import the app."""
+        def ready(message: TemplateReady) -> None:
+            self._on_template_ready(message)
+            on_done(None)
+        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle)
+        self._bell.ring()
+
     def pending_timers(self) -> list[Timer]:
         """The timers in the pool's heap now, cancelled ones not yet dropped included."""
         return self._timers.pending()
@@ -356,6 +363,9 @@ class Pool:
         """A new worker is idle once it said Ready and the template told its pid (in either order)."""
         if slot.state != "starting" or not slot.announced or slot.pid is None:
             return
+        if self._crew.stale(slot):  # forked by a template a reload replaced meanwhile
+            self._crew.retire(slot)
+            return
         self._crew.started()
         self._desk.make_idle(slot)
         if not self._ready.is_set() and len(self._desk.idle) >= self.options.workers:
@@ -424,12 +434,8 @@ class Pool:
 
     def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
-        """Answer the slot's job — the only place an answer is made, at most once per job.
-
-        The job's output is logged before its answer. An answer the worker sent came in the same batch
-        of events as that output, which was read first (``_wait_for_events``): the pipes need reading
-        again only when that read may have left some behind.
-        """
+        """Answer the slot's job — the only place an answer is made, at most once per job. Its output is
+        logged first; an answer the worker sent came with that output, read first (``_wait_for_events``)."""
         job = slot.job
         if job is None or slot.answered:
             return
@@ -446,11 +452,8 @@ class Pool:
                                     cpu=cpu, max_rss=slot.peak_rss))
 
     def _deliver(self) -> None:
-        """Hand out the answers made in this turn of the loop — last, just before the loop blocks again.
-
-        Waking a caller's thread and then holding the GIL for the rest of the turn would make it wait;
-        done last, the woken thread gets the interpreter as soon as this one sleeps in ``select``.
-        """
+        """Hand out the answers made in this turn of the loop, last: a caller's thread woken earlier would wait
+        for the GIL the rest of the turn; now it gets the interpreter as this one sleeps in ``select``."""
         while self._answers:
             self._call(self.on_answer, self._answers.popleft())
 
@@ -467,9 +470,10 @@ class Pool:
             self._crew.retire(slot)
             return
         if self._desk.start_next(slot):  # already in the worker's socket: it is running from now on
+            slot.retiring = self._crew.stale(slot)  # sent ahead before a reload: the last on the old code
             return
         recycle = self.options.max_jobs_per_worker
-        if slot.orphan or (recycle and slot.jobs_done >= recycle):
+        if slot.orphan or self._crew.stale(slot) or (recycle and slot.jobs_done >= recycle):
             self._crew.retire(slot)
         else:
             self._desk.make_idle(slot)

@@ -150,6 +150,10 @@ class Poller:
         self._stopping.set()
         self._poke()
 
+    def reloaded(self) -> None:
+        """The pool serves a reloaded app (``cmworker dev``): each function's limits are worked out anew."""
+        self._limits = {}
+
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
 
