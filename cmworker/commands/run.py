@@ -53,7 +53,7 @@ def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Ob
     # until the poller installs its own, SIGTERM/SIGINT end the process: no job is held yet.
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {signum: signal.signal(signum, _stop_before_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {signum: signal.signal(signum, _stop_before_serving) for signum in _STOP_SIGNALS}
     try:
         endpoints = discover(environ)
     finally:
@@ -61,6 +61,9 @@ def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Ob
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
     return Poller(config, service, observer).run()
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:
@@ -97,6 +100,10 @@ def run_dev(args: argparse.Namespace) -> int:
     from cmworker.runtime.discovery import publish, withdraw
     from cmworker.runtime.embedded import EmbeddedRuntime
 
+    # Until the replica handles them itself, a signal ends the dev server through its ``finally`` clauses:
+    # the runtime's temporary directory (its key, the caller's token) and its announcement are removed.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         config = _load(args)
         _configure_logs(config, dev=True)
@@ -131,3 +138,7 @@ def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
         return poller.run()
     finally:
         console.stop()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
