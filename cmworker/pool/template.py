@@ -126,6 +126,7 @@ class Template:
         logs.configure("sls", self.options.log_level, stream=sys.stderr, logger_levels=self.options.logger_levels)
         mode = "cgroup" if self.cgroup else "process_tree"
         logs.get_logger("cmworker.template").info("job_process_tracking", mode=mode, detail=how)
+        _warn_of_threads(logs.get_logger("cmworker.template"))
         sys.stderr.flush()
 
     def handle_control(self) -> None:
@@ -248,6 +249,20 @@ class Template:
                     time.sleep(0.005)
             cgroups.remove(self.cgroup)
         os._exit(0)
+
+
+def _warn_of_threads(log: Any) -> None:
+    """Threads the app's import started are alive here and in no worker: a fork copies only the thread
+    that forks. An app that counts on one (a cache refresher, a metrics pusher) would silently lose it."""
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if others:
+        names = ", ".join(repr(t.name) for t in others)
+        log.warning(f"the app started {len(others)} thread(s) while it was imported ({names}); they do not "
+                    "run in the workers, which are forked from this process, and a fork copies only the "
+                    "thread that forks. Start them inside the function, or on first use in each worker",
+                    threads=[t.name for t in others])
 
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:
