@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -137,3 +138,24 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_ps_tells_the_parent_the_template_and_the_workers_apart(tmp_path: Path) -> None:
+    import psutil
+
+    def title(process: psutil.Process) -> str:
+        return " ".join(process.cmdline()).strip()  # the rewritten argv area is padded
+
+    with dev_server(tmp_path, APP.format(who="one")) as dev, dev.client() as client:
+        parent = psutil.Process(dev.proc.pid)
+        assert title(parent) == "cmworker: parent"
+        templates = [p for p in parent.children() if title(p).startswith("cmworker: template")]
+        assert [title(p) for p in templates] == ["cmworker: template app.py"]
+        workers = templates[0].children()
+        assert sorted(title(p) for p in workers) == ["cmworker: worker 1 idle", "cmworker: worker 2 idle"]
+        job = client.run("hold", {"seconds": 3})
+        deadline = time.monotonic() + WAIT
+        while not any(title(p).endswith(" [hold]") for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any(re.fullmatch(r"cmworker: worker [12] \[hold\]", title(p)) for p in workers)
+        assert client.get_result(job, timeout=WAIT) == "one"

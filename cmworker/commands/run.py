@@ -46,9 +46,11 @@ def _load(args: argparse.Namespace) -> Config:
 def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Observer | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error;
     ``observer`` is told of each step of each job (``cmworker.replica.poller.Observer``)."""
+    from cmworker.proctitle import set_title
     from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
 
+    set_title("cmworker: parent")
     # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
     # until the poller installs its own, SIGTERM/SIGINT end the process: no job is held yet.
     previous = {}
@@ -123,8 +125,11 @@ def run_dev(args: argparse.Namespace) -> int:
 
 def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
     from cmworker.commands.dev import DevConsole
+    from cmworker.proctitle import set_title
     from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
+
+    set_title("cmworker: parent")
 
     if reload:
         # Bytecode caches are checked by the source's mtime in whole seconds and its size: an edit made in

@@ -51,6 +51,7 @@ from cmworker.pool.messages import (
     unpack_packet,
 )
 from cmworker.pool.options import PoolOptions
+from cmworker.proctitle import set_title
 
 _PR_SET_CHILD_SUBREAPER = 36
 # How long the template, shutting down, waits for the processes it killed, so their cgroups can go.
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> NoReturn:
     control = socket.socket(fileno=int(argv[1]))
     sys.path[:] = json.loads(argv[2])
     options = PoolOptions.from_json(argv[3])
+    set_title(f"cmworker: template {options.app or ''}".rstrip())
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
@@ -138,7 +140,7 @@ class Template:
             self.shutdown()
         message = unpack_packet(data)
         if isinstance(message, Spawn) and len(fds) == 3:
-            pid = self.fork_worker(fds)
+            pid = self.fork_worker(fds, message.slot)
             try:
                 self.control.send(pack_packet(Spawned(message.slot, pid)))
             except OSError:  # the pool closed while this worker was being forked
@@ -147,12 +149,12 @@ class Template:
             for fd in fds:
                 os.close(fd)
 
-    def fork_worker(self, fds: list[int]) -> int:
+    def fork_worker(self, fds: list[int], slot: int = 0) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self.become_worker(fds)
+            self.become_worker(fds, slot)
         # Both sides set the group, so neither a signal to the group nor the worker's first job can
         # race ahead of it.
         with contextlib.suppress(OSError):
@@ -162,9 +164,10 @@ class Template:
         self.workers.add(pid)
         return pid
 
-    def become_worker(self, fds: list[int]) -> NoReturn:
+    def become_worker(self, fds: list[int], slot: int = 0) -> NoReturn:
         code = 70
         try:
+            set_title(f"cmworker: worker {slot} idle")
             os.setpgid(0, 0)
             # Before anything else can run here: from now on every orphan of this worker's jobs is
             # re-parented to it, and counted and killed with its job.
@@ -193,7 +196,7 @@ class Template:
                            logger_levels=self.options.logger_levels)
             from cmworker.pool.worker import serve
 
-            serve(socket.socket(fileno=sock_fd), self.functions)
+            serve(socket.socket(fileno=sock_fd), self.functions, f"cmworker: worker {slot}")
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
