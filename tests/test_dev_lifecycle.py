@@ -110,7 +110,7 @@ def test_cmworker_call_prints_no_traceback_whatever_the_runtime_state(tmp_path: 
         announced = json.loads((dev.state / "runtime.json").read_text())
         # A call in the middle of the server's shutdown: it is still announced, but its CA bundle
         # is gone and its port closes.
-        job = dev.client().run("hold", {"seconds": 2})
+        job = dev.client().run("hold", {"seconds": 1})
         dev.proc.send_signal(signal.SIGTERM)
         outputs = []
         while dev.proc.poll() is None:
@@ -153,7 +153,7 @@ def test_ps_tells_the_parent_the_template_and_the_workers_apart(tmp_path: Path) 
         assert [title(p) for p in templates] == ["cmworker: template app.py"]
         workers = templates[0].children()
         assert sorted(title(p) for p in workers) == ["cmworker: worker 1 idle", "cmworker: worker 2 idle"]
-        job = client.run("hold", {"seconds": 3})
+        job = client.run("hold", {"seconds": 1.5})
         deadline = time.monotonic() + WAIT
         while not any(title(p).endswith(" [hold]") for p in workers) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -109,7 +109,8 @@ def run_dev(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
         _configure_logs(config, dev=True)
-        with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers) as runtime:
+        with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers,
+                             long_poll=_DEV_LONG_POLL) as runtime:
             announcement = publish(runtime)
             try:
                 env = {**os.environ, **runtime.env(0)}
@@ -143,6 +144,12 @@ def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
         return poller.run()
     finally:
         console.stop()
+
+
+# How long the embedded runtime holds an idle GET job. Stopping waits for the GET in flight to come back:
+# held 5 s (the default), every Ctrl-C of `cmworker dev` took 5 s. A job still goes out the moment it
+# is queued; only an idle replica's GETs come more often, on loopback.
+_DEV_LONG_POLL = 1.0
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
