@@ -73,3 +73,55 @@ def test_a_job_running_across_a_reload_is_answered_by_the_old_code_once(tmp_path
         assert console.count(f"job_id={job}") == 1  # one answer, posted once: no refused or repeated POST
         assert "refused" not in console and "409" not in console
 
+
+
+POOL_APP = '''
+import time
+import cmworker
+
+
+@cmworker.function
+def version(context, event) -> str:
+    time.sleep(event.get("sleep", 0))
+    return "v1"
+'''
+
+
+def test_the_old_template_dying_during_a_reload_spares_the_job_running_on_its_worker(tmp_path: Path) -> None:
+    """The old template is kept until its last worker exits; if it dies first, that worker's job is still
+    answered (its exit is watched through a pidfd) and the new template serves on."""
+    import os
+    import signal
+    import threading
+
+    from cmworker.pool.supervisor import PoolOptions
+    from tests.pool_harness import Harness, descendants, wait_gone
+
+    app = tmp_path / "app.py"
+    app.write_text(POOL_APP)
+    before = descendants()
+    harness = Harness(PoolOptions(workers=1, app=str(app), worker_nice=0))
+    harness.pool.start()
+    try:
+        old_template = harness.pool.template_pid
+        running = harness.submit("version", {"sleep": 1.5})
+        harness.wait_sent(running)
+        app.write_text(POOL_APP.replace('"v1"', '"v2"'))
+        done = threading.Event()
+        outcome: list[str | None] = []
+        harness.pool.reload(lambda error: (outcome.append(error), done.set()))
+        assert done.wait(30) and outcome == [None]
+        assert harness.pool.template_pid != old_template
+        assert old_template is not None
+        os.kill(old_template, signal.SIGKILL)
+        assert harness.payload(harness.run("version", {})) == "v2"
+        assert harness.payload(harness.wait(running)) == "v1"
+        old_worker = harness.wait(running).pid
+        deadline = time.monotonic() + 10  # its exit is seen, though no template reports it
+        while old_worker in harness.pool.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert old_worker not in harness.pool.worker_pids()
+        harness.assert_answered_once()
+    finally:
+        harness.pool.close()
+        wait_gone(descendants() - before)

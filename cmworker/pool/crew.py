@@ -171,17 +171,18 @@ class Crew:
         return self._generation_of.get(slot.id, self.generation) != self.generation
 
     def reload(self, on_ready: Callable[[TemplateReady], None], on_failed: Callable[[str], None],
-               remove_idle: Callable[[Slot], bool]) -> None:
+               remove_idle: Callable[[Slot], bool], on_gone: Callable[[Slot], None]) -> None:
         """Start a new template importing the app afresh. Once it is ready it takes over (``generation`` goes
         up), the old workers retire (``retire_stale``) and ``on_ready(TemplateReady)`` is called;
         ``on_failed(reason)`` if it cannot import the app, the old template going on as before. A reload
-        asked during another replaces that one."""
+        asked during another replaces that one. Should the old template die while its workers finish,
+        their exits are watched through their pidfds and told to ``on_gone``."""
         if self.next is not None:
             self._drop(self.next)
 
         def on_message(message: Message) -> None:
             if isinstance(message, TemplateReady):
-                self._swap(link)
+                self._swap(link, on_gone)
                 self.retire_stale(remove_idle)
                 on_ready(message)
             elif isinstance(message, TemplateFailed):
@@ -205,15 +206,24 @@ class Crew:
             elif self.stale(slot) and slot.next is None:
                 slot.retiring = True
 
-    def _swap(self, link: TemplateLink) -> None:
+    def _swap(self, link: TemplateLink, on_gone: Callable[[Slot], None]) -> None:
         old, self.template, self.next = self.template, link, None
         link.state = "ready"
         link.on_message = old.on_message  # from now on it forks the pool's workers
         link.on_exit = old.on_exit
-        old.on_exit = lambda status, was_starting: None  # its workers are watched by their pidfds then
+        generation = self.generation
+        old.on_exit = lambda status, was_starting: self._retired_died(generation, on_gone)
         self._retired[self.generation] = old
         self.generation += 1
         self.after(0.0, self._close_idle_templates)
+
+    def _retired_died(self, generation: int, on_gone: Callable[[Slot], None]) -> None:
+        """A retired template died before its last worker: nobody reports those workers' exits any more."""
+        for slot in [s for s in self.slots.values() if self._generation_of.get(s.id) == generation]:
+            if not self.watch_orphan(slot, on_gone):  # still starting, or no pidfd: it goes now
+                if slot.pid is not None:
+                    processes.kill_group(slot.pid, signal.SIGKILL)
+                on_gone(slot)
 
     def _drop(self, link: TemplateLink) -> None:
         if link is self.next:

@@ -199,7 +199,7 @@ class Pool:
         def ready(message: TemplateReady) -> None:
             self._on_template_ready(message)
             on_done(None)
-        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle)
+        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle, self._on_worker_gone)
         self._bell.ring()
 
     def pending_timers(self) -> list[Timer]:
