@@ -78,12 +78,6 @@ def test_threads_alive_after_the_import_are_warned_of_naming_them(tmp_path: Path
         assert "cache-refresher" not in dev.call("alive")  # what the warning says
 
 
-def test_a_clean_app_gets_no_thread_warning(tmp_path: Path) -> None:
-    with dev_server(tmp_path, THREADS.replace(".start()", "")) as dev:  # made, never started
-        assert dev.call("alive") == ["MainThread"]
-        assert "thread(s) while it was imported" not in dev.text()
-
-
 LIMITS = '''
 import cmworker
 

@@ -62,6 +62,8 @@ def test_streamed_items_are_printed_as_they_arrive_one_json_value_a_line(tmp_pat
             gate.touch()
             assert proc.stdout.read() == "1\n2\n"  # scalars never run together
             assert proc.wait(WAIT) == 0
+            line = dev.wait_for("function=count ").split("function=count ")[1].splitlines()[0]
+            assert "kind=ok" in line and " items=3 streamed=3 B" in line and "result=" not in line
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -80,10 +80,10 @@ def test_the_console_shows_what_a_person_needs_for_each_outcome(tmp_path: Path) 
         assert re.search(r"\n\s+slow\s+1 s\s+none\s+none\s+32 MiB", table)
 
         assert dev.call("fine") == {"x": 1}
-        for function in ("fails", "crashes", "slow", "hog"):
+        for function in ("fails", "crashes", "slow", "hog", "nowhere"):
             with pytest.raises(JobError):
                 dev.call(function)
-        console = dev.wait_for("function=hog ")
+        console = dev.wait_for("function=nowhere ")
 
         line, below = _line(console, "fine")
         assert "kind=ok" in line
@@ -111,6 +111,11 @@ def test_the_console_shows_what_a_person_needs_for_each_outcome(tmp_path: Path) 
         assert "kind=memory_limit" in line and " cpu=" not in line
         assert re.search(r"peak_rss=[\d.]+ MiB", line)
         assert "over its limit of 64MiB" in below
+
+        line, below = _line(console, "nowhere")
+        assert "kind=unknown_function" in line
+
+        assert "thread(s) while it was imported" not in console  # the app starts none
 
         assert dev.stop(signal.SIGINT) == 0
         assert "stopping: no job is running" in dev.text()

@@ -3,11 +3,16 @@ across a reload finishes on the code it started with, answered once."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 
+from cmworker.pool.supervisor import PoolOptions
 from tests.dev_harness import dev_server, edit
+from tests.pool_harness import Harness, descendants, wait_gone
 
 APP = '''
 import time
@@ -90,13 +95,6 @@ def version(context, event) -> str:
 def test_the_old_template_dying_during_a_reload_spares_the_job_running_on_its_worker(tmp_path: Path) -> None:
     """The old template is kept until its last worker exits; if it dies first, that worker's job is still
     answered (its exit is watched through a pidfd) and the new template serves on."""
-    import os
-    import signal
-    import threading
-
-    from cmworker.pool.supervisor import PoolOptions
-    from tests.pool_harness import Harness, descendants, wait_gone
-
     app = tmp_path / "app.py"
     app.write_text(POOL_APP)
     before = descendants()
