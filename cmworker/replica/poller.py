@@ -347,7 +347,8 @@ class Poller:
 
     def _answer_now(self, job_id: str, error: JobError, function: str = "") -> None:
         self.outcomes[error.kind] += 1
-        self._events.warning("job_finished", job_id=job_id, function=function or None, kind=error.kind,
+        named = {"function": function} if function else {}  # "": the body named none that could be read
+        self._events.warning("job_finished", job_id=job_id, **named, kind=error.kind,
                              result_bytes=len(error.to_bytes()))
         self.ledger.queue_answer(Outgoing(job_id, error.to_bytes(), None))
 
