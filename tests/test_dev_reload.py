@@ -59,6 +59,12 @@ def test_an_edit_that_breaks_the_import_keeps_the_old_code_and_prints_the_error(
         edit(tmp_path / "app.py", "return (1", "return 3")  # fixed: served again
         dev.wait_for("reloaded the app")
         assert dev.call("answer") == 3
+        # Limits that cannot hold are refused as a failed import is, the code before serving on.
+        edit(tmp_path / "app.py", "@cmworker.function\ndef answer", '@cmworker.function(timeout="1s", '
+             'soft_timeout="2s")\ndef answer')
+        console = dev.wait_for("reload failed", count=2)
+        assert "function 'answer'" in console.split("reload failed")[2]
+        assert dev.call("answer") == 3 and dev.proc.poll() is None
 
 
 def test_a_job_running_across_a_reload_is_answered_by_the_old_code_once(tmp_path: Path) -> None:

@@ -66,7 +66,9 @@ class DevConsole:
             self._started = True
             self._print_functions()
             if self.reload and self.poller is not None:
-                self.reloader = Reloader(str(self.config.app), self.poller.pool.reload, self._reloaded)
+                pool = self.poller.pool
+                self.reloader = Reloader(str(self.config.app), lambda done: pool.reload(done, self.check_limits),
+                                         self._reloaded)
                 self.reloader.start()
                 log.info("reload is on: editing a .py file under %s reloads the app (--no-reload: off)",
                          self.reloader.root)
@@ -96,6 +98,19 @@ class DevConsole:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                          for row in rows)
+
+    def check_limits(self, functions_json: str) -> str | None:
+        """Why the functions a reloaded app declares cannot be served (limits that cannot hold), or None:
+        such an app is refused as a failed import is, the code loaded before serving on."""
+        try:
+            info = json.loads(functions_json)
+            for name in sorted(info):
+                self.config.limits_for(name, info[name])
+        except CmworkerError as exc:
+            return str(exc)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return f"the new template described its functions wrongly: {exc}"
+        return None
 
     def _reloaded(self, changed: list[str], error: str | None) -> None:
         assert self.reloader is not None and self.poller is not None

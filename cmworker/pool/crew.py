@@ -171,23 +171,30 @@ class Crew:
         return self._generation_of.get(slot.id, self.generation) != self.generation
 
     def reload(self, on_ready: Callable[[TemplateReady], None], on_failed: Callable[[str], None],
-               remove_idle: Callable[[Slot], bool], on_gone: Callable[[Slot], None]) -> None:
+               remove_idle: Callable[[Slot], bool], on_gone: Callable[[Slot], None],
+               check: Callable[[str], str | None] | None = None) -> None:
         """Start a new template importing the app afresh. Once it is ready it takes over (``generation`` goes
         up), the old workers retire (``retire_stale``) and ``on_ready(TemplateReady)`` is called;
         ``on_failed(reason)`` if it cannot import the app, the old template going on as before. A reload
         asked during another replaces that one. Should the old template die while its workers finish,
-        their exits are watched through their pidfds and told to ``on_gone``."""
+        their exits are watched through their pidfds and told to ``on_gone``. ``check(functions JSON)``
+        may refuse the new app with a reason, as a failed import is."""
         if self.next is not None:
             self._drop(self.next)
 
         def on_message(message: Message) -> None:
+            problem = None
             if isinstance(message, TemplateReady):
+                problem = check(message.functions) if check is not None else None
+            elif isinstance(message, TemplateFailed):
+                problem = message.reason
+            if isinstance(message, TemplateReady) and problem is None:
                 self._swap(link, on_gone)
                 self.retire_stale(remove_idle)
                 on_ready(message)
-            elif isinstance(message, TemplateFailed):
+            elif problem is not None:
                 self._drop(link)
-                on_failed(message.reason)
+                on_failed(problem)
 
         def on_exit(status: int, was_starting: bool) -> None:
             self.next = None

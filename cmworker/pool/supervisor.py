@@ -193,13 +193,14 @@ class Pool:
     def worker_pids(self) -> list[int]:
         return self._crew.pids()
 
-    def reload(self, on_done: Callable[[str | None], None]) -> None:
+    def reload(self, on_done: Callable[[str | None], None], check: Callable[[str], str | None] | None = None) -> None:
         """Import the app afresh in a new template (any thread; ``crew`` says how). ``on_done(None)`` on the
-        pool's thread once new jobs go to its workers, ``on_done(reason)`` if it cannot import the app."""
+        pool's thread once new jobs go to its workers, ``on_done(reason)`` if it cannot import the app or
+        ``check(functions JSON)`` returns a reason. Until then the old code serves on."""
         def ready(message: TemplateReady) -> None:
             self._on_template_ready(message)
             on_done(None)
-        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle, self._on_worker_gone)
+        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle, self._on_worker_gone, check)
         self._bell.ring()
 
     def pending_timers(self) -> list[Timer]:
