@@ -58,6 +58,7 @@ class Crew:
         self._generation_of: dict[int, int] = {}    # slot id -> generation of the template that forked it
         self.next: TemplateLink | None = None       # a reload's template while it imports the app
         self._retired: dict[int, TemplateLink] = {}  # generation -> old template, until its workers are gone
+        self._closing: list[TemplateLink] = []       # templates dropped, closed on the loop's next turn
 
     def pids(self) -> list[int]:
         return [s.pid for s in list(self.slots.values()) if s.pid is not None and s.state != "dead"]
@@ -157,11 +158,12 @@ class Crew:
             slot.close_output()
             slot.close_pidfd()
         self.slots.clear()
-        for link in [self.next, *self._retired.values()]:
+        for link in [self.next, *self._retired.values(), *self._closing]:
             if link is not None:
                 link.close()
         self.next = None
         self._retired.clear()
+        self._closing.clear()
         self.template.close()  # it kills any worker left and exits
 
     # -- reload: a new template beside the old one ----------------------------------------------
@@ -237,8 +239,13 @@ class Crew:
             self.next = None
         link.on_exit = lambda status, was_starting: None
         # Later, on the loop's timers: this may run inside the link's own read, or in a batch of events
-        # that still holds one for its pipes.
-        self.after(0.0, link.close)
+        # that still holds one for its pipes. (Or in ``close``, if the pool ends first.)
+        self._closing.append(link)
+        self.after(0.0, self._close_dropped)
+
+    def _close_dropped(self) -> None:
+        while self._closing:
+            self._closing.pop().close()
 
     def _close_idle_templates(self) -> None:
         """Close each retired template once no worker it forked is left."""
