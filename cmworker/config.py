@@ -179,6 +179,12 @@ class Config:
         _check_soft_below_hard(limits, origins, f"function {name!r}: ")
         return limits
 
+    def limit_lines(self, name: str, declared: Mapping[str, object] | None) -> list[tuple[str, str]]:
+        """Function ``name``'s limits as ``(TOML line, where it came from)``, its decorator's included."""
+        limits, origins = _layer_function_limits(self, name, declared)
+        return [(f"{limit} = {setting.show(getattr(limits, limit))}", origins[limit])
+                for limit, setting in _PER_FUNCTION.items()]
+
     def check_functions(self, registered: Iterable[str]) -> None:
         """``ConfigError`` when a ``[functions.NAME]`` table names no registered function (likely a typo)."""
         known = list(registered)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from typing import Any, ClassVar
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "UnknownFunction",
     "WorkerDied",
     "error_from_payload",
+    "user_frames",
 ]
 
 
@@ -289,3 +291,25 @@ def error_from_payload(payload: Any) -> JobError | None:
         return None
     details = {k: v for k, v in payload.items() if k not in ("error", "kind")}
     return cls(error, **details)
+
+
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_frames(traceback_text: str) -> str:
+    """A formatted traceback with cmworker's own frames (and importlib's) left out, for a person to read:
+    what is left starts at the user's code. Text that is not a traceback comes back unchanged."""
+    out: list[str] = []
+    skipping = False
+    for line in traceback_text.splitlines():
+        if line.startswith('  File "'):
+            path = line[len('  File "'):].split('"', 1)[0]
+            skipping = path.startswith((_OWN_DIR, "<frozen importlib")) or f"{os.sep}importlib{os.sep}" in path
+            if not skipping:
+                out.append(line)
+        elif line.startswith("    ") and skipping:
+            continue
+        else:
+            skipping = False
+            out.append(line)
+    return "\n".join(out) + ("\n" if traceback_text.endswith("\n") else "")

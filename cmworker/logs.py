@@ -41,6 +41,7 @@ from typing import Any, TextIO
 import structlog
 
 from cmworker.redaction import REDACTED, SECRETS
+from cmworker.units import human_duration, human_size
 
 # SLS knows these six levels only; Python's WARNING and CRITICAL must be renamed, never passed through.
 SLS_LEVELS = {"trace": "TRACE", "debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN",
@@ -199,7 +200,12 @@ class ConsoleRenderer:
         stack = _stacktrace(event)
         for key in ("_record", "_from_structlog", "origin", "session_id", "process_id", "safe", "unsafe"):
             event.pop(key, None)
-        fields = " ".join(f"{k}={v}" for k, v in event.items() if v is not None)
+        below = None
+        if message == "job_finished":
+            extra, below = _JOB_NOTES.pop(str(event.get("job_id")), ({}, None))
+            event.update(extra)
+        fields = " ".join(f"{k.removesuffix('_s').removesuffix('_bytes')}={_human(k, v)}"
+                          for k, v in event.items() if v is not None)
         stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
         tag = f"{level:<5}"
         if self.colours:
@@ -207,7 +213,35 @@ class ConsoleRenderer:
         text = f"{stamp} {tag} {message}" + (f"  {fields}" if fields else "")
         if stack:
             text += "\n" + stack.rstrip()
+        if below:
+            text += "\n" + "\n".join(f"    {line}" for line in below.rstrip().splitlines())
         return redact(text)
+
+
+# Console only (``cmworker dev``): what a job's ``job_finished`` line should also show, by job id —
+# fields to add or replace (None leaves one out) and text to print under it (a traceback, last output).
+_JOB_NOTES: dict[str, tuple[dict[str, Any], str | None]] = {}
+
+
+def note_job(job_id: str, fields: dict[str, Any], below: str | None = None) -> None:
+    """Set what the console shows with the ``job_finished`` line of ``job_id`` (``cmworker dev``); nothing
+    when lines are not rendered for a console (SLS lines stay exactly what they are)."""
+    processors = structlog.get_config()["processors"]
+    if processors and isinstance(processors[-1], ConsoleRenderer):
+        _JOB_NOTES[job_id] = (fields, below)
+
+
+def _human(key: str, value: Any) -> str:
+    """A field as a person reads it: seconds and bytes in units, a mapping as ``k=v`` pairs."""
+    if isinstance(value, bool):
+        return str(value)
+    if key.endswith("_s") and isinstance(value, int | float):
+        return human_duration(value)
+    if key.endswith("_bytes") and isinstance(value, int):
+        return human_size(value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def _stacktrace(event: MutableMapping[str, Any]) -> str | None:

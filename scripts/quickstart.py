@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,10 @@ CALLS: list[tuple[str, Any, str]] = [
 def main() -> int:
     from cmworker import Client, JobError
 
+    # A terminal closed (SIGHUP) or a kill (SIGTERM) ends the script through the ``finally`` below, which
+    # stops the dev server and removes the directory: it holds the runtime's announcement and caller token.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     state = tempfile.mkdtemp(prefix="cmworker-quickstart-")
     env = {**os.environ, "CMWORKER_STATE_DIR": state}
     with open(Path(state) / "dev.log", "wb") as log:
@@ -49,6 +54,12 @@ def main() -> int:
             dev.wait(30)
         except subprocess.TimeoutExpired:
             dev.kill()
+            dev.wait()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _connect(client_class: Any, state: str, dev: subprocess.Popen[bytes]) -> Any:

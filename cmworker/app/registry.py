@@ -25,7 +25,7 @@ from typing import Any, TypeVar, overload
 from cmworker.app.context import job_context
 from cmworker.app.pipeline import pipeline_entry
 from cmworker.app.schema import CallTypes, UnsupportedType, analyse_call
-from cmworker.errors import AppLoadError, InvalidInput
+from cmworker.errors import AppLoadError, InvalidInput, user_frames
 from cmworker.units import parse_duration, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +72,7 @@ class FunctionSpec:
 
 
 _registry: dict[str, FunctionSpec] = {}
+_loading = False  # load_app is importing an app
 
 
 def registry() -> Mapping[str, FunctionSpec]:
@@ -125,10 +126,29 @@ def function(
         # defined further down the module: load_app reads the hints again once it exists.
         with contextlib.suppress(NameError):
             spec.call_types  # noqa: B018
+        _check_unique(spec)
         _registry[spec.name] = spec
         return f
 
     return register if fn is None else register(fn)
+
+
+def _check_unique(spec: FunctionSpec) -> None:
+    """Two functions of an app registered under one name would leave one of them silently unreachable.
+
+    Checked while ``load_app`` imports an app; elsewhere (a notebook or a test defining a function
+    again) the later definition replaces the earlier, as a redefined Python function does."""
+    earlier = _registry.get(spec.name)
+    if not _loading or earlier is None or earlier.fn is spec.fn or _where(earlier.fn) == _where(spec.fn):
+        return  # the same function (or its module imported again): registered once
+    raise AppLoadError(f"two functions are registered as {spec.name!r}: {_where(earlier.fn)} and "
+                       f"{_where(spec.fn)}; rename one, or give one a name with @function(name=...)")
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", repr(fn))
+    return f"{name} at {code.co_filename}:{code.co_firstlineno}" if code is not None else name
 
 
 def load_app(spec: str) -> Mapping[str, FunctionSpec]:
@@ -142,10 +162,15 @@ def load_app(spec: str) -> Mapping[str, FunctionSpec]:
         module_name = os.path.splitext(os.path.basename(path))[0]
     elif "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    global _loading
     try:
+        _loading = True
         module = importlib.import_module(module_name)
     except BaseException as exc:
-        raise AppLoadError(f"importing app {spec!r} failed:\n{traceback.format_exc()}") from exc
+        # From the user's code on: cmworker's and importlib's frames before it are no help to them.
+        raise AppLoadError(f"importing app {spec!r} failed:\n{user_frames(traceback.format_exc())}") from exc
+    finally:
+        _loading = False
     if attribute:
         try:
             target = getattr(module, attribute)

@@ -32,6 +32,8 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 def configure_dev(parser: argparse.ArgumentParser) -> None:
     _configure(parser)
     parser.add_argument("--replicas", type=int, default=1, help="embedded runtime replicas (default 1)")
+    parser.add_argument("--no-reload", dest="reload", action="store_false",
+                        help="do not reload the app when its .py files change")
     from cmworker.commands.pipeline import add_dev_flags
 
     add_dev_flags(parser)
@@ -47,14 +49,16 @@ def _load(args: argparse.Namespace) -> Config:
 def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Observer | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error;
     ``observer`` is told of each step of each job (``cmworker.replica.poller.Observer``)."""
+    from cmworker.proctitle import set_title
     from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
 
+    set_title("cmworker: parent")
     # Discovery may wait for the runtime's files. As PID 1 a signal without a handler is ignored, so
     # until the poller installs its own, SIGTERM/SIGINT end the process: no job is held yet.
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {signum: signal.signal(signum, _stop_before_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {signum: signal.signal(signum, _stop_before_serving) for signum in _STOP_SIGNALS}
     try:
         endpoints = discover(environ)
     finally:
@@ -62,6 +66,9 @@ def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Ob
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
     return Poller(config, service, observer).run()
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:
@@ -102,18 +109,55 @@ def run_dev(args: argparse.Namespace) -> int:
     from cmworker.runtime.discovery import publish, withdraw
     from cmworker.runtime.embedded import EmbeddedRuntime
 
+    # Until the replica handles them itself, a signal ends the dev server through its ``finally`` clauses:
+    # the runtime's temporary directory (its key, the caller's token) and its announcement are removed.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         config = _load(args)
         _configure_logs(config, dev=True)
-        with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers) as runtime:
+        with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers,
+                             long_poll=_DEV_LONG_POLL) as runtime:
             announcement = publish(runtime)
             try:
                 env = {**os.environ, **runtime.env(0)}
                 logging.getLogger("cmworker").info(
                     "embedded runtime at %s; in another terminal try: cmworker call FUNCTION '{...}'",
                     runtime.query_url)
-                return serve(config, env)
+                return _serve_dev(config, env, args.reload)
             finally:
                 withdraw(announcement)
     except CmworkerError as exc:
         return _fatal(exc)
+
+
+def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
+    from cmworker.commands.dev import DevConsole
+    from cmworker.proctitle import set_title
+    from cmworker.replica.poller import Poller
+    from cmworker.replica.service import Service, discover
+
+    set_title("cmworker: parent")
+
+    if reload:
+        # Bytecode caches are checked by the source's mtime in whole seconds and its size: an edit made in
+        # the second the cache was written, keeping the size (``return 1`` -> ``return 2``), would import
+        # the old code. Templates started from here inherit this and compile the app from its source.
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    console = DevConsole(config, reload)
+    poller = Poller(config, Service(discover(environ), long_poll_timeout=config.poll_timeout), console.observe)
+    console.attach(poller)
+    try:
+        return poller.run()
+    finally:
+        console.stop()
+
+
+# How long the embedded runtime holds an idle GET job. Stopping waits for the GET in flight to come back:
+# held 5 s (the default), every Ctrl-C of `cmworker dev` took 5 s. A job still goes out the moment it
+# is queued; only an idle replica's GETs come more often, on loopback.
+_DEV_LONG_POLL = 1.0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -156,21 +156,53 @@ def run_call(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     try:
         with Client(args.url, token=args.token, ca=args.ca, state_dir=args.state_dir) as client:
-            result = client.call(args.function, payload, timeout=args.timeout)
+            return _call(client, args.function, payload, args.timeout)
     except JobError as exc:
-        print(f"{exc.kind}: {exc}", file=sys.stderr)
-        traceback_text = getattr(exc, "remote_traceback", "")
-        if traceback_text:
-            print(traceback_text.rstrip(), file=sys.stderr)
+        print(_describe_error(exc), file=sys.stderr)
         return EXIT_ERROR_ANSWER
-    except RuntimeUnavailable as exc:
-        print(f"cmworker call: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     except TimeoutError as exc:
         print(f"cmworker call: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
-    _print_result(result)
+    except RuntimeUnavailable as exc:
+        print(f"cmworker call: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # The runtime went away mid-call (a dev server stopping removes its CA bundle and closes its
+        # port), or answered something that is not its API: say so, without a traceback.
+        print(f"cmworker call: the runtime could not be reached or did not answer as expected: {exc}",
+              file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _call(client: Any, function: str, payload: Any, timeout: float | None) -> int:
+    """Print a streaming job's items as they come, one JSON value a line; else its one result."""
+    job_id = client.run(function, payload)
+    streamed = False
+    for item in client.stream(job_id, timeout):
+        streamed = True
+        if isinstance(item, bytes):
+            sys.stdout.buffer.write(item + b"\n")
+        else:
+            sys.stdout.write(json.dumps(item) + "\n")
+        sys.stdout.flush()
+    if not streamed:
+        _print_result(client.get_result(job_id, timeout))
     return 0
+
+
+def _describe_error(exc: Any) -> str:
+    """An error answer as a person reads it: kind and message, the traceback from the user's code on,
+    the last lines a crashed worker printed."""
+    from cmworker.errors import user_frames
+
+    text = f"{exc.kind}: {exc}"
+    traceback_text = getattr(exc, "remote_traceback", "")
+    if traceback_text:
+        text += "\n" + user_frames(traceback_text).rstrip()
+    output = getattr(exc, "output", None)
+    if isinstance(output, str) and output.strip():
+        text += "\nlast output:\n" + "\n".join(f"  {line}" for line in output.rstrip().splitlines())
+    return text
 
 
 def _payload(text: str | None) -> Any:

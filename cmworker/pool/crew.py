@@ -9,6 +9,11 @@ template dies, its workers live on, re-parented to init (or to cmworker itself w
 nobody reports them any more. So the crew holds a pidfd for every worker from the moment it learns its
 pid, and watches those of the orphans (``watch_orphan``): a pidfd turns readable when its process
 exits, whoever reaps it. The exit status is then unknown; the pool says so in the answer.
+
+A reload (``cmworker dev``) starts a second template beside the first (``reload``). Once it is ready
+the two swap: the crew's ``generation`` goes up, workers are spawned from the new template, and the old
+one stays, retired, until the last worker of its generation has exited, so the jobs running there finish
+on the old code. Until the new template is ready (or if its import fails) nothing changes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable
 
 from cmworker.pool import processes
 from cmworker.pool.jobs import OutputLine
-from cmworker.pool.messages import Message, Spawned
+from cmworker.pool.messages import Message, Spawned, TemplateFailed, TemplateReady
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import READ_SIZE, Slot
 from cmworker.pool.template_link import TemplateLink
@@ -48,6 +53,12 @@ class Crew:
         self._ids = itertools.count(1)
         self._backoff: Timer | None = None
         self._buffer = bytearray(READ_SIZE)  # every slot's reads: one loop thread reads them all
+        self.on_output = on_output
+        self.generation = 0                         # of the template now forking workers
+        self._generation_of: dict[int, int] = {}    # slot id -> generation of the template that forked it
+        self.next: TemplateLink | None = None       # a reload's template while it imports the app
+        self._retired: dict[int, TemplateLink] = {}  # generation -> old template, until its workers are gone
+        self._closing: list[TemplateLink] = []       # templates dropped, closed on the loop's next turn
 
     def pids(self) -> list[int]:
         return [s.pid for s in list(self.slots.values()) if s.pid is not None and s.state != "dead"]
@@ -65,11 +76,12 @@ class Crew:
             return
         if self.template.state != "ready":
             return
-        live = sum(s.state in ("starting", "idle", "busy") for s in self.slots.values())
+        live = sum(s.state in ("starting", "idle", "busy") and not self.stale(s) for s in self.slots.values())
         for _ in range(self.options.workers - live):
             slot, worker_fds = Slot.open(next(self._ids), self.selector, self.clock, self._buffer, on_message,
                                          on_broken, on_line)
             self.slots[slot.id] = slot
+            self._generation_of[slot.id] = self.generation
             try:
                 self.template.spawn(slot.id, worker_fds)
             except OSError:  # the template just died: reading its death, next, ends this slot
@@ -133,6 +145,9 @@ class Crew:
         slot.close_pidfd()
         slot.state = "dead"
         del self.slots[slot.id]
+        self._generation_of.pop(slot.id, None)
+        if self._retired:
+            self.after(0.0, self._close_idle_templates)
 
     def close(self) -> None:
         """Kill every worker left and end the template."""
@@ -143,4 +158,97 @@ class Crew:
             slot.close_output()
             slot.close_pidfd()
         self.slots.clear()
+        for link in [self.next, *self._retired.values(), *self._closing]:
+            if link is not None:
+                link.close()
+        self.next = None
+        self._retired.clear()
+        self._closing.clear()
         self.template.close()  # it kills any worker left and exits
+
+    # -- reload: a new template beside the old one ----------------------------------------------
+
+    def stale(self, slot: Slot) -> bool:
+        """Whether the worker was forked by a template a reload has replaced."""
+        return self._generation_of.get(slot.id, self.generation) != self.generation
+
+    def reload(self, on_ready: Callable[[TemplateReady], None], on_failed: Callable[[str], None],
+               remove_idle: Callable[[Slot], bool], on_gone: Callable[[Slot], None],
+               check: Callable[[str], str | None] | None = None) -> None:
+        """Start a new template importing the app afresh. Once it is ready it takes over (``generation`` goes
+        up), the old workers retire (``retire_stale``) and ``on_ready(TemplateReady)`` is called;
+        ``on_failed(reason)`` if it cannot import the app, the old template going on as before. A reload
+        asked during another replaces that one. Should the old template die while its workers finish,
+        their exits are watched through their pidfds and told to ``on_gone``. ``check(functions JSON)``
+        may refuse the new app with a reason, as a failed import is."""
+        if self.next is not None:
+            self._drop(self.next)
+
+        def on_message(message: Message) -> None:
+            problem = None
+            if isinstance(message, TemplateReady):
+                problem = check(message.functions) if check is not None else None
+            elif isinstance(message, TemplateFailed):
+                problem = message.reason
+            if isinstance(message, TemplateReady) and problem is None:
+                self._swap(link, on_gone)
+                self.retire_stale(remove_idle)
+                on_ready(message)
+            elif problem is not None:
+                self._drop(link)
+                on_failed(problem)
+
+        def on_exit(status: int, was_starting: bool) -> None:
+            self.next = None
+            on_failed(f"the app crashed while it was being imported (exit status {status})")
+
+        link = TemplateLink(self.options, self.selector, on_message, self.on_output, on_exit)
+        link.start()
+        self.next = link
+
+    def retire_stale(self, remove_idle: Callable[[Slot], bool]) -> None:
+        """After a swap: the old idle workers retire now, the busy ones after their job (one sent ahead to
+        them runs first: it is in their socket already, and the pool marks it their last)."""
+        for slot in list(self.slots.values()):
+            if self.stale(slot) and remove_idle(slot):
+                self.retire(slot)
+            elif self.stale(slot) and slot.next is None:
+                slot.retiring = True
+
+    def _swap(self, link: TemplateLink, on_gone: Callable[[Slot], None]) -> None:
+        old, self.template, self.next = self.template, link, None
+        link.state = "ready"
+        link.on_message = old.on_message  # from now on it forks the pool's workers
+        link.on_exit = old.on_exit
+        generation = self.generation
+        old.on_exit = lambda status, was_starting: self._retired_died(generation, on_gone)
+        self._retired[self.generation] = old
+        self.generation += 1
+        self.after(0.0, self._close_idle_templates)
+
+    def _retired_died(self, generation: int, on_gone: Callable[[Slot], None]) -> None:
+        """A retired template died before its last worker: nobody reports those workers' exits any more."""
+        for slot in [s for s in self.slots.values() if self._generation_of.get(s.id) == generation]:
+            if not self.watch_orphan(slot, on_gone):  # still starting, or no pidfd: it goes now
+                if slot.pid is not None:
+                    processes.kill_group(slot.pid, signal.SIGKILL)
+                on_gone(slot)
+
+    def _drop(self, link: TemplateLink) -> None:
+        if link is self.next:
+            self.next = None
+        link.on_exit = lambda status, was_starting: None
+        # Later, on the loop's timers: this may run inside the link's own read, or in a batch of events
+        # that still holds one for its pipes. (Or in ``close``, if the pool ends first.)
+        self._closing.append(link)
+        self.after(0.0, self._close_dropped)
+
+    def _close_dropped(self) -> None:
+        while self._closing:
+            self._closing.pop().close()
+
+    def _close_idle_templates(self) -> None:
+        """Close each retired template once no worker it forked is left."""
+        busy = set(self._generation_of.values())
+        for generation in [g for g in self._retired if g not in busy]:
+            self._drop(self._retired.pop(generation))

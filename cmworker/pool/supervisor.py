@@ -9,12 +9,9 @@ Data flow::
         Exited(pid, status) ─┘  template reaped a worker that never answered: classify, answer, respawn
         timers ──────────────┘  hard timeout / memory over the limit: answer now, kill the group
 
-One thread runs ``_loop``: a single ``selector.select`` over the wake-up pipe, the template's control
-socket, each worker's socket and output pipes, its timeout set by the nearest timer (job deadline, kill
-escalation, memory sample, respawn backoff). Nothing polls at a fixed interval; an idle pool sleeps.
-
-Every job moves ``pending -> busy -> answered`` exactly once: ``_finish`` is the only place that calls
-``on_answer``, and it refuses a job that is already answered (a result that races a kill is dropped).
+One thread runs ``_loop``: one ``selector.select`` over the wake-up pipe, the template's control socket,
+each worker's socket and pipes, timed by the nearest timer. Nothing polls at a fixed interval. Every job
+moves ``pending -> busy -> answered`` once: ``_finish`` alone calls ``on_answer``, and only once per job.
 
 A worker runs user code, which can write to the worker's socket: a frame out of protocol (a kind only the
 template sends, an answer for a job it does not run, a bad length or body) ends that worker only, its job
@@ -23,9 +20,7 @@ on in its orphaned workers, watched through their pidfds, and are answered; thos
 a new template forks their replacements (``_on_template_died``). Only a death after the template's comes
 without a wait status, and its answer says so.
 
-The pieces it drives live beside it: ``options`` (what the pool is), ``jobs`` (what goes in and out),
-``dispatch`` (queued jobs, idle workers, the hand-over), ``crew`` (the template and the workers), ``slot``
-(one worker and the I/O on its pipes), ``template_link`` (the template and its control socket), ``timers``.
+The pieces it drives live beside it, see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -130,6 +125,8 @@ class Pool:
         self._slots = self._crew.slots
         self._desk = Dispatcher(options, self._slots, self._lock, clock, arm=self._arm, send=self._send_run,
                                 wake=self._bell.ring)
+        # A free worker promised to a caller with no job yet, spent by ``submit(job, ticket)`` (thread-safe).
+        self.reserve, self.release = self._desk.reserve, self._desk.release
         self._unhealthy: PoolUnhealthy | None = None
         self._load_error: AppLoadError | None = None
         self._stop_deadline: float | None = None
@@ -178,14 +175,6 @@ class Pool:
         """Workers that are idle and not yet promised to a queued job."""
         return self._desk.available
 
-    def reserve(self, timeout: float | None = None) -> Ticket | None:
-        """Promise a free worker to a caller with no job yet (see ``Dispatcher.reserve``); spent by
-        ``submit(job, ticket)``, given back by ``release``. Thread-safe."""
-        return self._desk.reserve(timeout)
-
-    def release(self, ticket: Ticket) -> None:
-        self._desk.release(ticket)
-
     @property
     def unhealthy(self) -> PoolUnhealthy | None:
         """Why the pool stopped respawning workers, or ``None`` while it is healthy."""
@@ -198,6 +187,16 @@ class Pool:
 
     def worker_pids(self) -> list[int]:
         return self._crew.pids()
+
+    def reload(self, on_done: Callable[[str | None], None], check: Callable[[str], str | None] | None = None) -> None:
+        """Import the app afresh in a new template (any thread; ``crew`` says how). ``on_done(None)`` on the
+        pool's thread once new jobs go to its workers, ``on_done(reason)`` if it cannot import the app or
+        ``check(functions JSON)`` returns a reason. Until then the old code serves on."""
+        def ready(message: TemplateReady) -> None:
+            self._on_template_ready(message)
+            on_done(None)
+        self._after(0.0, self._crew.reload, ready, on_done, self._desk.remove_idle, self._on_worker_gone, check)
+        self._bell.ring()
 
     def pending_timers(self) -> list[Timer]:
         """The timers in the pool's heap now, cancelled ones not yet dropped included."""
@@ -360,6 +359,9 @@ class Pool:
         """A new worker is idle once it said Ready and the template told its pid (in either order)."""
         if slot.state != "starting" or not slot.announced or slot.pid is None:
             return
+        if self._crew.stale(slot):  # forked by a template a reload replaced meanwhile
+            self._crew.retire(slot)
+            return
         self._crew.started()
         self._desk.make_idle(slot)
         if not self._ready.is_set() and len(self._desk.idle) >= self.options.workers:
@@ -428,12 +430,8 @@ class Pool:
 
     def _finish(self, slot: _Slot, body: bytes | bytearray, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
-        """Answer the slot's job — the only place an answer is made, at most once per job.
-
-        The job's output is logged before its answer. An answer the worker sent came in the same batch
-        of events as that output, which was read first (``_wait_for_events``): the pipes need reading
-        again only when that read may have left some behind.
-        """
+        """Answer the slot's job — the only place an answer is made, at most once per job. Its output is
+        logged first; an answer the worker sent came with that output, read first (``_wait_for_events``)."""
         job = slot.job
         if job is None or slot.answered:
             return
@@ -450,11 +448,8 @@ class Pool:
                                     cpu=cpu, max_rss=slot.peak_rss))
 
     def _deliver(self) -> None:
-        """Hand out the answers made in this turn of the loop — last, just before the loop blocks again.
-
-        Waking a caller's thread and then holding the GIL for the rest of the turn would make it wait;
-        done last, the woken thread gets the interpreter as soon as this one sleeps in ``select``.
-        """
+        """Hand out the answers made in this turn of the loop, last: a caller's thread woken earlier would wait
+        for the GIL the rest of the turn; now it gets the interpreter as this one sleeps in ``select``."""
         while self._answers:
             self._call(self.on_answer, self._answers.popleft())
 
@@ -471,9 +466,10 @@ class Pool:
             self._crew.retire(slot)
             return
         if self._desk.start_next(slot):  # already in the worker's socket: it is running from now on
+            slot.retiring = self._crew.stale(slot)  # sent ahead before a reload: the last on the old code
             return
         recycle = self.options.max_jobs_per_worker
-        if slot.orphan or (recycle and slot.jobs_done >= recycle):
+        if slot.orphan or self._crew.stale(slot) or (recycle and slot.jobs_done >= recycle):
             self._crew.retire(slot)
         else:
             self._desk.make_idle(slot)

@@ -52,6 +52,7 @@ from cmworker.pool.messages import (
     unpack_packet,
 )
 from cmworker.pool.options import PoolOptions
+from cmworker.proctitle import set_title
 
 _PR_SET_CHILD_SUBREAPER = 36
 # How long the template, shutting down, waits for the processes it killed, so their cgroups can go.
@@ -66,6 +67,7 @@ def main(argv: list[str]) -> NoReturn:
     control = socket.socket(fileno=int(argv[1]))
     sys.path[:] = json.loads(argv[2])
     options = PoolOptions.from_json(argv[3])
+    set_title(f"cmworker: template {options.app or ''}".rstrip())
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
@@ -128,6 +130,7 @@ class Template:
         logs.configure("sls", self.options.log_level, stream=sys.stderr, logger_levels=self.options.logger_levels)
         mode = "cgroup" if self.cgroup else "process_tree"
         logs.get_logger("cmworker.template").info("job_process_tracking", mode=mode, detail=how)
+        _warn_of_threads(logs.get_logger("cmworker.template"))
         sys.stderr.flush()
 
     def handle_control(self) -> None:
@@ -139,7 +142,7 @@ class Template:
             self.shutdown()
         message = unpack_packet(data)
         if isinstance(message, Spawn) and len(fds) == 3:
-            pid = self.fork_worker(fds)
+            pid = self.fork_worker(fds, message.slot)
             try:
                 self.control.send(pack_packet(Spawned(message.slot, pid)))
             except OSError:  # the pool closed while this worker was being forked
@@ -148,12 +151,12 @@ class Template:
             for fd in fds:
                 os.close(fd)
 
-    def fork_worker(self, fds: list[int]) -> int:
+    def fork_worker(self, fds: list[int], slot: int = 0) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self.become_worker(fds)
+            self.become_worker(fds, slot)
         # Both sides set the group, so neither a signal to the group nor the worker's first job can
         # race ahead of it.
         with contextlib.suppress(OSError):
@@ -163,9 +166,10 @@ class Template:
         self.workers.add(pid)
         return pid
 
-    def become_worker(self, fds: list[int]) -> NoReturn:
+    def become_worker(self, fds: list[int], slot: int = 0) -> NoReturn:
         code = 70
         try:
+            set_title(f"cmworker: worker {slot} idle")
             os.setpgid(0, 0)
             # Before anything else can run here: from now on every orphan of this worker's jobs is
             # re-parented to it, and counted and killed with its job.
@@ -194,7 +198,7 @@ class Template:
                            logger_levels=self.options.logger_levels)
             from cmworker.pool.worker import serve
 
-            serve(socket.socket(fileno=sock_fd), self.functions)
+            serve(socket.socket(fileno=sock_fd), self.functions, f"cmworker: worker {slot}")
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -250,6 +254,20 @@ class Template:
                     time.sleep(0.005)
             cgroups.remove(self.cgroup)
         os._exit(0)
+
+
+def _warn_of_threads(log: Any) -> None:
+    """Threads the app's import started are alive here and in no worker: a fork copies only the thread
+    that forks. An app that counts on one (a cache refresher, a metrics pusher) would silently lose it."""
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if others:
+        names = ", ".join(repr(t.name) for t in others)
+        log.warning(f"the app started {len(others)} thread(s) while it was imported ({names}); they do not "
+                    "run in the workers, which are forked from this process, and a fork copies only the "
+                    "thread that forks. Start them inside the function, or on first use in each worker",
+                    threads=[t.name for t in others])
 
 
 def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]:

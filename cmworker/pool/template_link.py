@@ -100,6 +100,8 @@ class TemplateLink:
     def close(self) -> None:
         """End the template: closing the control socket makes it kill its workers and exit."""
         if self.control is not None:
+            with contextlib.suppress(KeyError, ValueError):  # ended on purpose: not a death to report
+                self.selector.unregister(self.control)
             self.control.close()
             self.control = None
         if self.process is None:
@@ -116,8 +118,8 @@ class TemplateLink:
                 pipe.close()
 
     def _on_control(self, mask: int) -> None:
-        assert self.control is not None and self.process is not None
-        while True:
+        assert self.process is not None
+        while self.control is not None:  # a message handled here may end this template (a reload)
             try:
                 packet, sender = self._receive(self.control)
             except BlockingIOError:

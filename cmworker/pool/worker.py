@@ -57,6 +57,7 @@ from cmworker.pool.messages import (
     StreamEnd,
     send_message,
 )
+from cmworker.proctitle import set_title
 from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
@@ -67,8 +68,9 @@ _soft_timeout = 0.0
 _REAP_DEADLINE = 2.0
 
 
-def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoReturn:
-    """The worker's whole life: announce itself, then run jobs until the parent closes the socket."""
+def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str = "") -> NoReturn:
+    """The worker's whole life: announce itself, then run jobs until the parent closes the socket.
+    ``title`` names it in ``ps``, with the function it runs."""
     signal.signal(signal.SIGALRM, _on_soft_timeout)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -85,7 +87,11 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec]) -> NoRetur
             _flush_output()
             os._exit(0)
         if isinstance(message, Run):
+            if title:
+                set_title(f"{title} [{message.function}]")
             _run(sock, message, functions, baseline)
+            if title:
+                set_title(f"{title} idle")
 
 
 def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], baseline: Baseline) -> None:

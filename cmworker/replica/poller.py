@@ -55,6 +55,7 @@ from cmworker.replica.intake import Immediate, Refused, parse_job, source_secret
 from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, EmptyPolls, Reply, Service, TransportError, backoff
+from cmworker.units import human_duration
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
@@ -173,6 +174,10 @@ class Poller:
         self._stopping.set()
         self._poke()
 
+    def reloaded(self) -> None:
+        """The pool serves a reloaded app (``cmworker dev``): each function's limits are worked out anew."""
+        self._limits = {}
+
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
 
@@ -220,7 +225,7 @@ class Poller:
         if threading.current_thread() is not threading.main_thread():
             return
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._record_signal)
 
     def _record_signal(self, signum: int, frame: object) -> None:
@@ -254,9 +259,14 @@ class Poller:
             self.pool.close(grace=0.0, wait=False)
             return
         self._stopping.set()  # first: once the line below is out, no job is started any more
-        log.warning("stopping: finishing running jobs for up to %.0fs", self.config.shutdown_grace)
+        held = len(self.ledger)
+        if held:
+            log.warning("stopping: finishing running jobs (%d) for up to %s; a second Ctrl-C or SIGTERM stops "
+                        "them now", held, human_duration(self.config.shutdown_grace))
+        else:
+            log.warning("stopping: no job is running")
 
-    handle_sigint = handle_sigterm
+    handle_sigint = handle_sighup = handle_sigterm
 
     def handle_sigchld(self) -> None:
         """As PID 1, orphans are re-parented to us: reap them so they do not pile up as zombies.
@@ -351,7 +361,7 @@ class Poller:
         if self.ledger.accept(intake.job_id, intake.function) is None:
             return True  # never: parse_job found it not held, and no thread but this one adds jobs
         if isinstance(intake, Immediate):
-            self._answer_now(intake.job_id, intake.error)
+            self._answer_now(intake.job_id, intake.error, intake.function)
             return True
         job = Job(intake.job_id, intake.function, body, self._limits_of(intake.function))
         self._observe("submit", job.id)
@@ -381,9 +391,11 @@ class Poller:
             limits = self._limits[function] = self.config.limits_for(function, self.pool.function_info.get(function))
         return limits
 
-    def _answer_now(self, job_id: str, error: JobError) -> None:
+    def _answer_now(self, job_id: str, error: JobError, function: str = "") -> None:
         self.outcomes[error.kind] += 1
-        self._events.warning("job_finished", job_id=job_id, kind=error.kind, result_bytes=len(error.to_bytes()))
+        named = {"function": function} if function else {}  # "": the body named none that could be read
+        self._events.warning("job_finished", job_id=job_id, **named, kind=error.kind,
+                             result_bytes=len(error.to_bytes()))
         self.ledger.queue_answer(Outgoing(job_id, error.to_bytes(), None))
 
     # -- answers (pool thread -> posters) -------------------------------------------------------

@@ -23,7 +23,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -120,6 +120,35 @@ class Client:
         """``run`` then ``get_result``."""
         return self.get_result(self.run(function, payload), timeout)
 
+    def stream(self, job_id: str, timeout: float | None = None) -> Iterator[Any]:
+        """A streaming job's items, each decoded, as the function yields them; then its end: nothing more
+        for a stream that finished, its error raised for one that failed. A job that streams no item
+        yields nothing: its answer is ``get_result``'s. ``TimeoutError`` when it is not finished within
+        ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        path, seen, held = f"/api/v1/jobs/{quote(job_id, safe='')}/items", 0, None
+        while True:
+            wait = _next_wait(deadline)
+            body = self._json("GET", path, params={"from": str(seen), "wait": f"{wait:.3f}"},
+                              timeout=wait + _HTTP_SLACK)
+            for item in body["items"]:
+                seen += 1
+                if held is not None:  # an item that only looked like an error: more came after it
+                    yield held
+                held = None
+                value = _json_or_bytes(base64.b64decode(item))
+                if error_from_payload(value) is None:
+                    yield value
+                else:
+                    held = value  # the last item may be the error that ended the stream
+            if body["finished"]:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {body['status']} after {timeout} s")
+        error = error_from_payload(held)
+        if error is not None:
+            raise error
+
     def map(self, function: str, payloads: Iterable[Any], timeout: float | None = None) -> list[Any]:
         """Run ``function`` on every payload as one batch; results in order, the first error raised."""
         ids = self.batch_run((function, payload) for payload in payloads)
@@ -210,6 +239,13 @@ def _json_stream(raw: bytes) -> Any:
         except ValueError:
             return raw
         items.append(item)
+
+
+def _json_or_bytes(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def _query(function: str, payload: Any) -> dict[str, Any]:

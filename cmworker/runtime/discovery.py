@@ -8,11 +8,14 @@ its user because it carries the caller token::
      "stateDir": "/path", "replicas": [{"GET_JOB_URI": ..., ...}, ...]}
 
 and removes it on a clean exit. A file left behind by a killed runtime is recognised by its dead pid.
-When two runtimes run at once, the last one started is the one found.
+When several runtimes run at once, the last one started is the one found. Each also registers itself
+in ``runtimes/PID.json`` beside it, so that when the newest stops, an older one still running is
+found again (``withdraw`` points ``runtime.json`` back at it; ``find_runtime`` looks there too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 from cmworker.errors import RuntimeUnavailable
 
 DISCOVERY_FILE = "runtime.json"
+_REGISTRY = "runtimes"  # beside it: one PID.json per runtime running
 _HINT = "start one with `cmworker runtime` (or `cmworker dev app.py`)"
 
 
@@ -80,21 +84,60 @@ def publish(runtime: Announced, home: str | os.PathLike[str] | None = None) -> P
     info = {"pid": os.getpid(), "url": runtime.query_url, "token": runtime.caller_token,
             "ca": str(runtime.ca_path), "stateDir": str(runtime.state_dir),
             "replicas": [runtime.env(i) for i in range(runtime.replicas)]}
+    registry = path.parent / _REGISTRY
+    registry.mkdir(mode=0o700, exist_ok=True)
+    _write_atomically(registry / f"{os.getpid()}.json", info)
+    _write_atomically(path, info)
+    return path
+
+
+def _write_atomically(path: Path, info: dict[str, Any]) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=2)
     os.replace(temporary, path)
-    return path
 
 
 def withdraw(path: Path) -> None:
-    """Remove the discovery file if it still announces this process (a newer runtime may own it)."""
+    """Take this process's runtime off the registry; if ``path`` announces it, announce there the newest
+    other runtime still running instead, or remove it when there is none."""
+    registry = path.parent / _REGISTRY
+    with contextlib.suppress(OSError):
+        (registry / f"{os.getpid()}.json").unlink()
     try:
-        if _read(path).get("pid") == os.getpid():
+        if _read(path).get("pid") != os.getpid():
+            return  # a newer runtime owns it
+        others = _registered(registry, but=os.getpid())
+        if others:
+            _write_atomically(path, others[0])
+        else:
             path.unlink()
+            registry.rmdir()
     except (OSError, ValueError):
         pass
+
+
+def _registered(registry: Path, but: int | None = None) -> list[dict[str, Any]]:
+    """The announcements of the runtimes in ``registry`` still running (but the one of pid ``but``),
+    newest first; the files of those that died without withdrawing are removed."""
+    found = []
+    try:
+        entries = list(registry.glob("*.json"))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            data, mtime = _read(entry), entry.stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue
+        pid = data.get("pid")
+        if isinstance(pid, int) and pid != but and _alive(pid):
+            found.append((mtime, data))
+        elif pid != but:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return [data for _, data in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 
 def find_runtime(home: str | os.PathLike[str] | None = None) -> RuntimeInfo:
@@ -103,9 +146,14 @@ def find_runtime(home: str | os.PathLike[str] | None = None) -> RuntimeInfo:
     try:
         data = _read(path)
     except FileNotFoundError:
-        raise RuntimeUnavailable(f"no embedded runtime is running (no {path}): {_HINT}") from None
+        running = _registered(path.parent / _REGISTRY)
+        if not running:
+            raise RuntimeUnavailable(f"no embedded runtime is running (no {path}): {_HINT}") from None
+        data = running[0]
     except (OSError, ValueError) as exc:
         raise RuntimeUnavailable(f"cannot read {path}: {exc}") from None
+    if isinstance(data.get("pid"), int) and not _alive(data["pid"]):
+        data = next(iter(_registered(path.parent / _REGISTRY)), data)  # an older one may still run
     try:
         info = RuntimeInfo(url=data["url"], token=data["token"], ca=data["ca"], pid=int(data["pid"]),
                            state_dir=data.get("stateDir", ""), replicas=data.get("replicas", []))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -148,8 +149,10 @@ class ModuleApp:
         fault = self.faults.take(RESULT_FAULTS, self.replica)
         if fault is not None and fault.kind == "result_drop":
             self._drop_mid_body(exchange, job_id)
+        received = itertools.count()
         try:
-            body = exchange.read_body(self.max_result_size)
+            body = exchange.read_body(self.max_result_size, on_chunk=lambda data: self.store.stream_item(
+                self.replica, job_id, next(received), data))
         except HttpError as exc:
             if exc.status == 413:
                 self.store.record_post(self.replica, job_id, 413, 0, exchange.chunked)
@@ -232,6 +235,9 @@ class QueryApp:
             job_id, _, tail = unquote(path[len(QUERY_API) + 6:]).partition("/")
             if tail == "answer":
                 self._answer(exchange, job_id, _wait_value(_query_param(exchange, "wait", "0")))
+            elif tail == "items":
+                self._items(exchange, job_id, _query_param(exchange, "from", "0"),
+                            _wait_value(_query_param(exchange, "wait", "0")))
             elif not tail:
                 self._status(exchange, job_id)
             else:
@@ -275,6 +281,18 @@ class QueryApp:
         else:
             exchange.reply(200, snapshot.answer, "application/octet-stream",
                            [("Cmworker-Job-Status", snapshot.status)])
+
+    def _items(self, exchange: Exchange, job_id: str, start: str, wait: float) -> None:
+        """A streaming answer's items from index ``start`` on, as they arrive: waits up to ``wait`` for
+        one while the job runs. ``finished`` says no more will come (the answer then says how it ended)."""
+        if not (start.isascii() and start.isdigit()):
+            raise HttpError(400, f"from must be an item index, got {start!r}")
+        found = self.store.wait_items(job_id, int(start), wait)
+        if found is None:
+            raise HttpError(404, f"no job {job_id!r}")
+        items, snapshot = found
+        _reply_json(exchange, 200, {**_status_fields(snapshot), "finished": snapshot.finished,
+                                    "items": [base64.b64encode(item).decode() for item in items]})
 
     def _answers(self, exchange: Exchange) -> None:
         data = _json_body(exchange)

@@ -64,6 +64,7 @@ class Job:
     waiters: list[_Waiter] = field(default_factory=list)
     handed_out_at: float | None = None
     answered_at: float | None = None
+    items: list[bytes] = field(default_factory=list)  # a streaming answer's chunks as they arrived
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class JobStore:
         self.cap = cap
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
+        self._items = threading.Condition(self._lock)  # a streamed item arrived, or a job finished
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._posts: dict[str, list[ResultPost]] = {}
@@ -180,6 +182,27 @@ class JobStore:
                     if waiter in job.waiters:
                         job.waiters.remove(waiter)
         return self.snapshots(job_ids)
+
+    def wait_items(self, job_id: str, start: int, timeout: float) -> tuple[list[bytes], JobSnapshot] | None:
+        """The items of a streaming answer from index ``start`` on, waiting up to ``timeout`` for one
+        while the job runs; ``None`` for an unknown job."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if not self._closed:
+                self._items.wait_for(lambda: len(job.items) > start or job.status in FINISHED, timeout)
+            return job.items[start:], _snapshot(job)
+
+    def stream_item(self, replica: int, job_id: str, index: int, data: bytes) -> None:
+        """Item ``index`` of the streaming answer a replica is posting; one a replayed POST sends again
+        (an earlier attempt delivered it already) is not added twice."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.replica != replica or job.status in FINISHED or index != len(job.items):
+                return
+            job.items.append(data)
+            self._items.notify_all()
 
     def snapshots(self, job_ids: Iterable[str]) -> list[JobSnapshot | None]:
         with self._lock:
@@ -294,6 +317,7 @@ class JobStore:
             waiter.job_finished()
         job.waiters.clear()
         self._work.notify_all()
+        self._items.notify_all()
 
 
 def _snapshot(job: Job) -> JobSnapshot:

@@ -361,15 +361,16 @@ class Exchange:
             raise HttpError(400, "malformed Content-Length", close=True)
         return int(text)
 
-    def read_body(self, limit: int) -> bytes:
-        """The request body; 413 over ``limit``, 400 when malformed, ``Disconnected`` if cut short."""
+    def read_body(self, limit: int, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
+        """The request body; 413 over ``limit``, 400 when malformed, ``Disconnected`` if cut short.
+        ``on_chunk`` is told each chunk of a chunked body as it arrives."""
         self._body_read = True
         if self.chunked:
             encoding = self.headers["transfer-encoding"]
             if encoding.strip().lower() != "chunked":
                 raise HttpError(400, f"unsupported Transfer-Encoding {encoding!r}", close=True)
             self._send_continue()
-            return self._read_chunked(limit)
+            return self._read_chunked(limit, on_chunk)
         length = self.content_length()
         if length > limit:
             self._body_read, self._too_large = False, True  # drained after the 413 is written
@@ -407,7 +408,7 @@ class Exchange:
             self._continue_sent = True
             _write(self.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _read_chunked(self, limit: int) -> bytes:
+    def _read_chunked(self, limit: int, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
         parts: list[bytes] = []
         total = 0
         while (size := self._chunk_size()) > 0:
@@ -421,6 +422,8 @@ class Exchange:
                 self.first_chunk_at = time.monotonic()
             if total <= limit:
                 parts.append(data)
+                if on_chunk is not None:
+                    on_chunk(data)
             if self._reader.readline(_MAX_LINE) != b"\r\n":
                 raise HttpError(400, "malformed chunked body: chunk not followed by CRLF", close=True)
         self._skip_trailers()

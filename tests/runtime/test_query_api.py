@@ -294,6 +294,7 @@ def test_client_says_clearly_when_no_runtime_is_running(tmp_path: Path) -> None:
 def test_a_stale_announcement_of_a_dead_runtime_is_recognised(
         make_runtime: Callable[..., EmbeddedRuntime], tmp_path: Path) -> None:
     path = publish(make_runtime(), tmp_path)
+    (tmp_path / "runtimes" / f"{os.getpid()}.json").unlink()  # the only runtime registered is the dead one
     data = json.loads(path.read_text())
     data["pid"] = _dead_pid()
     path.write_text(json.dumps(data))
