@@ -16,6 +16,7 @@ from cmworker.config import Config, add_config_flags, flags_from_args, load_conf
 from cmworker.errors import CmworkerError
 
 if TYPE_CHECKING:
+    from cmworker.replica.health import Reporter
     from cmworker.replica.poller import Observer
 
 
@@ -44,6 +45,13 @@ def _load(args: argparse.Namespace) -> Config:
 def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Observer | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error;
     ``observer`` is told of each step of each job (``cmworker.replica.poller.Observer``)."""
+    from cmworker.replica.health import Reporter
+
+    with Reporter.for_config(config) as health:  # the status `cmworker health` reads, from now to exit
+        return _serve(config, environ, observer, health)
+
+
+def _serve(config: Config, environ: Mapping[str, str] | None, observer: Observer | None, health: Reporter) -> int:
     from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
 
@@ -58,7 +66,9 @@ def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Ob
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
-    return Poller(config, service, observer).run()
+    poller = Poller(config, service, health.observer(observer))
+    health.watch(poller)
+    return poller.run()
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:

@@ -150,6 +150,11 @@ class Poller:
         self._stopping.set()
         self._poke()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the replica is draining: no job is asked for any more. Any thread."""
+        return self._stopping.is_set()
+
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
 
