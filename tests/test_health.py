@@ -205,3 +205,16 @@ def test_failed_gets_count_from_the_first_and_an_answered_get_ends_them() -> Non
     observe("get_end", "")
     assert reporter.unreachable_for() is None
     assert seen == [("get_start", ""), ("get_start", ""), ("get_end", "")]  # passed on to the inner observer
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to hand a directory to another user")
+def test_the_default_directory_is_refused_when_another_user_owns_it(tmp_path: Path) -> None:
+    planted = tmp_path / "cmworker-planted"
+    planted.mkdir()
+    os.chown(planted, 54321, 54321)
+    with Reporter(planted / "health.json", unreachable_after=5.0, poll_timeout=30.0, private=True):
+        pass
+    assert not (planted / "health.json").exists()
+    with Reporter(planted / "health.json", unreachable_after=5.0, poll_timeout=30.0):  # a path set by hand
+        pass
+    assert read_status(planted / "health.json").state == "stopped"

@@ -177,9 +177,10 @@ class Reporter:
     Poller once there is one (before that, the replica is still finding its runtime).
     """
 
-    def __init__(self, path: Path | None, *, unreachable_after: float, poll_timeout: float,
+    def __init__(self, path: Path | None, *, unreachable_after: float, poll_timeout: float, private: bool = False,
                  interval: float = BEAT_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.private = private  # the directory must be this user's own (the default, in a shared /tmp)
         self.unreachable_after = unreachable_after
         self.poll_timeout = poll_timeout
         self.interval = interval
@@ -197,7 +198,7 @@ class Reporter:
     @classmethod
     def for_config(cls, config: Config) -> Reporter:
         return cls(status_path(config.health_file), unreachable_after=config.health_unreachable_after,
-                   poll_timeout=config.poll_timeout)
+                   poll_timeout=config.poll_timeout, private=config.health_file == "auto")
 
     # -- what the replica tells it --------------------------------------------------------------
 
@@ -313,10 +314,12 @@ class Reporter:
             self._write(self.status())
 
     def _prepare_directory(self, path: Path) -> None:
-        """Create the status file's directory, private to this user; refuse one that another user owns
-        (the default lives in the shared /tmp, where anyone could have made it first)."""
+        """Create the status file's directory. The default one is made private to this user, and refused
+        if another user owns it: it lives in the shared /tmp, where anyone could have made it first."""
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.private:
+                return
             info = path.parent.lstat()
             if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
                 log.warning("not writing the health status into %s: the directory is not this user's own; "
