@@ -194,6 +194,7 @@ class Reporter:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._write_failed = False
+        self._status_failed = False
 
     @classmethod
     def for_config(cls, config: Config) -> Reporter:
@@ -311,7 +312,15 @@ class Reporter:
     def _beat(self) -> None:
         # A heartbeat is periodic by nature: the probe reads its age to tell a live parent from a stuck one.
         while not self._done.wait(self.interval):
-            self._write(self.status())
+            try:
+                status = self.status()
+            except Exception:  # never the replica's end: the probe reports the heartbeat stale instead
+                if not self._status_failed:
+                    log.exception("the health status could not be worked out")
+                self._status_failed = True
+                continue
+            self._status_failed = False
+            self._write(status)
 
     def _prepare_directory(self, path: Path) -> None:
         """Create the status file's directory. The default one is made private to this user, and refused
