@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtime": ("cmworker.commands.runtime", "run the embedded compute-module runtime on loopback"),
     "call": ("cmworker.commands.runtime", "send a query to the running embedded runtime and print the answer"),
     "schema": ("cmworker.commands.schema", "print the function schemas inferred from an app's type hints"),
+    "health": ("cmworker.commands.health", "exit 0 if the replica served here is healthy (a container probe)"),
     "init": ("cmworker.commands.init", "create a compute-module project: app, config, tests, Dockerfile"),
 }
 

@@ -47,6 +47,8 @@ from cmworker.settings import (
     APP,
     CGROUPS,
     FUNCTIONS_TABLE,
+    HEALTH_FILE,
+    HEALTH_UNREACHABLE_AFTER,
     KILL_GRACE,
     LOG_FORMAT,
     LOG_LEVEL,
@@ -141,6 +143,8 @@ class Config:
     logger_levels: tuple[tuple[str, str], ...] = LOGGER_LEVELS.fixed_default  # (logger name, SLS level)
     worker_nice: int = WORKER_NICE.fixed_default  # added to the parent's nice value in each worker
     cgroups: str = CGROUPS.fixed_default  # "auto" or "off": how a job's processes are found
+    health_file: str = HEALTH_FILE.fixed_default  # "auto", "off" or a path: cmworker run's status file
+    health_unreachable_after: float = HEALTH_UNREACHABLE_AFTER.fixed_default  # seconds of failing GETs
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -429,6 +433,8 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         logger_levels=get(LOGGER_LEVELS),
         worker_nice=get(WORKER_NICE),
         cgroups=get(CGROUPS),
+        health_file=get(HEALTH_FILE),
+        health_unreachable_after=get(HEALTH_UNREACHABLE_AFTER),
         functions=MappingProxyType(functions),
         sources=MappingProxyType(dict(sources)),
         file=located[0] if located else None,

@@ -383,8 +383,9 @@ class Executor(concurrent.futures.Executor):
     ) -> Iterator[T]:
         """Like ``concurrent.futures.Executor.map``: every call is submitted now, results come in order.
 
-        ``timeout`` bounds the wait for results, counted from this call; it raises ``TimeoutError``
-        from the iterator and cancels what has not started, but does not stop calls already running
+        ``timeout`` bounds the wait for results, counted from this call; it raises
+        ``concurrent.futures.TimeoutError`` (the builtin ``TimeoutError`` from Python 3.11 on, as in the
+        standard executors) from the iterator and cancels what has not started, but does not stop calls already running
         (the executor's ``timeout`` does). With ``chunksize`` > 1 the calls travel in chunks of that
         many: each chunk is one job, so the executor's limits apply to the chunk as a whole, and the
         first exception of a chunk is the one ``map`` raises.

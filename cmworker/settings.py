@@ -411,10 +411,28 @@ LOGGER_LEVELS: Setting[tuple[tuple[str, str], ...]] = _setting(
     attr="logger_levels", env="CMWORKER_LOGGER_LEVELS", metavar="NAME=LEVEL,...",
 )
 
+HEALTH_FILE: Setting[str] = _setting(
+    "health.file", 'path, "auto" or "off"',
+    "Where `cmworker run` keeps its status for `cmworker health` (the container's readiness and liveness "
+    "probe, see docs/health.md): rewritten every second, and once more on exit with the reason. \"auto\" "
+    "is `$XDG_RUNTIME_DIR/cmworker/health.json`, or `cmworker-UID/health.json` in the temporary directory "
+    "(`$TMPDIR`, else `/tmp`) without it. \"off\" "
+    "writes nothing. The probe must see the same value: set it in the file or the environment, not by flag.",
+    _string, _show_str, "auto",
+    attr="health_file", env="CMWORKER_HEALTH_FILE", metavar="PATH",
+)
+HEALTH_UNREACHABLE_AFTER: Setting[float] = _duration_setting(
+    "health.unreachable_after",
+    "How long GET job may keep failing (or hang past `poll_timeout`) before `cmworker health` reports the "
+    "runtime unreachable and fails. A GET the runtime merely holds (its long poll) never counts.",
+    "1m", positive=True,
+    attr="health_unreachable_after", env="CMWORKER_HEALTH_UNREACHABLE_AFTER",
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     APP, WORKERS, WORKER_NICE, CGROUPS, SHUTDOWN_GRACE, POLL_TIMEOUT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
-    LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL,
+    LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL, HEALTH_FILE, HEALTH_UNREACHABLE_AFTER,
 )
 _BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
 _SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))

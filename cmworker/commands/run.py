@@ -16,6 +16,7 @@ from cmworker.config import Config, add_config_flags, flags_from_args, load_conf
 from cmworker.errors import CmworkerError
 
 if TYPE_CHECKING:
+    from cmworker.replica.health import Reporter
     from cmworker.replica.poller import Observer
 
 
@@ -49,6 +50,13 @@ def _load(args: argparse.Namespace) -> Config:
 def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Observer | None = None) -> int:
     """Serve the app against the runtime described by ``environ`` until a signal or a fatal error;
     ``observer`` is told of each step of each job (``cmworker.replica.poller.Observer``)."""
+    from cmworker.replica.health import Reporter
+
+    with Reporter.for_config(config) as health:  # the status `cmworker health` reads, from now to exit
+        return _serve(config, environ, observer, health)
+
+
+def _serve(config: Config, environ: Mapping[str, str] | None, observer: Observer | None, health: Reporter) -> int:
     from cmworker.proctitle import set_title
     from cmworker.replica.poller import Poller
     from cmworker.replica.service import Service, discover
@@ -65,7 +73,9 @@ def serve(config: Config, environ: Mapping[str, str] | None = None, observer: Ob
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     service = Service(endpoints, long_poll_timeout=config.poll_timeout)
-    return Poller(config, service, observer).run()
+    poller = Poller(config, service, health.observer(observer))
+    health.watch(poller)
+    return poller.run()
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -144,13 +154,18 @@ def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
         # the second the cache was written, keeping the size (``return 1`` -> ``return 2``), would import
         # the old code. Templates started from here inherit this and compile the app from its source.
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    from cmworker.replica.health import Reporter
+
     console = DevConsole(config, reload)
-    poller = Poller(config, Service(discover(environ), long_poll_timeout=config.poll_timeout), console.observe)
-    console.attach(poller)
-    try:
-        return poller.run()
-    finally:
-        console.stop()
+    with Reporter.for_config(config) as health:  # the status `cmworker health` reads, from now to exit
+        service = Service(discover(environ), long_poll_timeout=config.poll_timeout)
+        poller = Poller(config, service, health.observer(console.observe))
+        health.watch(poller)
+        console.attach(poller)
+        try:
+            return poller.run()
+        finally:
+            console.stop()
 
 
 # How long the embedded runtime holds an idle GET job. Stopping waits for the GET in flight to come back:

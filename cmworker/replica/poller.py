@@ -178,6 +178,11 @@ class Poller:
         """The pool serves a reloaded app (``cmworker dev``): each function's limits are worked out anew."""
         self._limits = {}
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the replica is draining: no job is asked for any more. Any thread."""
+        return self._stopping.is_set()
+
     def _drain(self, grace: float) -> None:
         """Stop polling, let running jobs finish within ``grace``, answer the rest, flush every POST.
 
