@@ -154,18 +154,15 @@ def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
         # the second the cache was written, keeping the size (``return 1`` -> ``return 2``), would import
         # the old code. Templates started from here inherit this and compile the app from its source.
         os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-    from cmworker.replica.health import Reporter
-
+    # No status file for `cmworker health` here: probes are the platform's, and a dev server leaves
+    # nothing behind in the temporary directory when it stops.
     console = DevConsole(config, reload)
-    with Reporter.for_config(config) as health:  # the status `cmworker health` reads, from now to exit
-        service = Service(discover(environ), long_poll_timeout=config.poll_timeout)
-        poller = Poller(config, service, health.observer(console.observe))
-        health.watch(poller)
-        console.attach(poller)
-        try:
-            return poller.run()
-        finally:
-            console.stop()
+    poller = Poller(config, Service(discover(environ), long_poll_timeout=config.poll_timeout), console.observe)
+    console.attach(poller)
+    try:
+        return poller.run()
+    finally:
+        console.stop()
 
 
 # How long the embedded runtime holds an idle GET job. Stopping waits for the GET in flight to come back:
