@@ -4,7 +4,9 @@
   ``CLIENT_SECRET``, the credentials of its service user. ``oauth_token(host, scopes)`` exchanges them
   at ``https://HOST/multipass/api/oauth2/token`` (the OAuth 2 client-credentials grant), verifying the
   server with the CA bundle in ``DEFAULT_CA_PATH``. A token expires (the reply's ``expires_in``):
-  ``RefreshingToken`` keeps one fresh for a long-lived process.
+  ``RefreshingToken`` keeps one fresh for a long-lived process. Given no host, they use
+  ``FOUNDRY_HOST`` (``foundry_host()``): cmworker's variable, set in the module's configuration, and
+  by ``cmworker dev`` to the embedded runtime's token endpoint.
 * **Pipeline mode**: ``pipeline_token()`` reads the job token from the file named by ``BUILD2_TOKEN``
   (it lives in ``cmworker.resources``, which loads no HTTP library, and is re-exported here).
 
@@ -27,12 +29,13 @@ from cmworker import logs
 from cmworker.errors import AuthFailed, NotProvided
 from cmworker.resources import pipeline_token
 
-__all__ = ["AccessToken", "RefreshingToken", "fetch_token", "oauth_token", "pipeline_token"]
+__all__ = ["AccessToken", "RefreshingToken", "fetch_token", "foundry_host", "oauth_token", "pipeline_token"]
 
 TOKEN_PATH = "/multipass/api/oauth2/token"
 CLIENT_ID = "CLIENT_ID"
 CLIENT_SECRET = "CLIENT_SECRET"
 DEFAULT_CA_PATH = "DEFAULT_CA_PATH"
+FOUNDRY_HOST = "FOUNDRY_HOST"
 # When the endpoint does not say how long its token lives, assume this (the SDK refreshes every 30 min).
 _DEFAULT_LIFETIME = 1800.0
 _APPLICATION = "application permissions (a functions module with the application's permissions)"
@@ -67,16 +70,28 @@ def _ca_bundle() -> str | bool:
     return path
 
 
-def _token_url(host: str) -> str:
-    host = host.rstrip("/")
+def foundry_host() -> str:
+    """The Foundry host to ask for tokens: ``FOUNDRY_HOST`` (``NotProvided`` naming it when unset).
+
+    Foundry does not set it: set it in the module's environment variables to your enrollment's host.
+    ``cmworker dev`` sets it to the embedded runtime's token endpoint (``127.0.0.1:PORT``)."""
+    host = os.environ.get(FOUNDRY_HOST, "").strip()
+    if not host:
+        raise NotProvided(f"{FOUNDRY_HOST} is not set: pass the Foundry host to ask for tokens, or set "
+                          f"{FOUNDRY_HOST} to it (yourenrollment.palantirfoundry.com)")
+    return host
+
+
+def _token_url(host: str | None) -> str:
+    host = (host or foundry_host()).rstrip("/")
     if host.startswith(("https://", "http://")):
         return host + TOKEN_PATH
     return f"https://{host}{TOKEN_PATH}"
 
 
-def fetch_token(host: str, scopes: Iterable[str], *, timeout: float = 30.0) -> AccessToken:
+def fetch_token(host: str | None, scopes: Iterable[str], *, timeout: float = 30.0) -> AccessToken:
     """Exchange ``CLIENT_ID``/``CLIENT_SECRET`` for a token with ``scopes`` at Foundry ``host``
-    (``example.palantirfoundry.com``, ``host:port`` or an ``https://`` URL)."""
+    (``example.palantirfoundry.com``, ``host:port`` or an ``https://`` URL; ``None``: ``foundry_host()``)."""
     import requests
 
     client_id = _required_env(CLIENT_ID, _APPLICATION)
@@ -106,8 +121,9 @@ def fetch_token(host: str, scopes: Iterable[str], *, timeout: float = 30.0) -> A
     return AccessToken(value, expires_in)
 
 
-def oauth_token(host: str, scopes: Iterable[str], *, timeout: float = 30.0) -> str:
-    """A bearer token for the module's service user (application permissions), with ``scopes``."""
+def oauth_token(host: str | None, scopes: Iterable[str], *, timeout: float = 30.0) -> str:
+    """A bearer token for the module's service user (application permissions), with ``scopes``
+    (``host`` ``None``: ``foundry_host()``)."""
     return fetch_token(host, scopes, timeout=timeout).value
 
 
@@ -118,10 +134,10 @@ class RefreshingToken:
     its lifetime)`` of it remains (its lifetime is the endpoint's ``expires_in``). One caller fetches;
     callers arriving meanwhile get the current token while it is still valid, or wait for the new one.
     A failed renewal while the token is still valid is logged and retried a little later; once it has
-    expired, the failure is raised.
+    expired, the failure is raised. ``host`` ``None``: ``foundry_host()``, read at each fetch.
     """
 
-    def __init__(self, host: str, scopes: Iterable[str], *, margin: float = 60.0, timeout: float = 30.0,
+    def __init__(self, host: str | None, scopes: Iterable[str], *, margin: float = 60.0, timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic,
                  fetch: Callable[[], AccessToken] | None = None) -> None:
         self.host = host

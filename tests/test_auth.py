@@ -143,6 +143,15 @@ def test_a_missing_ca_file_is_named(runtime: EmbeddedRuntime, app_env: dict[str,
         oauth_token(runtime.foundry_host, SCOPES)
 
 
+def test_without_a_host_foundry_host_is_used_and_named_when_unset(runtime: EmbeddedRuntime, app_env: dict[str, str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    token = RefreshingToken(None, SCOPES)  # FOUNDRY_HOST is read when it fetches, not when it is made
+    assert _whoami(runtime, oauth_token(None, SCOPES)) == 200 and _whoami(runtime, token.get()) == 200
+    monkeypatch.delenv("FOUNDRY_HOST")
+    with pytest.raises(NotProvided, match="FOUNDRY_HOST is not set"):
+        RefreshingToken(None, SCOPES).get()
+
+
 def test_the_sdks_own_oauth_works_unchanged_against_the_runtime(runtime: EmbeddedRuntime,
                                                                  app_env: dict[str, str]) -> None:
     from compute_modules.auth import oauth

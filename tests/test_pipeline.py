@@ -142,7 +142,9 @@ def test_an_app_without_a_pipeline_entry_stops_at_once(tmp_path: Path) -> None:
 
 
 def test_dev_pipeline_emulates_the_environment_from_the_command_line(tmp_path: Path) -> None:
-    argv = ("--resource", "orders=ri.foundry.main.dataset.o@develop", "--resource", "out=ri.foundry.main.dataset.x")
+    (tmp_path / "sources.json").write_text(json.dumps({"warehouse": {"secrets": {"password": "w4rehouse"}}}))
+    argv = ("--resource", "orders=ri.foundry.main.dataset.o@develop", "--resource", "out=ri.foundry.main.dataset.x",
+            "--sources", str(tmp_path / "sources.json"))
     with pipeline(tmp_path, {}, *argv, command=("dev", "--pipeline")) as proc:
         seen = _until(lambda: _read(tmp_path / "start-0.json"), "the loop never started")
         proc.send_signal(signal.SIGTERM)
@@ -150,6 +152,7 @@ def test_dev_pipeline_emulates_the_environment_from_the_command_line(tmp_path: P
     assert seen["resources"] == {"orders": ["ri.foundry.main.dataset.o", "develop"],
                                  "out": ["ri.foundry.main.dataset.x", None]}
     assert seen["token_status"] == 200
+    assert seen["sources"] == {"warehouse": {"password": "w4rehouse"}}
     assert (tmp_path / "drained").read_text() == "0"
 
 

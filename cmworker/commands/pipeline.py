@@ -65,6 +65,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 def run_pipeline_dev(args: argparse.Namespace) -> int:
     """``cmworker dev --pipeline``: the loop supervised as in a container, its environment emulated."""
     logs.configure("console", "INFO", stream=sys.stderr)
+    from cmworker.commands.foundry_env import read_sources
     from cmworker.runtime.embedded import EmbeddedRuntime
 
     try:
@@ -75,6 +76,8 @@ def run_pipeline_dev(args: argparse.Namespace) -> int:
         resources = dict(parse_resource(text) for text in args.resource)
         with EmbeddedRuntime(long_poll=1.0) as runtime:
             env = {**os.environ, **runtime.pipeline_env(resources)}
+            if args.sources:
+                env.update(runtime.sources_env(read_sources(args.sources)))
             logging.getLogger("cmworker").info(
                 "pipeline mode emulated: BUILD2_TOKEN=%s RESOURCE_ALIAS_MAP=%s (%d resources)",
                 env["BUILD2_TOKEN"], env["RESOURCE_ALIAS_MAP"], len(resources))

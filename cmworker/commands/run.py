@@ -35,8 +35,10 @@ def configure_dev(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=1, help="embedded runtime replicas (default 1)")
     parser.add_argument("--no-reload", dest="reload", action="store_false",
                         help="do not reload the app when its .py files change")
+    from cmworker.commands.foundry_env import add_flags
     from cmworker.commands.pipeline import add_dev_flags
 
+    add_flags(parser)
     add_dev_flags(parser)
 
 
@@ -116,6 +118,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
         return run_pipeline_dev(args)
     logs.configure("console", "INFO", stream=sys.stderr)
+    from cmworker.commands.foundry_env import emulated_env
     from cmworker.runtime.discovery import publish, withdraw
     from cmworker.runtime.embedded import EmbeddedRuntime
 
@@ -128,12 +131,16 @@ def run_dev(args: argparse.Namespace) -> int:
         _configure_logs(config, dev=True)
         with EmbeddedRuntime(replicas=args.replicas, max_concurrent_tasks=config.workers,
                              long_poll=_DEV_LONG_POLL) as runtime:
+            emulated, notes = emulated_env(runtime, args.sources)
+            os.environ.update(emulated)  # the template and workers inherit it: the app sees Foundry's variables
             announcement = publish(runtime)
             try:
                 env = {**os.environ, **runtime.env(0)}
                 logging.getLogger("cmworker").info(
                     "embedded runtime at %s; in another terminal try: cmworker call FUNCTION '{...}'",
                     runtime.query_url)
+                for note in notes:
+                    logging.getLogger("cmworker").info("%s", note)
                 return _serve_dev(config, env, args.reload)
             finally:
                 withdraw(announcement)

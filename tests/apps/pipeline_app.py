@@ -33,6 +33,8 @@ def main(ctx: cmworker.PipelineContext) -> None:
     out = Path(os.environ["PIPELINE_OUT"])
     resources = {alias: [r.rid, r.branch] for alias, r in ctx.resources().items()}
     seen = {"resources": resources, "token_status": _token_status(ctx.token()), "pid": os.getpid()}
+    if os.environ.get("SOURCE_CREDENTIALS"):
+        seen["sources"] = json.loads(Path(os.environ["SOURCE_CREDENTIALS"]).read_text())
     (out / f"start-{ctx.attempt}.json").write_text(json.dumps(seen))
     log.info("loop_started", attempt=ctx.attempt)
     if MODE == "crash_at_start":
