@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
 from cmworker.app.context import Context
+from cmworker.app.deadlines import remaining
 from cmworker.app.registry import function
 from cmworker.errors import (
     AppLoadError,
@@ -37,12 +38,13 @@ if TYPE_CHECKING:
     from cmworker.executor import Executor
     from cmworker.runtime.client import Client
 
-# The decorator, the context, Client and Executor, and the error tree of cmworker.errors.
+# The decorator, the context, remaining() (the running job's time left), Client and Executor, and the
+# error tree of cmworker.errors.
 __all__ = [
     "AppLoadError", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
     "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "PoolUnhealthy", "RemoteException",
     "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable", "ShuttingDown", "StreamFailed",
-    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
+    "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger", "remaining",
 ]
 
 

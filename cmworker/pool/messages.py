@@ -5,8 +5,8 @@ control socket (so that file descriptors ride on the message that needs them). A
 ``!IB`` (body length, tag) followed by the body. Bodies are packed with ``struct`` — no pickles: the
 compute-module path carries the job's JSON bytes in and the result's JSON bytes out untouched.
 
-    parent -> worker     Run
-    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring
+    parent -> worker     Run, RunLimits (just before its Run, when the job has a deadline or soft memory limit)
+    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring, Usage (just before an answer)
     parent -> template   Spawn (+ the worker's socket and output pipes as SCM_RIGHTS)
     template -> parent   TemplateReady, TemplateFailed, Spawned, Exited
 
@@ -226,6 +226,38 @@ class Retiring(_Packed):
     seq: int = 0
 
 
+_USAGE = struct.Struct("!QQQ")
+
+
+@dataclass(frozen=True)
+class Usage(_Packed):
+    """Sent just before a job's answer: the worker's own peak RSS during the job (bytes; its high-water
+    mark, reset when the job started) and its RSS once the job was cleaned up."""
+
+    tag = 8
+    layout = _USAGE
+    seq: int = 0
+    peak_rss: int = 0
+    rss: int = 0
+
+
+_RUN_LIMITS = struct.Struct("!QdQQ")
+
+
+@dataclass(frozen=True)
+class RunLimits(_Packed):
+    """Sent just before the ``Run`` of job ``seq`` when it has a hard timeout (seconds: the job's
+    deadline, for ``cmworker.remaining()``), a soft memory limit or a ``max_worker_memory`` (bytes); 0 =
+    none."""
+
+    tag = 9
+    layout = _RUN_LIMITS
+    seq: int = 0
+    timeout: float = 0.0
+    soft_memory_limit: int = 0
+    max_worker_memory: int = 0
+
+
 @dataclass(frozen=True)
 class Spawn(_Packed):
     """Fork a worker for ``slot``; its socket and stdout/stderr pipes travel alongside as fds."""
@@ -297,7 +329,7 @@ class TemplateFailed(Message):
         return cls(bytes(body).decode(errors="replace"))
 
 
-WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd, Retiring)
+WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd, Retiring, Usage)
 TEMPLATE_MESSAGES: tuple[type[Message], ...] = (TemplateReady, TemplateFailed, Spawned, Exited)
 
 
