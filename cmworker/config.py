@@ -119,9 +119,9 @@ class FunctionOverrides:
     timeout: float | Inherit | None = INHERIT
     soft_timeout: float | Inherit | None = INHERIT
     memory_limit: int | Inherit | None = INHERIT
-    max_result_size: int | Inherit = INHERIT
     soft_memory_limit: int | Inherit | None = INHERIT
     max_worker_memory: int | Inherit | None = INHERIT
+    max_result_size: int | Inherit = INHERIT
 
     def items(self) -> list[tuple[str, object]]:
         """The limits this table sets, as (name, value), in declaration order."""
