@@ -203,14 +203,14 @@ timeout = "300ms"
 
 
 def test_job_finished_lines_carry_peak_rss_and_the_stack_of_a_timed_out_job(tmp_path: Path) -> None:
-    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt:
-        with cmworker_run(rt, tmp_path, CONFIG, app="diagnose.py") as proc:
-            held, napped = rt.submit("hold", {"mib": 200}), rt.submit("nap", {})
-            for job in (held, napped):
-                _wait_answered(rt, job)
-            rss = json.loads(rt.record.job(held).answer)["rss"]
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(WAIT) == 0
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            cmworker_run(rt, tmp_path, CONFIG, app="diagnose.py") as proc:
+        held, napped = rt.submit("hold", {"mib": 200}), rt.submit("nap", {})
+        for job in (held, napped):
+            _wait_answered(rt, job)
+        rss = json.loads(rt.record.job(held).answer)["rss"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
     lines = [json.loads(line) for line in (tmp_path / "run.log").read_text().splitlines() if line.startswith("{")]
     finished = {line["params"]["job_id"]: line for line in lines if line.get("message") == "job_finished"}
     assert abs(finished[held]["params"]["peak_rss_bytes"] - rss) <= 0.1 * rss

@@ -36,7 +36,7 @@ from cmworker.pool.messages import Usage
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import Slot
 from cmworker.pool.stack import DUMP_SIGNAL
-from cmworker.pool.timers import Timers
+from cmworker.pool.timers import Timer, Timers
 from cmworker.pool.usage import SOFT_MEMORY_SIGNAL
 from cmworker.units import describe_size, format_duration, format_size
 
@@ -57,7 +57,8 @@ class Enforcer:
         self._timers = timers
         self._slots = slots
         self._fail = fail
-        self._sweeping = False
+        self._unwatched = 0  # jobs running without a memory limit: the sweep runs while there are any
+        self._sweep_timer: Timer | None = None
 
     def arm(self, slot: Slot, job: Job, now: float) -> float:
         """Arm the timers of a job starting now (the caller holds the lock); when the first is due."""
@@ -75,10 +76,25 @@ class Enforcer:
             timer = self._timers.push(now + processes.next_sample(min(watched)), self.sample_memory, (slot, job))
             slot.timers.append(timer)
             earliest = min(earliest, timer.when)
-        elif not self._sweeping:  # one sweep for every job without a memory limit
-            self._sweeping = True
-            earliest = min(earliest, self._timers.push(now + _SWEEP, self._sweep, ()).when)
+        else:  # one sweep for every job without a memory limit
+            slot.swept = True
+            self._unwatched += 1
+            if self._sweep_timer is None:
+                self._sweep_timer = self._timers.push(now + _SWEEP, self._sweep, ())
+                earliest = min(earliest, self._sweep_timer.when)
         return earliest
+
+    def ended(self, slot: Slot) -> None:
+        """The slot's job was answered; the last job without a memory limit stops the sweep (an idle pool
+        must sleep)."""
+        if not slot.swept:
+            return
+        slot.swept = False
+        with self._timers.lock:
+            self._unwatched -= 1
+            if not self._unwatched and self._sweep_timer is not None:
+                self._timers.cancel([self._sweep_timer])
+                self._sweep_timer = None
 
     # -- timeout and memory ---------------------------------------------------------------------
 
@@ -121,20 +137,14 @@ class Enforcer:
 
     def _sweep(self) -> None:
         """The RSS of the job's process tree, for jobs without a memory limit that started processes."""
-        busy = False
         for slot in list(self._slots.values()):
-            job = slot.job
-            if job is None or slot.answered or slot.pid is None or slot.state != "busy" \
-                    or job.limits.memory_limit or job.limits.soft_memory_limit:
+            if not slot.swept or slot.answered or slot.pid is None or slot.state != "busy":
                 continue
-            busy = True
             tree = processes.job_processes(slot.pid)
             if len(tree) > 1:  # the worker alone: its own peak comes exact with its answer (Usage)
                 slot.peak_rss = max(slot.peak_rss, sum(processes.rss(p) for p in tree))
         with self._timers.lock:
-            self._sweeping = busy or any(s.state == "busy" for s in self._slots.values())
-            if self._sweeping:
-                self._timers.after(_SWEEP, self._sweep)
+            self._sweep_timer = self._timers.after(_SWEEP, self._sweep) if self._unwatched else None
 
     def dump_then_kill(self, slot: Slot, job: Job, reason: str, error: MakeError, others: int,
                        tree: list[int] | None = None) -> None:

@@ -89,6 +89,7 @@ class Slot:
     # Asked for its stack before a kill (``enforce.py``): the answer its job gets, made once the stack is in.
     dumping: Callable[[str, dict[str, Any]], JobError] | None = None
     soft_memory_sent: bool = False  # told its job passed the job's soft memory limit
+    swept: bool = False  # its job has no memory limit: the parent's sweep samples its children
 
     @classmethod
     def open(cls, slot_id: int, selector: selectors.BaseSelector, clock: Callable[[], float], buffer: bytearray,

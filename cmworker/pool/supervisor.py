@@ -432,6 +432,7 @@ class Pool:
             slot.emit(())  # only the count of lines the flood limit dropped, if any
         self._timers.cancel(slot.timers)
         slot.timers.clear()
+        self._enforcer.ended(slot)
         now = self.clock()
         self._answers.append(Answer(job, body, kind, error, slot.streamed, slot.pid,
                                     queued=slot.dispatched_at - job.submitted, wall=now - slot.dispatched_at,

@@ -71,9 +71,14 @@ class Timers:
 
     @property
     def next_when(self) -> float:
-        """When the earliest timer is due (``inf`` when there is none)."""
+        """When the earliest timer not cancelled is due (``inf`` when there is none): a cancelled timer
+        never wakes the loop."""
         with self.lock:
-            return self._heap[0][0] if self._heap else float("inf")
+            heap = self._heap
+            while heap and heap[0][2].cancelled:
+                heapq.heappop(heap)
+                self._cancelled = max(0, self._cancelled - 1)
+            return heap[0][0] if heap else float("inf")
 
     def fire_due(self) -> None:
         """Run the callbacks of the timers due now (outside the lock), earliest first."""
