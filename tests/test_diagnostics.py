@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 import cmworker
+from cmworker.config import load_config
+from cmworker.errors import ConfigError
 from cmworker.pool.stack import StackCatcher, user_frame
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS, WAIT, cmworker_run, running, running_pool, wait_gone
@@ -139,6 +141,16 @@ def test_an_executor_call_sees_its_deadline_through_cmworker_remaining() -> None
     assert cmworker.remaining() is None  # outside a job
 
 
+def test_an_executor_call_that_times_out_raises_with_its_stack() -> None:
+    def stuck() -> None:
+        time.sleep(3600)
+
+    with cmworker.Executor(max_workers=1, timeout=0.3) as executor, pytest.raises(cmworker.JobTimeout) as caught:
+        executor.submit(stuck).result(WAIT)
+    assert caught.value.where is not None and caught.value.where.startswith("stuck() at ")
+    assert "in stuck" in caught.value.stack
+
+
 # -- memory: peak RSS of every job, soft limit, worker replacement ---------------------------------
 
 def test_every_answer_carries_the_jobs_peak_rss_without_a_memory_limit(pool: Any) -> None:
@@ -228,6 +240,24 @@ def _wait_answered(rt: EmbeddedRuntime, job_id: str) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"job {job_id} was not answered within {WAIT}s")
+
+
+# -- the settings ---------------------------------------------------------------------------------
+
+def test_the_memory_settings_are_per_function_and_the_soft_one_must_stay_below_the_hard_one(tmp_path: Path) -> None:
+    toml = tmp_path / "cmworker.toml"
+    toml.write_text('[limits]\nmemory_limit = "1GiB"\nsoft_memory_limit = "768MiB"\nmax_worker_memory = "512MiB"\n'
+                    '[functions.big]\nmemory_limit = "8GiB"\nsoft_memory_limit = "6GiB"\nmax_worker_memory = "none"\n')
+    config = load_config(toml, environ={})
+    assert config.limits.soft_memory_limit == 768 * MiB and config.limits.max_worker_memory == 512 * MiB
+    big = config.limits_for("big")
+    assert big.soft_memory_limit == 6 * 2**30 and big.max_worker_memory is None
+    declared = config.limits_for("small", {"soft_memory_limit": 100 * MiB, "max_worker_memory": 300 * MiB})
+    assert declared.soft_memory_limit == 100 * MiB and declared.max_worker_memory == 300 * MiB
+    toml.write_text('[limits]\nmemory_limit = "1GiB"\n[functions.big]\nsoft_memory_limit = "2GiB"\n')
+    with pytest.raises(ConfigError, match=r"function 'big': soft_memory_limit = \"2GiB\" .* must be less than "
+                                          r"memory_limit = \"1GiB\""):
+        load_config(toml, environ={})
 
 
 # -- reading a dump (no processes) -------------------------------------------------------------------
