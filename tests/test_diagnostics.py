@@ -169,9 +169,16 @@ def test_a_jobs_peak_is_its_own_not_that_of_the_jobs_before_it_on_the_worker() -
         assert small.max_rss < 100 * MiB  # the high-water mark was reset when the job started
 
 
-def test_a_child_process_of_the_job_is_counted_when_the_sampler_sees_it(pool: Any) -> None:
-    answer = pool.run("child_holds", {"mib": 300, "sleep": 1.0})
+def test_a_child_process_of_a_job_without_a_memory_limit_is_counted(pool: Any) -> None:
+    # No sampler runs for this job: the worker reports the largest process of the job it reaped.
+    answer = pool.run("child_holds", {"mib": 300, "sleep": 0.1})
     assert answer.kind == "ok" and answer.max_rss >= 300 * MiB
+
+
+def test_with_a_memory_limit_the_sampler_counts_the_whole_tree_of_the_job() -> None:
+    with running_pool("diagnose.py", workers=1) as harness:
+        answer = harness.run("child_holds", {"mib": 300, "own_mib": 200, "sleep": 1.0}, memory_limit=4 * 2**30)
+        assert answer.kind == "ok" and answer.max_rss >= 500 * MiB  # the worker's 200 and the child's 300
 
 
 def test_a_job_catches_its_soft_memory_limit_and_returns() -> None:

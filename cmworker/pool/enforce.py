@@ -9,15 +9,15 @@
                              worker gone first ─► Slot.death_error: the timeout/memory answer, with stack
                              timer first ───────► the same answer with what came of the stack; SIGKILL
     soft memory limit ───► SOFT_MEMORY_SIGNAL to the worker once: MemoryLimitExceeded inside the job
-    every ``_SWEEP`` s ──► the RSS of the children of jobs without a memory limit (their peak only)
 
 The dump is what lets an answer say where the job was ("ran past its timeout of 30s in solve() at
 app.py:42"). It adds at most ``kill_grace`` before the kill: a job that blocks the signal, or is stuck
 in the kernel, is killed when the timer fires, and answered without a stack.
 
-Peak memory: the worker reports its own peak RSS during every job (``Usage``, from its ``VmHWM``;
-``usage.py``); the samplers add the processes it started. ``Answer.max_rss`` is the higher of the
-worker's own peak and the largest total of its process tree sampled.
+Peak memory: the worker reports, with every answer (``Usage``; ``usage.py``), its own peak RSS during
+the job and that of the largest process the job started and it reaped; for a job with a memory limit
+the sampler adds the totals of its process tree. ``Answer.max_rss`` is the highest of these. Jobs
+without a memory limit get no timer for it: a timer per job would wake the loop for every job.
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ from cmworker.pool.messages import Usage
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.slot import Slot
 from cmworker.pool.stack import DUMP_SIGNAL
-from cmworker.pool.timers import Timer, Timers
+from cmworker.pool.timers import Timers
 from cmworker.pool.usage import SOFT_MEMORY_SIGNAL
 from cmworker.units import describe_size, format_duration, format_size
 
 log = logging.getLogger("cmworker.supervisor")
-
-# How often the processes started by jobs without a memory limit are sampled, for their peak RSS only.
-_SWEEP = 0.25
 
 MakeError = Callable[[str, dict[str, Any]], JobError]
 
@@ -57,8 +54,6 @@ class Enforcer:
         self._timers = timers
         self._slots = slots
         self._fail = fail
-        self._unwatched = 0  # jobs running without a memory limit: the sweep runs while there are any
-        self._sweep_timer: Timer | None = None
 
     def arm(self, slot: Slot, job: Job, now: float) -> float:
         """Arm the timers of a job starting now (the caller holds the lock); when the first is due."""
@@ -76,25 +71,7 @@ class Enforcer:
             timer = self._timers.push(now + processes.next_sample(min(watched)), self.sample_memory, (slot, job))
             slot.timers.append(timer)
             earliest = min(earliest, timer.when)
-        else:  # one sweep for every job without a memory limit
-            slot.swept = True
-            self._unwatched += 1
-            if self._sweep_timer is None:
-                self._sweep_timer = self._timers.push(now + _SWEEP, self._sweep, ())
-                earliest = min(earliest, self._sweep_timer.when)
         return earliest
-
-    def ended(self, slot: Slot) -> None:
-        """The slot's job was answered; the last job without a memory limit stops the sweep (an idle pool
-        must sleep)."""
-        if not slot.swept:
-            return
-        slot.swept = False
-        with self._timers.lock:
-            self._unwatched -= 1
-            if not self._unwatched and self._sweep_timer is not None:
-                self._timers.cancel([self._sweep_timer])
-                self._sweep_timer = None
 
     # -- timeout and memory ---------------------------------------------------------------------
 
@@ -134,17 +111,6 @@ class Enforcer:
         headroom = [x - used for x in (limit, 0 if slot.soft_memory_sent else soft) if x]
         delay = processes.next_sample(min(headroom)) if headroom else processes.next_sample(limit - used)
         slot.timers.append(self._timers.after(delay, self.sample_memory, slot, job))
-
-    def _sweep(self) -> None:
-        """The RSS of the job's process tree, for jobs without a memory limit that started processes."""
-        for slot in list(self._slots.values()):
-            if not slot.swept or slot.answered or slot.pid is None or slot.state != "busy":
-                continue
-            tree = processes.job_processes(slot.pid)
-            if len(tree) > 1:  # the worker alone: its own peak comes exact with its answer (Usage)
-                slot.peak_rss = max(slot.peak_rss, sum(processes.rss(p) for p in tree))
-        with self._timers.lock:
-            self._sweep_timer = self._timers.after(_SWEEP, self._sweep) if self._unwatched else None
 
     def dump_then_kill(self, slot: Slot, job: Job, reason: str, error: MakeError, others: int,
                        tree: list[int] | None = None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -231,8 +232,9 @@ _USAGE = struct.Struct("!QQQ")
 
 @dataclass(frozen=True)
 class Usage(_Packed):
-    """Sent just before a job's answer: the worker's own peak RSS during the job (bytes; its high-water
-    mark, reset when the job started) and its RSS once the job was cleaned up."""
+    """Sent with a job's answer, ahead of it: the job's peak RSS as the worker measured it (bytes: its own
+    high-water mark, reset when the job started, or the largest process of the job it reaped) and the
+    worker's RSS once the job was cleaned up (0: not measured, as the job has no ``max_worker_memory``)."""
 
     tag = 8
     layout = _USAGE
@@ -377,9 +379,10 @@ def _check_kind(cls: type[Message], accept: tuple[type[Message], ...] | None, se
         raise ProtocolError(f"{'an' if name[0] in 'AEIOU' else 'a'} {name} message, which {sender} may not send")
 
 
-def send_message(sock: socket.socket, message: Message) -> None:
-    """Blocking send of one message (worker and template side)."""
-    parts = frame(message)
+def send_message(sock: socket.socket, message: Message, ahead: Sequence[Message] = ()) -> None:
+    """Blocking send of one message (worker and template side), after the small messages ``ahead`` of it,
+    all in one system call."""
+    parts = [part for small in ahead for part in frame(small)] + frame(message) if ahead else frame(message)
     sent = sock.sendmsg(parts)
     total = sum(len(p) for p in parts)
     if sent < total:

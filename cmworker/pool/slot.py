@@ -89,7 +89,6 @@ class Slot:
     # Asked for its stack before a kill (``enforce.py``): the answer its job gets, made once the stack is in.
     dumping: Callable[[str, dict[str, Any]], JobError] | None = None
     soft_memory_sent: bool = False  # told its job passed the job's soft memory limit
-    swept: bool = False  # its job has no memory limit: the parent's sweep samples its children
 
     @classmethod
     def open(cls, slot_id: int, selector: selectors.BaseSelector, clock: Callable[[], float], buffer: bytearray,
@@ -116,12 +115,13 @@ class Slot:
 
     # -- the socket -----------------------------------------------------------------------------
 
-    def send(self, message: Message) -> bool:
-        """Send without blocking; what does not fit waits in the outbox for ``flush``.
+    def send(self, message: Message, ahead: Message | None = None) -> bool:
+        """Send without blocking (after the small message ``ahead``, in the same call); what does not fit
+        waits in the outbox for ``flush``.
 
         Returns True when an outbox was started, so the caller wakes the loop (which owns the selector).
         """
-        parts = frame(message)
+        parts = frame(message) if ahead is None else frame(ahead) + frame(message)
         if self.outbox:  # behind a message still being sent: never into the middle of it
             self.outbox.append(memoryview(b"".join(bytes(p) for p in parts)))
             return True

@@ -410,9 +410,10 @@ class Pool:
         lim = job.limits
         slot.sent += 1
         result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # a bigger one: result_too_large
+        ahead = None
         if lim.timeout or lim.soft_memory_limit or lim.max_worker_memory:  # what the worker needs to know too
-            slot.send(RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0))
-        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent))
+            ahead = RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0)
+        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent), ahead)
 
     def _finish(self, slot: _Slot, body: bytes, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
@@ -432,7 +433,6 @@ class Pool:
             slot.emit(())  # only the count of lines the flood limit dropped, if any
         self._timers.cancel(slot.timers)
         slot.timers.clear()
-        self._enforcer.ended(slot)
         now = self.clock()
         self._answers.append(Answer(job, body, kind, error, slot.streamed, slot.pid,
                                     queued=slot.dispatched_at - job.submitted, wall=now - slot.dispatched_at,

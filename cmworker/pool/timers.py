@@ -71,14 +71,9 @@ class Timers:
 
     @property
     def next_when(self) -> float:
-        """When the earliest timer not cancelled is due (``inf`` when there is none): a cancelled timer
-        never wakes the loop."""
+        """When the earliest timer is due (``inf`` when there is none)."""
         with self.lock:
-            heap = self._heap
-            while heap and heap[0][2].cancelled:
-                heapq.heappop(heap)
-                self._cancelled = max(0, self._cancelled - 1)
-            return heap[0][0] if heap else float("inf")
+            return self._heap[0][0] if self._heap else float("inf")
 
     def fire_due(self) -> None:
         """Run the callbacks of the timers due now (outside the lock), earliest first."""

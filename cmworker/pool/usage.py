@@ -2,17 +2,21 @@
 
 Peak memory for every job, cheaply: Linux keeps a process's RSS high-water mark (``VmHWM``) and resets
 it to the current RSS when ``5`` is written to ``/proc/self/clear_refs``. The worker does that as a job
-starts (one ``write``, ~1 us) and reads ``/proc/self/status`` once it is over (~8 us), so every
+starts (one ``write``, ~1 us) and reads it back once it is over (``getrusage``, ~1 us), so every
 answer carries the worker's own peak RSS during the job, exact to the page, without the parent
-sampling anything. Processes the job started are not in it: the parent's sampler covers them
-(``enforce.py``). Where ``clear_refs`` cannot be written (some sandboxes) the mark is the worker's
-peak since it started, an upper bound.
+sampling anything. The processes the job started are covered the same way, free: the kernel keeps the
+peak RSS of the largest child a process has reaped (``RUSAGE_CHILDREN``), and the worker reaps all of
+them (it is their subreaper); when that number grew during the job, a process of the job reached it.
+A child smaller than one of an earlier job on the same worker is not seen this way, and children are
+counted one at a time, not summed: for a job with a memory limit the parent's sampler adds the totals
+of the whole process tree (``enforce.py``). Where ``clear_refs`` cannot be written (some sandboxes)
+the worker's mark is its peak since it started, an upper bound.
 
-The same read gives the worker's RSS after the job: above the job's ``max_worker_memory`` the worker
-says it is unfit for another job (``Retiring``, as for any state it cannot put back) and exits after
-its answer; a new worker takes its place. ``RunLimits`` (sent by the
-parent just before a job's ``Run``) brings the job's hard timeout, for ``cmworker.remaining()``, and its
-soft memory limit; the parent sends ``SOFT_MEMORY_SIGNAL`` when the job's process tree passes that
+With a ``max_worker_memory`` the worker also reads its RSS after the job (``/proc/self/statm``): above
+it, it says it is unfit for another job (``Retiring``, as for any state it cannot put back) and exits
+after its answer; a new worker takes its place. ``RunLimits`` (sent by the parent just before a job's
+``Run``) brings the job's hard timeout, for ``cmworker.remaining()``, and its soft memory limit and
+``max_worker_memory``; the parent sends ``SOFT_MEMORY_SIGNAL`` when the job's process tree passes that
 limit, and the handler raises ``MemoryLimitExceeded`` in the job, as SIGALRM raises ``JobTimeout``.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -37,6 +42,13 @@ def _open(path: str, flags: int) -> int | None:
         return os.open(path, flags | os.O_CLOEXEC)
     except OSError:
         return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _own_peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _kib_after(status: bytes, key: bytes) -> int:
@@ -57,7 +69,10 @@ class JobWatch:
         self._in_job = in_job
         self._clear_refs = _open("/proc/self/clear_refs", os.O_WRONLY)
         self._status = _open("/proc/self/status", os.O_RDONLY)
+        self._statm = _open("/proc/self/statm", os.O_RDONLY)
+        self._start_peak = 0
         self._pending: RunLimits | None = None
+        self._children_peak = 0
         self.soft_memory_limit = 0
         self.max_worker_memory = 0
         signal.signal(SOFT_MEMORY_SIGNAL, self._on_soft_memory)
@@ -79,17 +94,35 @@ class JobWatch:
             except OSError:  # not allowed here: the mark stays the worker's lifetime peak
                 os.close(self._clear_refs)
                 self._clear_refs = None
+        self._start_peak = _own_peak()
 
     def end(self, seq: int) -> Usage:
         """The job is over (and cleaned up): what it used."""
         deadlines.end()
         self.soft_memory_limit = 0
-        if self._status is None:
-            return Usage(seq)
-        status = b""
-        with contextlib.suppress(OSError):
-            status = os.pread(self._status, 8192, 0)
-        return Usage(seq, _kib_after(status, b"VmHWM:"), _kib_after(status, b"VmRSS:"))
+        # The largest process the worker ever reaped (the job's, and their descendants, whoever reaped
+        # them): when it grew during this job, a process of this job reached it.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        child_peak = children if children > self._children_peak else 0
+        self._children_peak = max(self._children_peak, children)
+        # getrusage's ru_maxrss is the mark, or a higher peak the kernel kept for the process (on some
+        # kernels, of a thread that exited). Above where it stood at the start, it is the job's peak. Else,
+        # if the worker's RSS now is well below it, it may be that older peak: then VmHWM in
+        # /proc/self/status says (~15 us cold, against ~1 us for getrusage, so only then).
+        own = _own_peak()
+        rss = self._resident() if own <= self._start_peak or self.max_worker_memory else 0
+        if own <= self._start_peak and own > rss + 2**20 and self._status is not None:
+            with contextlib.suppress(OSError):
+                own = _kib_after(os.pread(self._status, 8192, 0), b"VmHWM:")
+        return Usage(seq, max(own, child_peak), rss if self.max_worker_memory else 0)
+
+    def _resident(self) -> int:
+        if self._statm is None:
+            return 0
+        try:
+            return int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def too_big(self, usage: Usage) -> list[str]:
         """Why this worker must be replaced after the job it just ran, for its memory (none: it need not)."""

@@ -50,6 +50,7 @@ from cmworker.pool.messages import (
     BlockingReader,
     Chunk,
     Failure,
+    Message,
     Ready,
     Result,
     Retiring,
@@ -108,15 +109,14 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
     usage = watch.end(run.seq)
     if not unfit and (unfit := watch.too_big(usage)):
         logs.get_logger("cmworker.worker").info("worker_replaced_after_job", reasons=unfit)
-    send_message(sock, usage)
-    if unfit:
-        send_message(sock, Retiring(run.seq))
+    # One send for all: the parent wakes once, and finds the answer behind the usage.
+    ahead: list[Message] = [usage, Retiring(run.seq)] if unfit else [usage]
     if isinstance(reply, Result):
-        send_message(sock, Result(reply.body, cpu, run.seq))
+        send_message(sock, Result(reply.body, cpu, run.seq), ahead)
     elif isinstance(reply, Failure):
-        send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq))
+        send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq), ahead)
     else:
-        send_message(sock, StreamEnd(cpu, run.seq))
+        send_message(sock, StreamEnd(cpu, run.seq), ahead)
     if unfit:
         _flush_output()
         os._exit(0)

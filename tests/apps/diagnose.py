@@ -111,7 +111,9 @@ def hold(context, event):
 def child_holds(context, event):
     code = (f"b = bytearray({event['mib']} * 2**20); b[::4096] = b'x' * len(b[::4096]); "
             f"import time; time.sleep({event['sleep']})")
+    own = _touched(event.get("own_mib", 0) * MiB)  # held by the worker itself meanwhile
     subprocess.run([sys.executable, "-c", code], check=True)
+    del own
     return {"pid": os.getpid()}
 
 
