@@ -242,6 +242,9 @@ class Usage(_Packed):
     peak_rss: int = 0
     rss: int = 0
 
+    def pack(self) -> bytes:  # one per job: without the generic field walk
+        return _USAGE.pack(self.seq, self.peak_rss, self.rss)
+
 
 _RUN_LIMITS = struct.Struct("!QdQQ")
 
@@ -258,6 +261,9 @@ class RunLimits(_Packed):
     timeout: float = 0.0
     soft_memory_limit: int = 0
     max_worker_memory: int = 0
+
+    def pack(self) -> bytes:
+        return _RUN_LIMITS.pack(self.seq, self.timeout, self.soft_memory_limit, self.max_worker_memory)
 
 
 @dataclass(frozen=True)
