@@ -6,7 +6,8 @@
     memory over limit ─┴─► dump_then_kill: DUMP_SIGNAL to the worker (it writes every thread's stack to
                            its stderr and dies), SIGTERM (timeout) or SIGSTOP (memory) to the job's other
                            processes, and a timer of ``kill_grace``:
-                             worker gone first ─► Slot.death_error: the timeout/memory answer, with stack
+                             worker gone first ─► the timeout/memory answer, with the stack; SIGKILL the
+                                                  rest (the worker's socket closing says it is gone)
                              timer first ───────► the same answer with what came of the stack; SIGKILL
     soft memory limit ───► SOFT_MEMORY_SIGNAL to the worker once: MemoryLimitExceeded inside the job
 
@@ -124,6 +125,9 @@ class Enforcer:
             self._dump_overdue(slot, job)
             return
         tree = processes.job_processes(slot.pid) if tree is None else tree
+        # The worker's socket closes when it dies, after the dump is written: answer then, rather than
+        # when the template reports the death (several ms later).
+        slot.on_closed = lambda closed: self._dump_overdue(closed, job)
         _signal(slot.pid, DUMP_SIGNAL)
         for pid in tree:
             if pid != slot.pid:
@@ -131,7 +135,9 @@ class Enforcer:
         slot.timers.append(self._timers.after(grace, self._dump_overdue, slot, job))
 
     def _dump_overdue(self, slot: Slot, job: Job) -> None:
-        """The worker did not die of its dump in time: answer with what came of the stack, kill everything."""
+        """The worker died of its dump (its socket closed) or did not in time: answer with what came of the
+        stack, and kill whatever is left of the job."""
+        slot.on_closed = None
         if slot.job is not job or slot.answered:
             return
         slot.drain_output()

@@ -89,6 +89,7 @@ class Slot:
     # Asked for its stack before a kill (``enforce.py``): the answer its job gets, made once the stack is in.
     dumping: Callable[[str, dict[str, Any]], JobError] | None = None
     soft_memory_sent: bool = False  # told its job passed the job's soft memory limit
+    on_closed: Callable[[Slot], None] | None = None  # once, when its socket reaches end of stream
 
     @classmethod
     def open(cls, slot_id: int, selector: selectors.BaseSelector, clock: Callable[[], float], buffer: bytearray,
@@ -216,6 +217,9 @@ class Slot:
                 # template) carries the status; stop watching the socket meanwhile.
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(self.sock)
+                if self.on_closed is not None:
+                    on_closed, self.on_closed = self.on_closed, None
+                    on_closed(self)
                 return
             # feed() copies what it keeps, so the shared buffer may be reused at once.
             yield from self.reader.feed(memoryview(buf)[:n])
