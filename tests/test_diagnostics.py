@@ -22,7 +22,7 @@ from cmworker.config import load_config
 from cmworker.errors import ConfigError
 from cmworker.pool.stack import StackCatcher, user_frame
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS, WAIT, cmworker_run, running, running_pool, wait_gone
+from tests.pool_harness import APPS, WAIT, cmworker_run, descendants, running, running_pool, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,6 +78,17 @@ def test_a_job_that_blocks_the_dump_is_killed_when_kill_grace_runs_out_and_answe
         assert 0.3 + 0.5 <= answer.wall < 0.3 + 0.5 + 5.0  # the grace, and not much more
         wait_gone({answer.pid}, timeout=5.0)
         assert harness.run("whoami", {}).kind == "ok"  # and the pool goes on with a new worker
+
+
+def test_a_grandchild_holding_the_job_up_does_not_delay_the_kill_or_hide_the_stack(pool: Any) -> None:
+    before = descendants()
+    answer = pool.run("held_up_by_grandchild", {}, timeout=0.3)
+    payload = pool.payload(answer)
+    assert answer.kind == "timeout"
+    assert payload["where"] == f"held_up_by_grandchild() at {APP}:{stuck_line('held_up_by_grandchild')}"
+    assert answer.wall < 0.3 + pool.pool.options.kill_grace
+    wait_gone({answer.pid})
+    wait_gone(descendants() - before - set(pool.pool.worker_pids()))  # the grandchild too
 
 
 # -- the stack at a crash and at a memory kill -----------------------------------------------------

@@ -142,3 +142,14 @@ def leak(context, event):
 @cmworker.function
 def whoami(context, event):
     return {"pid": os.getpid()}
+
+
+@cmworker.function
+def held_up_by_grandchild(context, event):
+    """Forks a child that ignores SIGTERM and keeps the worker's socket and pipes open, and waits for it."""
+    child = os.fork()
+    if child == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+    os.waitpid(child, 0)  # stuck here
