@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmworker._version import __version__
 from cmworker.app.context import Context
+from cmworker.app.deadlines import remaining
 from cmworker.app.pipeline import PipelineContext, pipeline
 from cmworker.app.registry import function
 from cmworker.errors import (
@@ -41,13 +42,14 @@ if TYPE_CHECKING:
     from cmworker.runtime.client import Client
     from cmworker.script import main
 
-# The decorator, the context, Client, Executor, main() and the error tree of cmworker.errors.
+# The decorator, the context, remaining() (the running job's time left), Client, Executor, main() and
+# the error tree of cmworker.errors.
 __all__ = [
     "AppLoadError", "AuthFailed", "Client", "CmworkerError", "ConfigError", "Context", "Executor", "InvalidInput",
     "JobDropped", "JobError", "JobTimeout", "MemoryLimitExceeded", "NotProvided", "PipelineContext",
     "PoolUnhealthy", "RemoteException", "ResultNotSerializable", "ResultTooLarge", "RuntimeUnavailable",
     "ShuttingDown", "StreamFailed", "UnknownFunction", "WorkerDied", "__version__", "function", "get_logger",
-    "main", "pipeline",
+    "main", "pipeline", "remaining",
 ]
 
 

@@ -16,7 +16,8 @@ How a value gets into ``Config``::
     Config(limits=JobLimits(timeout=90.0, ...), sources={"limits.timeout": "flag --timeout"}, ...)
 
 Per-function limits: ``[functions.NAME]`` tables override ``timeout``, ``soft_timeout``,
-``memory_limit`` and ``max_result_size`` for one function. ``Config.limits_for`` resolves them:
+``memory_limit``, ``soft_memory_limit``, ``max_worker_memory`` and ``max_result_size`` for one function.
+``Config.limits_for`` resolves them:
 ``[functions.NAME]`` > the function's ``@cmworker.function(...)`` declaration > ``[limits]``. Flags and
 environment variables set ``[limits]`` only, so ``--timeout`` never overrides a limit that a function
 declared or that its own table sets. Every ``ConfigError`` names the key, the value and where it came
@@ -55,10 +56,12 @@ from cmworker.settings import (
     LOGGER_LEVELS,
     MAX_JOBS_PER_WORKER,
     MAX_RESULT_SIZE,
+    MAX_WORKER_MEMORY,
     MEMORY_LIMIT,
     POLL_TIMEOUT,
     SETTINGS,
     SHUTDOWN_GRACE,
+    SOFT_MEMORY_LIMIT,
     SOFT_TIMEOUT,
     STATS_INTERVAL,
     TIMEOUT,
@@ -118,6 +121,8 @@ class FunctionOverrides:
     timeout: float | Inherit | None = INHERIT
     soft_timeout: float | Inherit | None = INHERIT
     memory_limit: int | Inherit | None = INHERIT
+    soft_memory_limit: int | Inherit | None = INHERIT
+    max_worker_memory: int | Inherit | None = INHERIT
     max_result_size: int | Inherit = INHERIT
 
     def items(self) -> list[tuple[str, object]]:
@@ -424,7 +429,8 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         shutdown_grace=get(SHUTDOWN_GRACE),
         poll_timeout=get(POLL_TIMEOUT),
         limits=JobLimits(timeout=get(TIMEOUT), soft_timeout=get(SOFT_TIMEOUT),
-                         memory_limit=get(MEMORY_LIMIT), max_result_size=get(MAX_RESULT_SIZE)),
+                         memory_limit=get(MEMORY_LIMIT), max_result_size=get(MAX_RESULT_SIZE),
+                         soft_memory_limit=get(SOFT_MEMORY_LIMIT), max_worker_memory=get(MAX_WORKER_MEMORY)),
         kill_grace=get(KILL_GRACE),
         max_jobs_per_worker=get(MAX_JOBS_PER_WORKER),
         log_format=get(LOG_FORMAT),
@@ -481,6 +487,13 @@ def _declared(declared: Mapping[str, object] | None, limit: str) -> object:
 
 
 def _check_soft_below_hard(limits: JobLimits, origins: Mapping[str, str], context: str) -> None:
+    soft_memory, hard_memory = limits.soft_memory_limit, limits.memory_limit
+    if soft_memory is not None and hard_memory is not None and soft_memory >= hard_memory:
+        raise ConfigError(
+            f"{context}soft_memory_limit = {_PER_FUNCTION['soft_memory_limit'].show(soft_memory)} "
+            f"({origins['soft_memory_limit']}) must be less than memory_limit = "
+            f"{_PER_FUNCTION['memory_limit'].show(hard_memory)} ({origins['memory_limit']}): the soft limit has "
+            "to be passed before the hard one kills the job")
     soft, hard = limits.soft_timeout, limits.timeout
     if soft is None or hard is None or soft < hard:
         return

@@ -200,13 +200,21 @@ class JobTimeout(JobError):
     timeout_s: float | None
     soft: bool | None  # True when raised inside the job at its soft timeout
     pid: int | None  # the worker the parent killed (a hard timeout)
+    stack: str | None  # the Python stack of every thread of the worker just before the kill
+    where: str | None  # the innermost frame of the user's code in it: "solve() at /app/app.py:42"
 
 
 class MemoryLimitExceeded(JobError):
+    """Raised inside a job that passed its soft memory limit (catch it to free memory or return a partial
+    result); answered as ``memory_limit``, as is a job killed at its hard limit."""
+
     kind = "memory_limit"
     limit_bytes: int | None
     rss_bytes: int | None  # what the job's process tree used when it was killed
     pid: int | None
+    soft: bool | None  # True when raised inside the job at its soft memory limit
+    stack: str | None  # the Python stack of every thread of the worker just before the kill
+    where: str | None  # the innermost frame of the user's code in it
 
 
 class WorkerDied(JobError):
@@ -216,6 +224,8 @@ class WorkerDied(JobError):
     pid: int | None
     output: str | None  # the job's last output lines
     likely_oom: bool | None  # True when the kernel's out-of-memory killer did it
+    stack: str | None  # the Python stack at a crash (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT)
+    where: str | None  # the innermost frame of the user's code in it
 
 
 class ResultNotSerializable(JobError):

@@ -17,3 +17,5 @@ class JobLimits:
     soft_timeout: float | None = None     # JobTimeout raised inside the job first, seconds
     memory_limit: int | None = None       # RSS of the job's process tree, bytes
     max_result_size: int = 32 * 2**20     # encoded result bytes
+    soft_memory_limit: int | None = None  # MemoryLimitExceeded raised inside the job first, bytes
+    max_worker_memory: int | None = None  # replace the worker after a job that leaves it above this RSS

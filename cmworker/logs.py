@@ -54,7 +54,7 @@ SAFE_PARAMS = frozenset({
     "session_id", "process_id", "job_id", "function", "kind", "pid", "worker_pid", "stream", "queued_s",
     "wall_s", "cpu_s", "peak_rss_bytes", "result_bytes", "jobs", "workers", "respawns", "held",
     "parent_rss_bytes", "dropped_lines", "status", "attempt", "signal", "exit_code", "timeout_s",
-    "limit_bytes", "rss_bytes", "count", "jobs_by_outcome", "workers_alive", "interval_s", "path",
+    "limit_bytes", "rss_bytes", "count", "jobs_by_outcome", "workers_alive", "interval_s", "path", "where",
 })
 # Fields of an SLS line that may carry text from outside cmworker, and so a secret.
 _CONTENT = ("origin", "thread", "message", "params", "unsafeParams", "stacktrace")

@@ -360,10 +360,30 @@ MEMORY_LIMIT: Setting[int | None] = _setting(
     attr="limits.memory_limit", flag="--memory-limit", env="CMWORKER_MEMORY_LIMIT", metavar="SIZE",
     per_function=True,
 )
+SOFT_MEMORY_LIMIT: Setting[int | None] = _setting(
+    "limits.soft_memory_limit", "size or \"none\"",
+    "Raise `cmworker.MemoryLimitExceeded` inside the job (once) when its process tree's RSS passes this, "
+    "so it can free memory or return a partial result before `memory_limit` kills it: the memory twin "
+    "of `soft_timeout`. Must be less than `memory_limit`. Seen by the same sampler as `memory_limit`, so "
+    'a job that grows fast may pass both between two samples. "none" (the default) means none.',
+    _or_none(_size(minimum=2**20, hint=" (plain numbers are bytes: write '512MiB', not 512)")),
+    _show_size, "none",
+    attr="limits.soft_memory_limit", env="CMWORKER_SOFT_MEMORY_LIMIT", metavar="SIZE", per_function=True,
+)
+MAX_WORKER_MEMORY: Setting[int | None] = _setting(
+    "limits.max_worker_memory", "size or \"none\"",
+    "Replace a worker with a fresh one after a job that leaves it above this resident memory (its own "
+    "RSS once the job is over and cleaned up), to shed memory a job leaked or cached. The job itself is "
+    'answered normally. "none" (the default) never replaces a worker for its memory.',
+    _or_none(_size(minimum=2**20, hint=" (plain numbers are bytes: write '512MiB', not 512)")),
+    _show_size, "none",
+    attr="limits.max_worker_memory", env="CMWORKER_MAX_WORKER_MEMORY", metavar="SIZE", per_function=True,
+)
 KILL_GRACE: Setting[float] = _duration_setting(
     "limits.kill_grace",
-    "When cmworker kills a job, the time between SIGTERM and SIGKILL to its processes. 0 sends "
-    "SIGKILL at once.",
+    "When cmworker kills a job, the time between SIGTERM and SIGKILL to its processes. The worker "
+    "itself is first asked for the Python stack of every thread (the answer carries it), and this is "
+    "also the longest cmworker waits for that. 0 sends SIGKILL at once, without a stack.",
     "50ms", positive=False,
     attr="kill_grace", env="CMWORKER_KILL_GRACE",
 )
@@ -431,8 +451,8 @@ HEALTH_UNREACHABLE_AFTER: Setting[float] = _duration_setting(
 
 SETTINGS: tuple[Setting[Any], ...] = (
     APP, WORKERS, WORKER_NICE, CGROUPS, SHUTDOWN_GRACE, POLL_TIMEOUT,
-    TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, KILL_GRACE, MAX_JOBS_PER_WORKER, MAX_RESULT_SIZE,
-    LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL, HEALTH_FILE, HEALTH_UNREACHABLE_AFTER,
+    TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, SOFT_MEMORY_LIMIT, MAX_WORKER_MEMORY, KILL_GRACE, MAX_JOBS_PER_WORKER,
+    MAX_RESULT_SIZE, LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL, HEALTH_FILE, HEALTH_UNREACHABLE_AFTER,
 )
 _BY_KEY: dict[str, Setting[Any]] = {s.key: s for s in SETTINGS}
 _SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS if s.section))

@@ -4,7 +4,11 @@ Like the official SDK, cmworker passes a plain dict unless the first parameter i
 
     {"jobId", "tempCredsAuthToken", "authHeader", "userId",     # from the job itself
      "sources", "source_configs",                                 # always present, maybe empty
-     "CLIENT_ID", "CLIENT_SECRET"}                                # only when both are set
+     "CLIENT_ID", "CLIENT_SECRET",                                # only when both are set
+     "deadline", "softDeadline"}                                  # only when the job has them
+
+``deadline`` and ``softDeadline`` are Unix timestamps (float seconds) of the job's hard and soft
+timeouts; ``Context.remaining()`` and ``cmworker.remaining()`` give the seconds left (``app/deadlines.py``).
 
 ``sources`` is the JSON object in the file named by ``$SOURCE_CREDENTIALS`` (the sources' secrets);
 ``source_configs`` maps each source in the file named by ``$SOURCE_CONFIGURATIONS_PATH`` to its
@@ -20,9 +24,12 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from cmworker.app import deadlines
 
 __all__ = ["Context", "context_factory", "job_context"]
 
@@ -58,6 +65,16 @@ class Context:
     """Client id of the module's third-party application, when it runs with the application's permissions."""
     CLIENT_SECRET: str | None = None
     """Client secret of that application."""
+    deadline: float | None = None
+    """When the job's hard timeout kills it (Unix time, seconds), if it has one."""
+    soft_deadline: float | None = None
+    """When its soft timeout raises ``cmworker.JobTimeout`` inside it (Unix time), if it has one."""
+
+    def remaining(self, soft: bool = False) -> float | None:
+        """Seconds left until the hard deadline (``soft=True``: the soft one), never below 0; ``None``
+        when the job has no such deadline."""
+        deadline = self.soft_deadline if soft else self.deadline
+        return None if deadline is None else max(0.0, deadline - time.time())
 
     def __repr__(self) -> str:
         shown = [f"jobId={self.jobId!r}", f"userId={self.userId!r}"]
@@ -76,7 +93,7 @@ class Context:
 
 def job_context(base: Mapping[str, Any]) -> dict[str, Any]:
     """The SDK-shaped context dict: the job's own keys from ``base`` plus sources and client credentials."""
-    return {**base, **_extras()}
+    return {**base, **_extras(), **deadlines.context_keys()}
 
 
 def context_factory(annotation: Any) -> Callable[[dict[str, Any]], Any] | None:
@@ -98,7 +115,8 @@ def _build_context(cls: type[Context], context: dict[str, Any]) -> Context:
     return cls(jobId=context.get("jobId"), userId=context.get("userId"), authHeader=context.get("authHeader"),
                tempCredsAuthToken=context.get("tempCredsAuthToken"), sources=context.get("sources") or {},
                source_configs=context.get("source_configs") or {}, CLIENT_ID=context.get("CLIENT_ID"),
-               CLIENT_SECRET=context.get("CLIENT_SECRET"))
+               CLIENT_SECRET=context.get("CLIENT_SECRET"), deadline=context.get("deadline"),
+               soft_deadline=context.get("softDeadline"))
 
 
 def _build_sdk_context(cls: type, accepted: frozenset[str], context: dict[str, Any]) -> Any:

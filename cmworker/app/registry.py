@@ -42,6 +42,8 @@ class FunctionSpec:
     soft_timeout: float | None = None
     memory_limit: int | None = None
     edits: tuple[Any, ...] = ()  # Ontology SDK object types the function edits (its ontologyProvenance)
+    soft_memory_limit: int | None = None
+    max_worker_memory: int | None = None
 
     @cached_property
     def call_types(self) -> CallTypes:
@@ -68,7 +70,8 @@ class FunctionSpec:
 
     def declared_limits(self) -> dict[str, float | int | None]:
         """The limits the function declared, by name, in the form ``Config.limits_for`` takes."""
-        return {"timeout": self.timeout, "soft_timeout": self.soft_timeout, "memory_limit": self.memory_limit}
+        return {"timeout": self.timeout, "soft_timeout": self.soft_timeout, "memory_limit": self.memory_limit,
+                "soft_memory_limit": self.soft_memory_limit, "max_worker_memory": self.max_worker_memory}
 
 
 _registry: dict[str, FunctionSpec] = {}
@@ -100,15 +103,18 @@ def function(
     *, name: str | None = None, streaming: bool = False, timeout: float | str | None = None,
     soft_timeout: float | str | None = None, memory_limit: int | str | None = None,
     edits: Iterable[Any] | None = None,
+    soft_memory_limit: int | str | None = None, max_worker_memory: int | str | None = None,
 ) -> Callable[[F], F]: ...
 def function(
     fn: Callable[..., Any] | None = None, /, *, name: str | None = None, streaming: bool = False,
     timeout: float | str | None = None, soft_timeout: float | str | None = None,
-    memory_limit: int | str | None = None, edits: Iterable[Any] | None = None,
+    memory_limit: int | str | None = None, soft_memory_limit: int | str | None = None,
+    max_worker_memory: int | str | None = None, edits: Iterable[Any] | None = None,
 ) -> Any:
     """Register ``fn(context, event)`` as a compute-module function, bare or with options.
 
-    ``timeout``/``soft_timeout`` take seconds or strings like ``"5m"``; ``memory_limit`` bytes or ``"2GiB"``.
+    ``timeout``/``soft_timeout`` take seconds or strings like ``"5m"``; ``memory_limit``,
+    ``soft_memory_limit`` and ``max_worker_memory`` bytes or ``"2GiB"``.
     ``edits``: the Ontology SDK object types the function edits, as in the SDK's ``@function(edits=...)``.
     """
 
@@ -121,6 +127,8 @@ def function(
             soft_timeout=None if soft_timeout is None else parse_duration(soft_timeout),
             memory_limit=None if memory_limit is None else parse_size(memory_limit),
             edits=tuple(edits or ()),
+            soft_memory_limit=None if soft_memory_limit is None else parse_size(soft_memory_limit),
+            max_worker_memory=None if max_worker_memory is None else parse_size(max_worker_memory),
         )
         # Read the hints now, so that a bad one fails the import as in the SDK. A NameError is a class
         # defined further down the module: load_app reads the hints again once it exists.

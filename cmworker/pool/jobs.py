@@ -43,7 +43,20 @@ class Answer:
     queued: float = 0.0     # seconds from submit to dispatch
     wall: float = 0.0       # seconds from dispatch to answer
     cpu: float = 0.0        # CPU seconds the worker spent on the job, when it reported them
-    max_rss: int = 0        # highest RSS of the job's process tree seen by the sampler, bytes
+    # The job's peak RSS, bytes: the higher of the worker's own peak during the job (reported by the worker
+    # from its VmHWM, exact) and the largest total of the job's process tree seen by the parent's sampler
+    # (which also counts the processes the job started). 0 when neither is known.
+    max_rss: int = 0
+
+    @property
+    def stack(self) -> str | None:
+        """The Python stack of the worker's threads when the parent killed the job or it crashed."""
+        return self.error.details.get("stack") if self.error is not None else None
+
+    @property
+    def where(self) -> str | None:
+        """The innermost frame of the user's code in ``stack``: ``"solve() at /app/app.py:42"``."""
+        return self.error.details.get("where") if self.error is not None else None
 
     @classmethod
     def failed(cls, job: Job, error: JobError) -> Answer:

@@ -5,8 +5,8 @@ control socket (so that file descriptors ride on the message that needs them). A
 ``!IB`` (body length, tag) followed by the body. Bodies are packed with ``struct`` — no pickles: the
 compute-module path carries the job's JSON bytes in and the result's JSON bytes out untouched.
 
-    parent -> worker     Run
-    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring
+    parent -> worker     Run, RunLimits (just before its Run, when the job has a deadline or soft memory limit)
+    worker -> parent     Ready, Result, Failure, Chunk, StreamEnd, Retiring, Usage (just before an answer)
     parent -> template   Spawn (+ the worker's socket and output pipes as SCM_RIGHTS)
     template -> parent   TemplateReady, TemplateFailed, Spawned, Exited
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -279,6 +280,45 @@ class Retiring(_Packed):
     seq: int = 0
 
 
+_USAGE = struct.Struct("!QQQ")
+
+
+@dataclass(frozen=True)
+class Usage(_Packed):
+    """Sent with a job's answer, ahead of it: the job's peak RSS as the worker measured it (bytes: its own
+    high-water mark, reset when the job started, or the largest process of the job it reaped) and the
+    worker's RSS once the job was cleaned up (0: not measured, as the job has no ``max_worker_memory``)."""
+
+    tag = 8
+    layout = _USAGE
+    seq: int = 0
+    peak_rss: int = 0
+    rss: int = 0
+
+    def pack(self) -> bytes:  # one per job: without the generic field walk
+        return _USAGE.pack(self.seq, self.peak_rss, self.rss)
+
+
+_RUN_LIMITS = struct.Struct("!QdQQ")
+
+
+@dataclass(frozen=True)
+class RunLimits(_Packed):
+    """Sent just before the ``Run`` of job ``seq`` when it has a hard timeout (seconds: the job's
+    deadline, for ``cmworker.remaining()``), a soft memory limit or a ``max_worker_memory`` (bytes); 0 =
+    none."""
+
+    tag = 9
+    layout = _RUN_LIMITS
+    seq: int = 0
+    timeout: float = 0.0
+    soft_memory_limit: int = 0
+    max_worker_memory: int = 0
+
+    def pack(self) -> bytes:
+        return _RUN_LIMITS.pack(self.seq, self.timeout, self.soft_memory_limit, self.max_worker_memory)
+
+
 @dataclass(frozen=True)
 class Spawn(_Packed):
     """Fork a worker for ``slot``; its socket and stdout/stderr pipes travel alongside as fds."""
@@ -350,7 +390,7 @@ class TemplateFailed(Message):
         return cls(bytes(body).decode(errors="replace"))
 
 
-WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd, Retiring)
+WORKER_MESSAGES: tuple[type[Message], ...] = (Ready, Result, Failure, Chunk, StreamEnd, Retiring, Usage)
 TEMPLATE_MESSAGES: tuple[type[Message], ...] = (TemplateReady, TemplateFailed, Spawned, Exited)
 
 
@@ -446,9 +486,10 @@ def _check_kind(cls: type[Message], accept: tuple[type[Message], ...] | None, se
         raise ProtocolError(f"{'an' if name[0] in 'AEIOU' else 'a'} {name} message, which {sender} may not send")
 
 
-def send_message(sock: socket.socket, message: Message) -> None:
-    """Blocking send of one message (worker and template side)."""
-    parts = frame(message)
+def send_message(sock: socket.socket, message: Message, ahead: Sequence[Message] = ()) -> None:
+    """Blocking send of one message (worker and template side), after the small messages ``ahead`` of it,
+    all in one system call."""
+    parts = [part for small in ahead for part in frame(small)] + frame(message) if ahead else frame(message)
     sent = sock.sendmsg(parts)
     for part in parts:  # what did not fit, part by part, none copied
         if sent < len(part):

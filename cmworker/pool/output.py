@@ -14,6 +14,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 
+from cmworker.pool.stack import StackCatcher
 from cmworker.redaction import SECRETS
 
 READ_SIZE = 256 * 1024
@@ -83,6 +84,7 @@ class WorkerOutput:
         self.clock = clock
         self.last: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self.dropped = 0
+        self.stack = StackCatcher()  # a stack dump on stderr goes to the job's answer, not to the log
         self._reader = LineReader()
         self._tokens = LINE_BURST
         self._refilled = clock()
@@ -91,6 +93,9 @@ class WorkerOutput:
         """Lines to log as ``(stream, text)`` — flood-limited — and whether ``fd`` reached end of file."""
         raw_lines, eof = self._reader.read(fd)
         stream = "stdout" if fd == self.out_fd else "stderr"
+        if stream == "stderr" and raw_lines:
+            take = self.stack.take
+            raw_lines = [raw for raw in raw_lines if not take(raw.decode(errors="replace"))]
         return [(stream, text) for text in self._admit(raw_lines)], eof
 
     def drain(self) -> Iterator[tuple[str, str]]:
@@ -113,6 +118,7 @@ class WorkerOutput:
 
     def start_job(self) -> None:
         self.last.clear()
+        self.stack.reset()
 
     def close(self) -> None:
         for fd in (self.out_fd, self.err_fd):

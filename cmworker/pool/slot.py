@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmworker.errors import JobError, WorkerDied
-from cmworker.pool import processes
+from cmworker.pool import processes, stack
 from cmworker.pool.jobs import Job, OutputLine
 from cmworker.pool.messages import (
     MAX_FRAME,
@@ -37,6 +37,7 @@ from cmworker.pool.messages import (
     Result,
     Retiring,
     StreamEnd,
+    Usage,
     frame,
 )
 from cmworker.pool.output import WorkerOutput
@@ -85,6 +86,10 @@ class Slot:
     timers: list[Timer] = field(default_factory=list)
     oom_count: int | None = None
     next: Job | None = None  # prefetch: sent already, starts when ``job`` is answered
+    # Asked for its stack before a kill (``enforce.py``): the answer its job gets, made once the stack is in.
+    dumping: Callable[[str, dict[str, Any]], JobError] | None = None
+    soft_memory_sent: bool = False  # told its job passed the job's soft memory limit
+    on_closed: Callable[[Slot], None] | None = None  # once, when its socket reaches end of stream
 
     @classmethod
     def open(cls, slot_id: int, selector: selectors.BaseSelector, clock: Callable[[], float], buffer: bytearray,
@@ -111,12 +116,13 @@ class Slot:
 
     # -- the socket -----------------------------------------------------------------------------
 
-    def send(self, message: Message) -> bool:
-        """Send without blocking; what does not fit waits in the outbox for ``flush``.
+    def send(self, message: Message, ahead: Message | None = None) -> bool:
+        """Send without blocking (after the small message ``ahead``, in the same call); what does not fit
+        waits in the outbox for ``flush``.
 
         Returns True when an outbox was started, so the caller wakes the loop (which owns the selector).
         """
-        parts = frame(message)
+        parts = frame(message) if ahead is None else frame(ahead) + frame(message)
         if self.outbox:  # behind a message still being sent: never into the middle of it
             self.outbox.extend(memoryview(part) for part in parts)
             return True
@@ -185,7 +191,7 @@ class Slot:
             if self.pid is not None and message.pid != self.pid:
                 return f"a Ready message naming pid {message.pid}, not its own"
             return None
-        if not isinstance(message, Result | Failure | Chunk | StreamEnd | Retiring):
+        if not isinstance(message, Result | Failure | Chunk | StreamEnd | Retiring | Usage):
             return f"a {name} message"
         if self.job is None:
             return f"a {name} message while it had no job"
@@ -224,6 +230,9 @@ class Slot:
                 # template) carries the status; stop watching the socket meanwhile.
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(self.sock)
+                if self.on_closed is not None:
+                    on_closed, self.on_closed = self.on_closed, None
+                    on_closed(self)
                 return
             # feed() copies what it keeps, so the shared buffer may be reused at once.
             yield from self.reader.feed(memoryview(buf)[:n])
@@ -301,15 +310,21 @@ class Slot:
             return
         processes.kill_group(self.pid, sig, processes.job_processes(self.pid) if tree is None else tree)
 
-    def death_error(self) -> WorkerDied:
+    def death_error(self) -> JobError:
         """Why the job of this worker, which ended without answering, is answered ``worker_died``: decoded
-        once from its wait status (``exit``), which is missing when its template had died first."""
+        once from its wait status (``exit``), which is missing when its template had died first. A worker
+        that cmworker asked for its stack before killing it gets the answer it was being killed for.
+
+        The stack it wrote at a crash (or when asked), if any, rides along (``stack.details``)."""
+        where, found = stack.details(self.output.stack.text)
+        if self.dumping is not None:
+            return self.dumping(where, found)
         name = self.job.function if self.job else "?"
         output = "\n".join(self.output.last)
         if self.exit is None:
             return WorkerDied(f"the worker running function {name!r} ended without answering after cmworker's "
                               "worker template had died, so its exit status is unknown", pid=self.pid, output=output)
-        details: dict[str, Any] = {"pid": self.exit.pid, "output": output}
+        details: dict[str, Any] = {"pid": self.exit.pid, "output": output, **found}
         if self.exit.signal is not None:
             details["signal"] = self.exit.signal_name
         else:
@@ -320,8 +335,8 @@ class Slot:
                 return WorkerDied(
                     f"the worker running function {name!r} was killed by the kernel's out-of-memory killer "
                     "(the container ran out of memory)", likely_oom=True, **details)
-        return WorkerDied(f"the worker running function {name!r} {self.exit.describe()} without answering",
-                          **details)
+        return WorkerDied(f"the worker running function {name!r} {self.exit.describe()}{where} without "
+                          "answering", **details)
 
     def last_lines(self) -> str:
         if not self.output.last:

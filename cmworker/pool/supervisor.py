@@ -39,8 +39,6 @@ from typing import Any
 from cmworker.errors import (
     AppLoadError,
     JobError,
-    JobTimeout,
-    MemoryLimitExceeded,
     PoolUnhealthy,
     ShuttingDown,
     WorkerDied,
@@ -48,6 +46,7 @@ from cmworker.errors import (
 from cmworker.pool import processes
 from cmworker.pool.crew import Crew
 from cmworker.pool.dispatch import Dispatcher, Ticket
+from cmworker.pool.enforce import Enforcer
 from cmworker.pool.jobs import Answer, Job, OutputLine, StreamItem, print_line
 from cmworker.pool.messages import (
     MAX_BODY,
@@ -59,17 +58,19 @@ from cmworker.pool.messages import (
     Result,
     Retiring,
     Run,
+    RunLimits,
     Spawned,
     StreamEnd,
     TemplateFailed,
     TemplateReady,
+    Usage,
     owned,
 )
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.processes import Exit
 from cmworker.pool.slot import Slot as _Slot
 from cmworker.pool.timers import Doorbell, Timer, Timers
-from cmworker.units import describe_size, format_duration, format_size
+from cmworker.units import format_duration
 
 __all__ = ["Answer", "Job", "OutputLine", "Pool", "PoolOptions", "StreamItem", "Ticket"]
 
@@ -123,8 +124,9 @@ class Pool:
                           on_output=lambda line: self._call(self.on_output, line),
                           on_template_exit=self._on_template_died)
         self._slots = self._crew.slots
-        self._desk = Dispatcher(options, self._slots, self._lock, clock, arm=self._arm, send=self._send_run,
-                                wake=self._bell.ring)
+        self._enforcer = Enforcer(options, self._timers, self._slots, self._fail)
+        self._desk = Dispatcher(options, self._slots, self._lock, clock, arm=self._enforcer.arm,
+                                send=self._send_run, wake=self._bell.ring)
         # A free worker promised to a caller with no job yet, spent by ``submit(job, ticket)`` (thread-safe).
         self.reserve, self.release = self._desk.reserve, self._desk.release
         self._unhealthy: PoolUnhealthy | None = None
@@ -314,7 +316,7 @@ class Pool:
             self._fail(slot, WorkerDied(
                 f"the worker running function {slot.job.function!r} broke cmworker's protocol and was "
                 f"killed: it sent {what}", pid=slot.pid, protocol_error=what, output="\n".join(slot.output.last)))
-        self._kill_job(slot, "protocol", signal.SIGKILL)
+        self._enforcer.kill_job(slot, "protocol", signal.SIGKILL)
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -329,6 +331,8 @@ class Pool:
             self._on_started(slot)
         elif isinstance(message, Retiring):  # the job left it unfit for another: its answer is its last
             slot.retiring = True
+        elif isinstance(message, Usage):
+            self._enforcer.on_usage(slot, message)
 
     def _on_control_message(self, message: Message) -> None:
         """A message from the template (only its kinds pass ``TemplateLink``)."""
@@ -368,6 +372,8 @@ class Pool:
             self._ready.set()
 
     def _on_answered(self, slot: _Slot, message: Result | Failure | StreamEnd) -> None:
+        if slot.dumping is not None:  # past its limit, being killed: a late answer does not count
+            return
         body = b"" if isinstance(message, StreamEnd) else owned(message.body)
         kind = message.kind if isinstance(message, Failure) else "ok"
         self._finish(slot, body, kind, cpu=message.cpu, from_worker=True)
@@ -403,22 +409,6 @@ class Pool:
 
     # -- dispatch and answers -------------------------------------------------------------------
 
-    def _arm(self, slot: _Slot, job: Job, now: float) -> float:
-        """Arm the timers of a job starting now (the caller holds the lock); when the first is due."""
-        lim = job.limits
-        earliest = float("inf")
-        if lim.timeout:
-            timer = self._timers.push(now + lim.timeout, self._on_hard_timeout, (slot, job))
-            slot.timers.append(timer)
-            earliest = timer.when
-        if lim.memory_limit:
-            slot.oom_count = processes.oom_kill_count()
-            first = processes.next_sample(lim.memory_limit)
-            timer = self._timers.push(now + first, self._sample_memory, (slot, job))
-            slot.timers.append(timer)
-            earliest = min(earliest, timer.when)
-        return earliest
-
     def _send_run(self, slot: _Slot, job: Job) -> bool:
         """Send the job to its worker; True when the loop must finish a partial send."""
         if self.on_start is not None:  # from here on it can no longer be withdrawn
@@ -426,7 +416,10 @@ class Pool:
         lim = job.limits
         slot.sent += 1
         result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # a bigger one: result_too_large
-        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent))
+        ahead = None
+        if lim.timeout or lim.soft_memory_limit or lim.max_worker_memory:  # what the worker needs to know too
+            ahead = RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0)
+        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent), ahead)
 
     def _finish(self, slot: _Slot, body: bytes | bytearray, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:
@@ -479,43 +472,6 @@ class Pool:
             callback(value)
         except Exception:
             log.exception("pool callback %r failed", callback)
-
-    def _on_hard_timeout(self, slot: _Slot, job: Job) -> None:
-        if slot.job is not job or slot.answered:
-            return
-        timeout = job.limits.timeout or 0.0
-        self._fail(slot, JobTimeout(
-            f"function {job.function!r} ran past its timeout of {format_duration(timeout)} and was killed",
-            timeout_s=timeout, pid=slot.pid))
-        self._kill_job(slot, "timeout", signal.SIGTERM)
-
-    def _sample_memory(self, slot: _Slot, job: Job) -> None:
-        if slot.job is not job or slot.answered or slot.pid is None:
-            return
-        limit = job.limits.memory_limit or 0
-        tree = processes.job_processes(slot.pid)
-        used = sum(processes.rss(p) for p in tree)
-        slot.peak_rss = max(slot.peak_rss, used)
-        if used > limit:
-            self._fail(slot, MemoryLimitExceeded(
-                f"function {job.function!r} used {describe_size(used)} of memory, over its limit of "
-                f"{format_size(limit)}, and was killed", limit_bytes=limit, rss_bytes=used, pid=slot.pid))
-            self._kill_job(slot, "memory", signal.SIGKILL, tree)
-            return
-        delay = processes.next_sample(limit - used)
-        slot.timers.append(self._after(delay, self._sample_memory, slot, job))
-
-    def _kill_job(self, slot: _Slot, reason: str, sig: int, tree: list[int] | None = None) -> None:
-        """Kill the job's process group (and stray descendants); escalate to SIGKILL after the grace."""
-        slot.killed_for = reason
-        slot.state = "killing"
-        slot.kill(sig, tree)
-        if sig != signal.SIGKILL:
-            self._after(self.options.kill_grace, self._escalate, slot)
-
-    def _escalate(self, slot: _Slot) -> None:
-        if slot.state == "killing":
-            slot.kill(signal.SIGKILL)
 
     # -- spawning, retiring, ending -------------------------------------------------------------
 
@@ -571,7 +527,7 @@ class Pool:
                     self._fail(slot, ShuttingDown(
                         f"cmworker is shutting down and stopped function {slot.job.function!r} before it "
                         "finished", pid=slot.pid))
-                    self._kill_job(slot, "shutdown", signal.SIGKILL)
+                    self._enforcer.kill_job(slot, "shutdown", signal.SIGKILL)
 
     def _teardown(self) -> None:
         # Normally every job is answered by now; after a crash of this loop, answer what is still owed.
@@ -579,7 +535,8 @@ class Pool:
         self._check_stop()
         for slot in list(self._slots.values()):
             if slot.job is not None and not slot.answered:
-                self._fail(slot, ShuttingDown("the pool stopped before this job finished", pid=slot.pid))
+                self._fail(slot, slot.death_error() if slot.dumping else
+                           ShuttingDown("the pool stopped before this job finished", pid=slot.pid))
             if slot.next is not None:
                 error = ShuttingDown("cmworker is shutting down; this job was never started")
                 self._answers.append(Answer.failed(slot.next, error))

@@ -287,9 +287,7 @@ def describe(functions: Mapping[str, FunctionSpec]) -> dict[str, dict[str, Any]]
             schema = infer_schema(spec, type_ids)
         except Exception as exc:  # a schema is a courtesy to callers; the function still runs
             print(f"cmworker: cannot infer the schema of function {name!r}: {exc}", file=sys.stderr)
-        described[name] = {"streaming": spec.streaming, "timeout": spec.timeout,
-                           "soft_timeout": spec.soft_timeout, "memory_limit": spec.memory_limit,
-                           "schema": schema}
+        described[name] = {"streaming": spec.streaming, **spec.declared_limits(), "schema": schema}
     return described
 
 

@@ -36,6 +36,7 @@ from cmworker.errors import (
     InvalidInput,
     JobError,
     JobTimeout,
+    MemoryLimitExceeded,
     RemoteException,
     ResultNotSerializable,
     ResultTooLarge,
@@ -43,20 +44,23 @@ from cmworker.errors import (
     UnknownFunction,
     unreadable_job,
 )
-from cmworker.pool import pickled, processes
+from cmworker.pool import pickled, processes, stack
 from cmworker.pool.baseline import Baseline
 from cmworker.pool.messages import (
     MODE_PICKLE,
     BlockingReader,
     Chunk,
     Failure,
+    Message,
     Ready,
     Result,
     Retiring,
     Run,
+    RunLimits,
     StreamEnd,
     send_message,
 )
+from cmworker.pool.usage import JobWatch
 from cmworker.proctitle import set_title
 from cmworker.units import describe_size, format_duration, format_size
 
@@ -75,6 +79,8 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    stack.install()  # the stack at a crash, and at the parent's kill, goes to stderr (pool/stack.py)
+    watch = JobWatch(lambda: _in_job)  # before the baseline: its signal handler is part of it
     baseline = Baseline.capture()
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)
@@ -89,12 +95,16 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
         if isinstance(message, Run):
             if title:
                 set_title(f"{title} [{message.function}]")
-            _run(sock, message, functions, baseline)
+            _run(sock, message, functions, baseline, watch)
             if title:
                 set_title(f"{title} idle")
+        elif isinstance(message, RunLimits):
+            watch.expect(message)
 
 
-def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], baseline: Baseline) -> None:
+def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], baseline: Baseline,
+         watch: JobWatch) -> None:
+    watch.begin(run)
     cpu_start = time.process_time()
     try:
         reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
@@ -103,14 +113,17 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
     unfit = _clean_up(baseline)
     _flush_output()
     cpu = time.process_time() - cpu_start
-    if unfit:
-        send_message(sock, Retiring(run.seq))
+    usage = watch.end(run.seq)
+    if not unfit and (unfit := watch.too_big(usage)):
+        logs.get_logger("cmworker.worker").info("worker_replaced_after_job", reasons=unfit)
+    # One send for all: the parent wakes once, and finds the answer behind the usage.
+    ahead: list[Message] = [usage, Retiring(run.seq)] if unfit else [usage]
     if isinstance(reply, Result):
-        send_message(sock, Result(reply.body, cpu, run.seq))
+        send_message(sock, Result(reply.body, cpu, run.seq), ahead)
     elif isinstance(reply, Failure):
-        send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq))
+        send_message(sock, Failure(reply.kind, reply.body, cpu, run.seq), ahead)
     else:
-        send_message(sock, StreamEnd(cpu, run.seq))
+        send_message(sock, StreamEnd(cpu, run.seq), ahead)
     if unfit:
         _flush_output()
         os._exit(0)
@@ -152,7 +165,7 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
             value = spec.fn(context_arg, event)
             if spec.streaming and _is_stream(value):
                 return _stream(sock, value, run)
-    except JobTimeout as exc:
+    except (JobTimeout, MemoryLimitExceeded) as exc:  # at a soft limit, not caught by the function
         return _failure(exc)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the job raised them
         return _failure(RemoteException.from_exception(exc, traceback.format_exc()))
@@ -196,7 +209,7 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
                     limit_bytes=run.max_result_size, items_sent=sent))
             send_message(sock, Chunk(data, run.seq))
             sent += 1
-    except JobTimeout as exc:
+    except (JobTimeout, MemoryLimitExceeded) as exc:
         return _failure(exc)
     except BaseException as exc:
         tb = traceback.format_exc()

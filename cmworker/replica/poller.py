@@ -63,6 +63,14 @@ events = logs.get_logger("cmworker.poller")
 _END = object()   # closes a stream's item queue
 
 
+def _where(answer: Answer) -> dict[str, str]:
+    """Where a killed or crashed job was, for its job_finished line: the frame, and the stack (SLS
+    ``stacktrace``). Absent otherwise, so that the ordinary line keeps its fast path (logs.FixedLine)."""
+    if answer.error is None or answer.stack is None:
+        return {}
+    return {"where": answer.where, "stack": answer.stack} if answer.where else {"stack": answer.stack}
+
+
 def _constant(body: bytes | bytearray) -> Callable[[], bytes | bytearray]:
     return lambda: body
 
@@ -424,7 +432,8 @@ class Poller:
         self._finished_line(
             "info" if answer.kind == "ok" else "warning", job_id=job.id, function=job.function, kind=answer.kind,
             worker_pid=answer.pid, queued_s=round(answer.queued, 6), wall_s=round(answer.wall, 6),
-            cpu_s=round(answer.cpu, 6), peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body))
+            cpu_s=round(answer.cpu, 6), peak_rss_bytes=answer.max_rss or None, result_bytes=len(answer.body),
+            **_where(answer))
 
     def _on_stream(self, item: StreamItem) -> None:
         held = self.ledger.get(item.job.id)
