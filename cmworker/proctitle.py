@@ -1,6 +1,6 @@
 """Process titles, so that ``ps`` and ``top`` tell cmworker's processes apart (their argv is one long
 command line with JSON in it): ``cmworker: parent``, ``cmworker: template APP``, ``cmworker: worker N
-[FUNCTION]`` while a job runs and ``cmworker: worker N idle`` between jobs.
+[FUNCTION JOB_ID]`` while a job runs and ``cmworker: worker N idle`` between jobs.
 
 Rewriting what ``ps`` shows means overwriting the process's argv area in place (and moving the
 environment out of its way), which ``setproctitle`` does portably and safely; a call costs ~0.5 µs,

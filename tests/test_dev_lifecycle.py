@@ -155,7 +155,7 @@ def test_ps_tells_the_parent_the_template_and_the_workers_apart(tmp_path: Path) 
         assert sorted(title(p) for p in workers) == ["cmworker: worker 1 idle", "cmworker: worker 2 idle"]
         job = client.run("hold", {"seconds": 1.5})
         deadline = time.monotonic() + WAIT
-        while not any(title(p).endswith(" [hold]") for p in workers) and time.monotonic() < deadline:
+        while not any(title(p).endswith(f" [hold {job}]") for p in workers) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert any(re.fullmatch(r"cmworker: worker [12] \[hold\]", title(p)) for p in workers)
+        assert any(re.fullmatch(rf"cmworker: worker [12] \[hold {re.escape(job)}\]", title(p)) for p in workers)
         assert client.get_result(job, timeout=WAIT) == "one"

@@ -78,3 +78,17 @@ def test_a_chunk_of_a_large_stream_item_is_owned_too() -> None:
     messages += reader.advance(len(data) - 100)
     [chunk] = messages
     assert isinstance(chunk, Chunk) and chunk.seq == 4 and chunk.body == BIG
+
+
+def test_a_run_carries_the_job_id_for_the_title_cut_short_and_never_mistaken_for_the_function() -> None:
+    long_id = "j\0" + "x" * 500  # an odd id: a NUL in it, and far longer than a title needs
+    for body in (b"{}", BIG):
+        run = BlockingReader(_pair_with(wire(Run("echo", body, seq=1, job_id=long_id)))).read()
+        assert isinstance(run, Run) and run.function == "echo" and bytes(run.body) == body
+        assert run.job_id == long_id[:200]
+
+
+def _pair_with(data: bytes) -> socket.socket:
+    sender, receiver = socket.socketpair()
+    threading.Thread(target=lambda: (sender.sendall(data), sender.close()), daemon=True).start()
+    return receiver

@@ -140,6 +140,8 @@ class Run(Message):
     """One job: which function, in which mode, with which in-job limits, and its bytes.
 
     ``seq`` numbers the jobs sent to one worker; everything the worker sends about the job carries it.
+    ``job_id`` is for the worker's process title only (the job's own id is in its body), cut to
+    ``_TITLE_ID`` characters.
     """
 
     tag = 2
@@ -149,12 +151,14 @@ class Run(Message):
     soft_timeout: float = 0.0        # seconds; 0 = none
     max_result_size: int = 0         # bytes; 0 = unlimited
     seq: int = 0
+    job_id: str = ""
 
     def pack(self) -> bytes:
         return b"".join(self.parts())
 
     def parts(self) -> list[Buffer]:
-        name = self.function.encode()
+        # The function and the id in one field, split at the first NUL: no function name holds one.
+        name = self.function.encode() + b"\0" + self.job_id[:_TITLE_ID].encode(errors="replace")
         return [_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name)) + name,
                 self.body]
 
@@ -162,8 +166,8 @@ class Run(Message):
     def unpack(cls, body: memoryview) -> Run:
         seq, mode, soft, max_size, name_len = _RUN.unpack_from(body)
         start = _RUN.size
-        name = bytes(body[start:start + name_len]).decode()
-        return cls(name, body[start + name_len:], mode, soft, max_size, seq)
+        function, job_id = _names(bytes(body[start:start + name_len]))
+        return cls(function, body[start + name_len:], mode, soft, max_size, seq, job_id)
 
     @classmethod
     def unpack_owned(cls, body: bytearray) -> Run:
@@ -171,9 +175,17 @@ class Run(Message):
         start = _RUN.size + name_len
         if len(body) < start:
             raise ValueError("the function name runs past the end of the frame")
-        name = bytes(body[_RUN.size:start]).decode()
+        function, job_id = _names(bytes(body[_RUN.size:start]))
         del body[:start]  # no copy: a bytearray drops a prefix by moving its start
-        return cls(name, body, mode, soft, max_size, seq)
+        return cls(function, body, mode, soft, max_size, seq, job_id)
+
+
+_TITLE_ID = 200
+
+
+def _names(field: bytes) -> tuple[str, str]:
+    function, _, job_id = field.partition(b"\0")
+    return function.decode(), job_id.decode(errors="replace")
 
 
 @dataclass(frozen=True)

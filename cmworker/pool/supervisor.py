@@ -419,7 +419,8 @@ class Pool:
         ahead = None
         if lim.timeout or lim.soft_memory_limit or lim.max_worker_memory:  # what the worker needs to know too
             ahead = RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0)
-        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent), ahead)
+        return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent,
+                             job.id), ahead)
 
     def _finish(self, slot: _Slot, body: bytes | bytearray, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:

@@ -94,7 +94,7 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
             os._exit(0)
         if isinstance(message, Run):
             if title:
-                set_title(f"{title} [{message.function}]")
+                set_title(f"{title} [{message.function} {message.job_id}]")
             _run(sock, message, functions, baseline, watch)
             if title:
                 set_title(f"{title} idle")
