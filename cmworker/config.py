@@ -197,10 +197,11 @@ class Config:
     def check_functions(self, registered: Iterable[str]) -> None:
         """``ConfigError`` when a ``[functions.NAME]`` table names no registered function (likely a typo)."""
         known = list(registered)
-        for name, overrides in self.functions.items():
-            if name not in known:
-                raise ConfigError(f"[{FUNCTIONS_TABLE}.{_toml_key(name)}] ({overrides.source}): the app "
-                                  f"registers no function {name!r}{_suggest(name, known)}")
+        problems = [f"[{FUNCTIONS_TABLE}.{_toml_key(name)}] ({overrides.source}): the app registers no "
+                    f"function {name!r}{_suggest(name, known)}"
+                    for name, overrides in self.functions.items() if name not in known]
+        if problems:  # every one of them, not just the first: each is a typo to fix
+            raise ConfigError("; ".join(problems))
 
     def to_toml(self) -> str:
         """The configuration as TOML, each value followed by a comment saying where it came from."""

@@ -103,6 +103,9 @@ memory_limit = "300MiB"
 
 [functions.plian]
 timeout = "1s"
+
+[functions.quik]
+timeout = "2s"
 '''
 
 
@@ -122,4 +125,5 @@ def test_cmworker_config_shows_decorator_limits_with_their_source_and_warns_of_u
     assert re.search(r'#   max_result_size = "32MiB" +# limits\.max_result_size, default', section)
     assert "[functions.plian] (file " in shown.stderr
     assert "the app registers no function 'plian'; did you mean 'plain'?" in shown.stderr
+    assert "the app registers no function 'quik'; did you mean 'quick'?" in shown.stderr  # every one named
     assert shown.stderr.startswith("cmworker config: warning: ")
