@@ -211,6 +211,8 @@ class ConsoleRenderer:
         if self.colours:
             tag = f"{self._COLOURS.get(level, '')}{tag}\x1b[0m"
         text = f"{stamp} {tag} {message}" + (f"  {fields}" if fields else "")
+        if below and stack:  # a killed or crashed job's stack goes under its line with the rest of it
+            below, stack = f"{below.rstrip()}\nits stack:\n{stack.rstrip()}", None
         if stack:
             text += "\n" + stack.rstrip()
         if below:

@@ -102,6 +102,7 @@ def test_the_console_shows_what_a_person_needs_for_each_outcome(tmp_path: Path) 
         assert "SIGSEGV" in below
         assert "last output:" in below
         assert "line one before the crash" in below and "line two before the crash" in below
+        assert "its stack:" in below and re.search(r'File ".*app\.py", line \d+ in crashes', below)
 
         line, below = _line(console, "slow")
         assert "kind=timeout" in line and " cpu=" not in line  # killed: the worker never said

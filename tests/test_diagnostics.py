@@ -112,7 +112,9 @@ def test_a_memory_kill_is_answered_with_the_stack_of_the_allocation_loop(pool: A
     answer = pool.run("grow", {}, memory_limit=150 * MiB)
     payload = pool.payload(answer)
     assert answer.kind == "memory_limit" and payload["rss_bytes"] > 150 * MiB
-    assert f'File "{APP}", line {stuck_line("grow")} in grow' in payload["stack"]
+    # In the allocation, or in the millisecond's pause after it: either line of the loop.
+    loop = (stuck_line("grow"), stuck_line("grow") + 1)
+    assert any(f'File "{APP}", line {line} in grow' in payload["stack"] for line in loop), payload["stack"]
     assert re.search(r"of memory, over its limit of 150MiB in (_touched|grow)\(\) at diagnose\.py:\d+, and was "
                      "killed", payload["error"]), payload["error"]
 

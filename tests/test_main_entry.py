@@ -71,9 +71,12 @@ def test_python_app_py_serves_jobs_and_drains_on_sigterm(runtime: EmbeddedRuntim
             client = runtime.client()
             assert client.call("add", {"a": 2, "b": 3}, timeout=WAIT) == {"sum": 5}
 
-            # The same process, now `cmworker run` of the script with the script's own arguments.
-            cmdline = serving.cmdline()
-            assert cmdline[1:] == ["-m", "cmworker", "run", app, "--workers", "2"], cmdline
+            # The same process, now `cmworker run`'s parent (its process title says so: the title replaces
+            # the command line), serving with the script's own arguments (--workers 2).
+            assert " ".join(serving.cmdline()).strip() == "cmworker: parent", serving.cmdline()
+            workers = [p for p in serving.children(recursive=True)
+                       if " ".join(p.cmdline()).startswith("cmworker: worker")]
+            assert len(workers) == 2, [p.cmdline() for p in serving.children(recursive=True)]
 
             # The parent ran the app's body once, as __main__, before main(); the app's functions are
             # imported by the worker template only (a process of its own, under the app's own name).
