@@ -130,6 +130,8 @@ class Poller:
         os.set_blocking(self._wake_r, False)
         self._threads: list[threading.Thread] = []
         self._pollers: list[threading.Thread] = []
+        self._asking = 0  # poll threads between taking a ticket and having acted on their GET's reply
+        self._asked = threading.Condition()
         # One keep-alive connection kept for the next streaming job: a new TLS connection costs ~3.5 ms
         # here, which a stream's first item would otherwise wait for. Streams that run at once beside it
         # connect anew and close after; keeping one only, the parent's open files never grow with streams.
@@ -203,8 +205,8 @@ class Poller:
             self._handle_signals()
         # A GET under way may still bring a job: it is answered `shutdown`, and must be in the ledger
         # before the wait for an empty ledger starts. The runtime holds a GET ~5 s at most.
-        for poller in list(self._pollers):
-            poller.join(timeout=max(self.config.shutdown_grace, 6.0))
+        with self._asked:
+            self._asked.wait_for(lambda: not self._asking, timeout=max(self.config.shutdown_grace, 6.0))
         if not self.ledger.wait_empty(timeout=max(self.config.shutdown_grace, 5.0)):
             log.error("%d job(s) could not be answered before exit", len(self.ledger))
         self.ledger.close_outbox()
@@ -322,31 +324,44 @@ class Poller:
             while not self._stopping.is_set():
                 if not self.ledger.wait_below(hold_limit, timeout=0.5):
                     continue
-                ticket = self.pool.reserve(timeout=0.5)
-                if ticket is None:
-                    continue
                 started = time.monotonic()
-                try:
-                    self._observe("get_start", "")
-                    reply = self.service.get_job(conn)
-                    self._observe("get_end", "")
-                except TransportError as exc:
-                    self.pool.release(ticket)
-                    failures += 1
-                    (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
-                    self._stopping.wait(backoff(failures))
-                    continue
-                try:
-                    failures = 0 if reply.status < 300 else failures + 1
-                    brought = self._on_get(reply, failures, ticket)
-                finally:
-                    self.pool.release(ticket)  # unless the job it brought spent it
-                del reply  # not held through the next long poll: a big job's body is the job's only
+                with self._asking_for_a_job():
+                    ticket = self.pool.reserve(timeout=0.5)
+                    if ticket is None:
+                        continue
+                    try:
+                        self._observe("get_start", "")
+                        reply = self.service.get_job(conn)
+                        self._observe("get_end", "")
+                    except TransportError as exc:
+                        self.pool.release(ticket)
+                        failures += 1
+                        (log.warning if failures < 5 else log.error)("GET job failed (%s); retrying", exc)
+                        self._stopping.wait(backoff(failures))
+                        continue
+                    try:
+                        failures = 0 if reply.status < 300 else failures + 1
+                        brought = self._on_get(reply, failures, ticket)
+                    finally:
+                        self.pool.release(ticket)  # unless the job it brought spent it
+                    del reply  # not held through the next long poll: a big job's body is the job's only
                 pause = empty.pause(time.monotonic() - started, brought)
                 if pause:
                     self._stopping.wait(pause)
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def _asking_for_a_job(self) -> Iterator[None]:
+        """Counts the poll threads that may still take a job: the drain waits for them (and only them)."""
+        with self._asked:
+            self._asking += 1
+        try:
+            yield
+        finally:
+            with self._asked:
+                self._asking -= 1
+                self._asked.notify_all()
 
     def _on_get(self, reply: Reply, failures: int, ticket: Ticket) -> bool:
         """Act on one GET job reply; True when it brought a job."""
