@@ -50,7 +50,7 @@ from cmworker.pool.jobs import Answer, Job
 from cmworker.pool.messages import MODE_PICKLE
 from cmworker.pool.options import PoolOptions
 from cmworker.pool.supervisor import Pool
-from cmworker.units import format_duration, parse_duration, parse_size
+from cmworker.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = ["Executor"]
 
@@ -320,7 +320,9 @@ class Executor(concurrent.futures.Executor):
     ``max_workers`` defaults to the CPUs this process may use. ``timeout`` (hard: the worker's process
     group is killed), ``soft_timeout`` (``cmworker.JobTimeout`` is raised inside the call first) and
     ``memory_limit`` (RSS of the call's whole process tree) apply to every call unless ``submit_with``
-    says otherwise; durations and sizes are seconds/bytes or strings such as ``"5m"`` and ``"2GiB"``.
+    says otherwise, and so do ``soft_memory_limit`` (``cmworker.MemoryLimitExceeded`` raised inside the
+    call first) and ``max_worker_memory`` (a worker left above it after a call is replaced); durations
+    and sizes are seconds/bytes or strings such as ``"5m"`` and ``"2GiB"``.
     ``max_jobs_per_worker`` recycles a worker after that many calls. ``preload`` names modules the
     worker template imports once, so that every worker starts with them imported.
     """
@@ -332,12 +334,14 @@ class Executor(concurrent.futures.Executor):
         timeout: float | str | None = None,
         soft_timeout: float | str | None = None,
         memory_limit: int | str | None = None,
+        soft_memory_limit: int | str | None = None,
+        max_worker_memory: int | str | None = None,
         max_jobs_per_worker: int | None = None,
         preload: Sequence[str] | str = (),
     ) -> None:
         workers = _positive_int("max_workers", max_workers) if max_workers is not None else _cpu_count()
         recycle = 0 if max_jobs_per_worker is None else _positive_int("max_jobs_per_worker", max_jobs_per_worker)
-        self._limits = _limits(timeout, soft_timeout, memory_limit)
+        self._limits = _limits(timeout, soft_timeout, memory_limit, soft_memory_limit, max_worker_memory)
         modules = [preload] if isinstance(preload, str) else list(preload)
         self._calls = calls = _Calls()
         # worker_nice=0: they run the caller's own computation; lowered, they would yield to every other program.
@@ -361,17 +365,21 @@ class Executor(concurrent.futures.Executor):
         timeout: float | str | _Unset | None = _UNSET,
         soft_timeout: float | str | _Unset | None = _UNSET,
         memory_limit: int | str | _Unset | None = _UNSET,
+        soft_memory_limit: int | str | _Unset | None = _UNSET,
+        max_worker_memory: int | str | _Unset | None = _UNSET,
         **kwargs: Any,
     ) -> concurrent.futures.Future[T]:
         """``submit`` with limits for this call only; an omitted limit is the executor's, ``None`` is none.
 
-        ``timeout``, ``soft_timeout`` and ``memory_limit`` are taken by this method: to pass arguments of
-        those names to ``fn``, wrap it in ``functools.partial``.
+        The limits' names are taken by this method: to pass arguments of those names to ``fn``, wrap it
+        in ``functools.partial``.
         """
         base = self._limits
         limits = _limits(base.timeout if isinstance(timeout, _Unset) else timeout,
                          base.soft_timeout if isinstance(soft_timeout, _Unset) else soft_timeout,
-                         base.memory_limit if isinstance(memory_limit, _Unset) else memory_limit)
+                         base.memory_limit if isinstance(memory_limit, _Unset) else memory_limit,
+                         base.soft_memory_limit if isinstance(soft_memory_limit, _Unset) else soft_memory_limit,
+                         base.max_worker_memory if isinstance(max_worker_memory, _Unset) else max_worker_memory)
         return self._submit(fn, args, kwargs, limits)
 
     def map(
@@ -510,8 +518,8 @@ def _name(fn: Callable[..., Any]) -> str:
     return name if len(name) <= _NAME_MAX else name[:_NAME_MAX - 3] + "..."
 
 
-def _limits(timeout: float | str | None, soft_timeout: float | str | None,
-            memory_limit: int | str | None) -> JobLimits:
+def _limits(timeout: float | str | None, soft_timeout: float | str | None, memory_limit: int | str | None,
+            soft_memory_limit: int | str | None = None, max_worker_memory: int | str | None = None) -> JobLimits:
     hard, soft = _duration("timeout", timeout), _duration("soft_timeout", soft_timeout)
     if hard is not None and soft is not None and soft >= hard:
         # The hard kill would come first and the soft timeout could never fire (the configuration file
@@ -521,8 +529,12 @@ def _limits(timeout: float | str | None, soft_timeout: float | str | None,
     # max_result_size=0: no cap of the executor's own, as concurrent.futures has none (the compute-module
     # path's 32 MiB default is a runtime constraint, not a local one); only the pool's frame limit
     # applies (pool.messages.MAX_BODY, 1 GiB less a little).
-    return JobLimits(timeout=hard, soft_timeout=soft, memory_limit=_size("memory_limit", memory_limit),
-                     max_result_size=0)
+    memory, soft_memory = _size("memory_limit", memory_limit), _size("soft_memory_limit", soft_memory_limit)
+    if memory is not None and soft_memory is not None and soft_memory >= memory:
+        raise ValueError(f"soft_memory_limit ({format_size(soft_memory)}) must be less than memory_limit "
+                         f"({format_size(memory)}): MemoryLimitExceeded is raised inside the call before the kill")
+    return JobLimits(timeout=hard, soft_timeout=soft, memory_limit=memory, max_result_size=0,
+                     soft_memory_limit=soft_memory, max_worker_memory=_size("max_worker_memory", max_worker_memory))
 
 
 def _duration(name: str, value: float | str | None) -> float | None:

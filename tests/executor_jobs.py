@@ -230,3 +230,27 @@ def die_on_signal(path: str, how: str) -> None:
     elif how == "exit":
         os._exit(7)
     allocate_slowly(16 * 2**20, 0.001)
+
+
+_kept: list[bytearray] = []
+
+
+def grow_until_told(step_mib: int = 4) -> dict[str, Any]:
+    """Allocates (and touches) memory until the soft memory limit says stop, then frees it and returns."""
+    from cmworker import MemoryLimitExceeded
+
+    kept = []
+    try:
+        while True:
+            kept.append(bytearray(step_mib * 2**20))
+            time.sleep(0.002)
+    except MemoryLimitExceeded as exc:
+        grown = len(kept) * step_mib
+        kept.clear()
+        return {"caught": exc.soft, "grown_mib": grown}
+
+
+def keep(mib: int) -> int:
+    """Leaves ``mib`` MiB allocated in the worker after it returns; the worker's pid."""
+    _kept.append(bytearray(mib * 2**20))
+    return os.getpid()

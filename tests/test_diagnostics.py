@@ -311,3 +311,20 @@ def test_the_catcher_takes_the_dump_lines_and_lets_other_output_through() -> Non
     assert catcher.text == DUMP.format(worker="/w.py")
     catcher.reset()
     assert catcher.text is None
+
+
+def test_the_executor_takes_the_memory_settings_too() -> None:
+    from cmworker import Executor
+    from tests import executor_jobs
+
+    with Executor(1, memory_limit="1GiB", soft_memory_limit="120MiB", max_worker_memory="200MiB") as ex:
+        grown = ex.submit(executor_jobs.grow_until_told).result(timeout=60)
+        assert grown["caught"] is True and grown["grown_mib"] >= 60  # stopped by the soft limit, not killed
+        # Without the soft limit for these: the 300 MiB kept would cross it.
+        first = ex.submit_with(executor_jobs.keep, 10, soft_memory_limit=None).result(timeout=60)
+        leaked = ex.submit_with(executor_jobs.keep, 300, soft_memory_limit=None).result(timeout=60)
+        assert leaked == first  # same worker: below max_worker_memory until then
+        after = ex.submit_with(executor_jobs.keep, 0, soft_memory_limit=None).result(timeout=60)
+        assert after != leaked  # replaced after the 300 MiB
+    with pytest.raises(ValueError, match=r"soft_memory_limit .* must be less than memory_limit"):
+        Executor(1, memory_limit="100MiB", soft_memory_limit="200MiB")
