@@ -6,7 +6,7 @@ is re-emitted by ``cmworker.replica.job_output``. Threads of the parent process 
 
     main       signals (handlers only record them), start-up, shutdown, reaping orphans as PID 1
     poll-N     GET job, each only with a worker promised to it (``Pool.reserve``): the first posts the
-               schemas and the restart notification, then starts the others (``pollers``)
+               schemas and the restart notification, then starts the others, if ``pollers`` says so
     pool       the supervisor loop (cmworker.pool.supervisor): workers, deadlines, memory, deaths; it
                hands answers and output on through the Poller's callbacks
     post-N     POST results/{jobId}, retried with backoff until the runtime has it
@@ -17,9 +17,9 @@ Admission: a job is asked for only when a worker is free to start it at once, so
 the replica for a worker. A worker is free once its answer is in the parent, while that answer may still
 be on its way to the runtime: the next GET goes out beside the POST, each on its own keep-alive
 connection, and the runtime then holds at most ``workers`` running jobs plus the answers being posted
-(a runtime that caps a replica at ``MAX_CONCURRENT_TASKS`` holds that GET until the POST lands). Several
-poll threads let the hand-offs of different workers proceed at once. As a backstop against a runtime
-that takes answers slowly or not at all, no more than ``2 * workers`` jobs are ever held.
+(a runtime that caps a replica at ``MAX_CONCURRENT_TASKS`` holds that GET until the POST lands). As a
+backstop against a runtime that takes answers slowly or not at all, no more than ``2 * workers`` jobs
+are ever held.
 
 Every job a poll thread accepts enters the ``Ledger`` and leaves it only when its one answer has
 been posted (or the runtime said it no longer knows the job). A job is never held twice and never
