@@ -161,6 +161,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = WAIT) -> None:
             proc.wait()
 
 
+def decoded_answer(rt: EmbeddedRuntime, job_id: str, timeout: float = WAIT) -> Any:
+    """The JSON of a job's answer, once the runtime has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = rt.record.job(job_id)
+        if snap is not None and snap.answer is not None:
+            return json.loads(snap.answer)
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} was not answered")
+
+
 @contextmanager
 def cmworker_run(rt: EmbeddedRuntime, tmp: Path, config: str, *, app: str = "misbehave.py", workers: int = 2,
                  env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:

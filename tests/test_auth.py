@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -18,7 +17,7 @@ from cmworker.auth import RefreshingToken, fetch_token, oauth_token, pipeline_to
 from cmworker.errors import AuthFailed, NotProvided
 from cmworker.resources import PipelineResource, pipeline_resource, pipeline_resources
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import cmworker_run
+from tests.pool_harness import cmworker_run, decoded_answer
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 30.0
@@ -39,14 +38,6 @@ def app_env(runtime: EmbeddedRuntime, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return env
 
 
-def _answer(rt: EmbeddedRuntime, job_id: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        snap = rt.record.job(job_id)
-        if snap is not None and snap.answer is not None:
-            return json.loads(snap.answer)
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} was not answered")
 
 
 def _whoami(rt: EmbeddedRuntime, token: str) -> int:
@@ -58,12 +49,12 @@ def _whoami(rt: EmbeddedRuntime, token: str) -> int:
 
 def test_served_app_gets_a_token_and_renews_it_after_it_expires(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     with cmworker_run(runtime, tmp_path, "", app="auth_app.py", workers=1, env=runtime.application_env()):
-        first = _answer(runtime, runtime.submit("use_token"))
+        first = decoded_answer(runtime, runtime.submit("use_token"))
         assert first["status"] == 200 and first["fetches"] == 1
-        again = _answer(runtime, runtime.submit("use_token"))
+        again = decoded_answer(runtime, runtime.submit("use_token"))
         assert again["token"] == first["token"] and again["fetches"] == 1  # still fresh: no request
         time.sleep(1.2)  # past the token's expires_in (1 s)
-        renewed = _answer(runtime, runtime.submit("use_token"))
+        renewed = decoded_answer(runtime, runtime.submit("use_token"))
     assert renewed["fetches"] == 2 and renewed["token"] != first["token"]
     assert renewed["status"] == 200
     assert renewed["first_token_status"] == 401  # the first token did expire
@@ -74,7 +65,7 @@ def test_served_app_gets_a_token_and_renews_it_after_it_expires(runtime: Embedde
 def test_served_app_with_a_wrong_secret_fails_clearly(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     env = {**runtime.application_env(), "CLIENT_SECRET": "not-the-secret"}
     with cmworker_run(runtime, tmp_path, "", app="auth_app.py", workers=1, env=env):
-        answer = _answer(runtime, runtime.submit("one_token"))
+        answer = decoded_answer(runtime, runtime.submit("one_token"))
     assert answer["kind"] == "exception"
     assert "AuthFailed" in answer["exception"] and "HTTP 401" in answer["exception"]
     assert "invalid_client" in answer["exception"] and runtime.oauth.client_id in answer["exception"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import cmworker_run
+from tests.pool_harness import cmworker_run, decoded_answer
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 30.0
@@ -25,14 +25,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedR
         yield rt, tmp / "run.log"
 
 
-def _answered(rt: EmbeddedRuntime, job_id: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        snap = rt.record.job(job_id)
-        if snap is not None and snap.answer is not None:
-            return json.loads(snap.answer)
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} was not answered")
 
 
 def _lines(log: Path, text: str) -> list[dict[str, Any]]:
@@ -55,7 +47,7 @@ def _settle(log: Path, text: str, count: int) -> list[dict[str, Any]]:
 def test_each_sdk_record_is_one_sls_line_with_the_job_id(served: tuple[EmbeddedRuntime, Path]) -> None:
     rt, log = served
     job = rt.submit("sdk_logs", {"n": 7})
-    assert _answered(rt, job) == 7
+    assert decoded_answer(rt, job) == 7
     for text in ("from the import-time logger 7", "from a logger made in the job", "bound"):
         lines = [line for line in _settle(log, text, 1) if line.get("message") == text]
         assert len(lines) == 1, (text, lines)
@@ -76,7 +68,7 @@ def test_each_sdk_record_is_one_sls_line_with_the_job_id(served: tuple[EmbeddedR
 def test_sdk_and_cmworker_loggers_in_one_function_each_write_once(served: tuple[EmbeddedRuntime, Path]) -> None:
     rt, log = served
     job = rt.submit("both_loggers", {"n": 3})
-    assert _answered(rt, job) == 3
+    assert decoded_answer(rt, job) == 3
     for text in ("from cmworker's logger", "from the SDK's logger"):
         lines = _settle(log, text, 1)
         assert len(lines) == 1, (text, lines)

@@ -6,16 +6,14 @@ with the runtime's CA, and needs the SDK's ``sources`` extra (``external-systems
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import cmworker_run
+from tests.pool_harness import cmworker_run, decoded_answer
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 30.0
@@ -33,14 +31,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedR
             yield rt, tmp / "run.log", secret
 
 
-def _answer(rt: EmbeddedRuntime, job_id: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        snap = rt.record.job(job_id)
-        if snap is not None and snap.answer is not None:
-            return json.loads(snap.answer)
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} was not answered")
 
 
 def _digest(text: str) -> str:
@@ -49,7 +39,7 @@ def _digest(text: str) -> str:
 
 def test_sdk_v1_source_helpers_work_in_a_cmworker_function(served: tuple[EmbeddedRuntime, Path, str]) -> None:
     rt, log, secret = served
-    answer = _answer(rt, rt.submit("sources_v1"))
+    answer = decoded_answer(rt, rt.submit("sources_v1"))
     assert answer == {"secret": _digest(secret), "config": CONFIG, "context_secret": _digest(secret)}
     deadline = time.monotonic() + WAIT
     while "the secret is" not in log.read_text() and time.monotonic() < deadline:
@@ -62,7 +52,7 @@ def test_sdk_v2_get_source_works_in_a_cmworker_function(served: tuple[EmbeddedRu
     pytest.importorskip("external_systems")
     pytest.importorskip("yaml")
     rt, _, secret = served
-    answer = _answer(rt, rt.submit("sources_v2"))
+    answer = decoded_answer(rt, rt.submit("sources_v2"))
     assert answer["secret"] == _digest(secret)
     assert answer["url"] == f"https://{rt.foundry_host}"
     assert answer["status"] == 200 and answer["subject"] == "pipeline-job"
