@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cmworker.runtime.client import Client
+from tests.pool_harness import stop_process
 
 WAIT = 30.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,13 +80,7 @@ def dev_server(tmp: Path, app_source: str, *args: str, state: Path | None = None
         server.wait_for(ready)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, WAIT)
         out.close()
 
 

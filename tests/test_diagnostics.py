@@ -22,7 +22,7 @@ from cmworker.config import load_config
 from cmworker.errors import ConfigError
 from cmworker.pool.stack import StackCatcher, user_frame
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS, WAIT, cmworker_run, descendants, running, running_pool, wait_gone
+from tests.pool_harness import APPS, WAIT, cmworker_run, decoded_answer, descendants, running, running_pool, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -239,7 +239,7 @@ def test_job_finished_lines_carry_peak_rss_and_the_stack_of_a_timed_out_job(tmp_
             cmworker_run(rt, tmp_path, CONFIG, app="diagnose.py") as proc:
         held, napped = rt.submit("hold", {"mib": 200}), rt.submit("nap", {})
         for job in (held, napped):
-            _wait_answered(rt, job)
+            decoded_answer(rt, job, WAIT)
         rss = json.loads(rt.record.job(held).answer)["rss"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
@@ -252,14 +252,6 @@ def test_job_finished_lines_carry_peak_rss_and_the_stack_of_a_timed_out_job(tmp_
     assert f'line {stuck_line("nap")} in nap' in timed_out["stacktrace"]
 
 
-def _wait_answered(rt: EmbeddedRuntime, job_id: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        snap = rt.record.job(job_id)
-        if snap is not None and snap.answer is not None:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"job {job_id} was not answered within {WAIT}s")
 
 
 # -- the settings ---------------------------------------------------------------------------------
