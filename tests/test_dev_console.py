@@ -8,6 +8,7 @@ import io
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def hog(context, event) -> int:
         block[i] = 1
     time.sleep(30)
     return len(block)
+
+
+@cmworker.function
+def waits(context, event) -> int:
+    open(event["started"], "w").close()  # the job is in a worker now, not only handed out
+    time.sleep(30)
+    return 0
 '''
 
 
@@ -74,7 +82,7 @@ def _line(console: str, function: str) -> tuple[str, str]:
 def test_the_console_shows_what_a_person_needs_for_each_outcome(tmp_path: Path) -> None:
     with dev_server(tmp_path, APP) as dev:
         console = dev.text()
-        table = console[console.index("serving 5 function(s)"):]
+        table = console[console.index("serving 6 function(s)"):]
         assert re.search(r"function\s+timeout\s+soft timeout\s+memory\s+max result", table)
         assert re.search(r"\n\s+hog\s+1h00m\s+none\s+64 MiB\s+32 MiB", table)
         assert re.search(r"\n\s+slow\s+1 s\s+none\s+none\s+32 MiB", table)
@@ -124,9 +132,14 @@ def test_the_console_shows_what_a_person_needs_for_each_outcome(tmp_path: Path) 
 
 def test_ctrl_c_with_a_job_running_says_how_long_it_waits_and_that_a_second_stops_it(tmp_path: Path) -> None:
     with dev_server(tmp_path, APP) as dev, dev.client() as client:
-        job = client.run("slow")
-        while client.status(job) != "running":
-            pass
+        started = tmp_path / "started"
+        client.run("waits", {"started": str(started)})
+        # The runtime calls a job running once it is handed out, a moment before the replica takes it:
+        # the job is running here only once its function has begun.
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, dev.text()
+            time.sleep(0.01)
         dev.proc.send_signal(signal.SIGINT)
         dev.wait_for("stopping: finishing running jobs (1) for up to 25 s; a second Ctrl-C or SIGTERM "
                      "stops them now")

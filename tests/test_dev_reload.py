@@ -26,6 +26,8 @@ def answer(context, event) -> int:
 
 @cmworker.function
 def slow(context, event) -> str:
+    if "started" in event:
+        open(event["started"], "w").close()
     time.sleep(event.get("sleep", 0))
     return "old code"
 '''
@@ -70,11 +72,13 @@ def test_an_edit_that_breaks_the_import_keeps_the_old_code_and_prints_the_error(
 def test_a_job_running_across_a_reload_is_answered_by_the_old_code_once(tmp_path: Path) -> None:
     with dev_server(tmp_path, APP) as dev:
         with dev.client() as client:
-            job = client.run("slow", {"sleep": 3})
+            started = tmp_path / "started"
+            job = client.run("slow", {"sleep": 3, "started": str(started)})
+            # In a worker of the old code, not only handed out by the runtime.
             deadline = time.monotonic() + 10
-            while client.status(job) != "running" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert client.status(job) == "running"
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert started.exists() and client.status(job) == "running"
             edit(tmp_path / "app.py", '"old code"', '"new code"')
             dev.wait_for("reloaded the app")
             assert client.call("slow", {"sleep": 0}, timeout=10) == "new code"  # beside the old job
