@@ -211,7 +211,7 @@ def test_wrong_token_is_a_clear_fatal_error(runtime: EmbeddedRuntime, tmp_path: 
     with serving(runtime, tmp_path, env={"MODULE_AUTH_TOKEN": str(token)}) as proc:
         assert proc.wait(WAIT) != 0
     log = (tmp_path / "run.log").read_text()
-    assert "401" in log and str(token) in log
+    assert "HTTP 401" in log and str(token) in log
 
 
 def test_sigterm_while_waiting_for_the_token_file_exits_0_at_once(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
