@@ -36,6 +36,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from cmworker.app.envelope import FULL_PARSE_BELOW
 from cmworker.config import Config, load_config
 from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
@@ -253,6 +254,19 @@ def test_a_huge_query_is_echoed(served: Served, size: int) -> None:
     query = {"blob": "x" * size}
     job_id, _ = served.run(lambda jid: json.dumps(envelope(jid, "untyped", query)).encode())
     assert answered_once(served, job_id)["event"] == query
+
+
+def test_a_body_read_otherwise_in_full_than_from_its_ends_runs_nothing(served: Served) -> None:
+    # A member after computeModuleJobV1 that ends the body as the job's own fields would: the parent read
+    # a credential the job does not have. The worker, parsing it all, refuses to run the function.
+    def make(jid: str) -> bytes:
+        body = json.dumps(envelope(jid, "untyped", {"pad": "p" * FULL_PARSE_BELOW})).encode()  # read from its ends
+        return body[:-1] + b', "extra": {"k": 1, "authHeader": "Bearer not-the-jobs-1234"}}'
+
+    job_id, _ = served.run(make)
+    kind, message = error_of(answered_once(served, job_id)) or ("", "")
+    assert kind == "invalid_input" and "authHeader" in message and "the function was not run" in message
+    assert "not-the-jobs" not in message
 
 
 def test_job_id_of_another_type_is_answered_or_refused_without_stopping(served: Served) -> None:

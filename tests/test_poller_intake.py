@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cmworker.app.envelope import FULL_PARSE_BELOW
 from cmworker.config import load_config
 from cmworker.replica.intake import Accepted, Immediate, Intake, Refused, parse_job
 from cmworker.replica.ledger import Ledger
@@ -130,8 +131,10 @@ def test_the_limits_a_function_declared_reach_its_jobs() -> None:
 # -- the envelope's head: the parent reads the id and function there, without parsing the query ---------
 
 def test_the_query_is_not_parsed_by_the_parent() -> None:
-    # A query that is not JSON at all: the head names the job, the worker will find the query unreadable.
-    body = job(jobId="j1", queryType="echo", query=0).replace(b'"query": 0', b'"query": [1, 2, {{{')
+    # A query that is not JSON at all: the ends name the job, the worker will find the query unreadable.
+    # (A body under FULL_PARSE_BELOW is parsed in full: json is quicker there.)
+    body = job(jobId="j1", queryType="echo", query=0, userId="u" * FULL_PARSE_BELOW).replace(
+        b'"query": 0', b'"query": [1, 2, {{{')
     assert parse_job(body, FUNCTIONS, set()) == Accepted("j1", "echo")
 
 
@@ -148,8 +151,9 @@ def test_every_shape_is_read_as_a_full_parse_reads_it(body: bytes) -> None:
     assert parse_job(body, FUNCTIONS, set()) == Accepted(str(document["jobId"]), "echo")
 
 
-def test_credentials_after_the_query_are_found_as_secrets() -> None:
-    body = job(jobId="j1", queryType="echo", query={"x": 1}, temporaryCredentialsAuthToken="temp-creds-1234",
+@pytest.mark.parametrize("query", [{"x": 1}, {"x": "x" * FULL_PARSE_BELOW}], ids=["parsed in full", "from the ends"])
+def test_credentials_after_the_query_are_found_as_secrets(query: Any) -> None:
+    body = job(jobId="j1", queryType="echo", query=query, temporaryCredentialsAuthToken="temp-creds-1234",
                authHeader="Bearer auth-header-5678")
     intake = parse_job(body, FUNCTIONS, set())
     assert isinstance(intake, Accepted)

@@ -31,6 +31,7 @@ import structlog
 
 from cmworker import logs
 from cmworker.app.encoding import encode_result
+from cmworker.app.envelope import V1, disagreement, fields_from_ends
 from cmworker.app.registry import FunctionSpec
 from cmworker.errors import (
     InvalidInput,
@@ -150,10 +151,13 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
         known = ", ".join(sorted(functions)) or "none"
         return _failure(UnknownFunction(f"no function named {run.function!r}; this app has: {known}",
                                         function=run.function, known=sorted(functions)))
-    try:  # the parent read only the head of the envelope: the body is parsed here, once
-        job = json.loads(run.body if isinstance(run.body, bytes | bytearray) else bytes(run.body))
+    body = run.body if isinstance(run.body, bytes | bytearray) else bytes(run.body)
+    try:  # the parent read only the ends of the envelope: the body is parsed here, once
+        job = json.loads(body)
     except (ValueError, RecursionError) as exc:
         return _failure(unreadable_job(exc))
+    if unsure := _read_differently(body, job):
+        return _failure(unsure)
     query, context = _query_and_context(job)
     structlog.contextvars.bind_contextvars(job_id=context["jobId"], function=run.function)
     try:
@@ -170,6 +174,18 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the job raised them
         return _failure(RemoteException.from_exception(exc, traceback.format_exc()))
     return _encode(value, run.max_result_size)
+
+
+def _read_differently(body: bytes | bytearray, job: Any) -> InvalidInput | None:
+    """The parent acted on the id, function and credentials it read from the envelope's ends
+    (``app.envelope``); a body that reads otherwise in full is one no runtime sends, and no code runs on
+    it: the parent may have missed a credential that the job could print."""
+    fields = fields_from_ends(body)
+    v1 = job.get(V1) if isinstance(job, dict) else None
+    if fields is None or not isinstance(v1, dict) or (key := disagreement(fields, v1)) is None:
+        return None
+    return InvalidInput(f"the job's {key} reads differently from the ends of its body than in full (a member "
+                        f"after {V1}, or a duplicate key): the function was not run")
 
 
 def _query_and_context(job: Any) -> tuple[Any, dict[str, Any]]:

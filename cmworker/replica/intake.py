@@ -15,10 +15,11 @@ the body, which holds those credentials. The poll thread acts on the decision (`
 here touches the ledger, the pool or the logs. ``source_secrets`` reads the sources' credentials file, whose every
 scalar is a secret too.
 
-The parent does not build the query as Python objects: it reads the job's id and function from the head
-of the envelope (``_envelope_head``), and the worker parses the whole body once, where the query is
-needed. A query of a million small objects took the parent's poll thread a second of parsing under the
-GIL, while the pool's loop waited for it. A body whose head is not the plain shape is parsed in full.
+The parent does not build the query as Python objects: it reads the job's id, function and credentials
+from the ends of the envelope (``app.envelope.read_envelope``), and the worker parses the whole body
+once, where the query is needed. A query of a million small objects took the parent's poll thread a
+second of parsing under the GIL, while the pool's loop waited for it. A body of another shape is parsed
+in full.
 """
 
 from __future__ import annotations
@@ -31,20 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmworker.app.context import SOURCE_CREDENTIALS_ENV
+from cmworker.app.envelope import CREDENTIALS, fields_from_ends
 from cmworker.errors import InvalidInput, JobError, ShuttingDown, UnknownFunction, unreadable_job
 
 # The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
 _JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
-_CREDENTIALS = ("authHeader", "temporaryCredentialsAuthToken")
 # The credentials in such a body, found the same way.
 _CREDENTIAL = re.compile(rb'"(?:authHeader|temporaryCredentialsAuthToken)"\s*:\s*("(?:[^"\\]|\\.)*")')
-# The head of an envelope, up to the opening brace of computeModuleJobV1; then its fields before the query.
-_HEAD = re.compile(rb'\s*\{\s*(?:"type"\s*:\s*"computeModuleJobV1"\s*,\s*)?"computeModuleJobV1"\s*:\s*\{')
-_SCALAR_PAIR = re.compile(
-    rb'\s*"(\w{1,64})"\s*:\s*("(?:[^"\\]|\\.){0,4096}"|-?\d{1,32}(?:\.\d{1,32})?(?:[eE][-+]?\d{1,5})?'
-    rb'|true|false|null)\s*,')
-_QUERY_KEY = re.compile(rb'\s*"query"\s*:')
-_MAX_HEAD_FIELDS = 16
 # "<scheme> <credentials>" (RFC 9110 section 11.4); the scheme in any case: "Bearer", "bearer", "Basic"...
 _AUTH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*\s+(\S.*)", re.DOTALL)
 
@@ -77,13 +71,14 @@ Intake = Accepted | Immediate | Refused
 def parse_job(body: bytes, functions: Collection[str], held: Container[str], stopping: bool = False) -> Intake:
     """Decide what to do with ``body``, given the app's ``functions`` (empty while unknown: any name is
     let through), the job ids ``held`` now, and whether the replica is ``stopping``."""
-    head = _envelope_head(body)
-    if head is not None:
-        secrets = job_secrets(None, body)
-        if head[0] in held:
-            return Refused(f"job {head[0]} was handed out again while still running here; ignoring the duplicate",
+    fields = fields_from_ends(body)
+    if fields is not None:
+        secrets = job_secrets(fields, body)
+        job_id = fields["jobId"]
+        if job_id in held:
+            return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
                            secrets, duplicate=True)
-        return _route(*head, secrets, functions, stopping)
+        return _route(job_id, fields["queryType"], secrets, functions, stopping)
     try:
         document = json.loads(body)
         v1 = document["computeModuleJobV1"] if isinstance(document, dict) else None
@@ -123,57 +118,15 @@ def _route(job_id: str, function: object, secrets: tuple[str, ...], functions: C
     return Immediate(job_id, str(function), error, secrets)
 
 
-def _envelope_head(body: bytes) -> tuple[str, str] | None:
-    """The job id and function of a body shaped ``{["type": ..., ]"computeModuleJobV1": {"jobId": ...,
-    "queryType": ..., [other scalars, ]"query": ...`` — read from its head only, without parsing the query
-    — or None for any other shape, which is then parsed in full.
-
-    Read from the start of the document, these keys are certainly ``computeModuleJobV1``'s own, not
-    keys inside the query. A second ``jobId`` or ``queryType`` anywhere after the head (where a duplicate
-    key would override the first, as ``json.loads`` reads it) sends the body to the full parse too.
-    """
-    head = _HEAD.match(body)
-    if head is None:
-        return None
-    pos, fields = head.end(), {}
-    for _ in range(_MAX_HEAD_FIELDS):
-        if _QUERY_KEY.match(body, pos):
-            break
-        pair = _SCALAR_PAIR.match(body, pos)
-        if pair is None:
-            return None
-        fields[pair.group(1)] = pair.group(2)
-        pos = pair.end()
-    else:
-        return None
-    job_id, function = fields.get(b"jobId", b""), fields.get(b"queryType", b"")
-    if not (job_id.startswith(b'"') and function.startswith(b'"')) or job_id == b'""' or function == b'""':
-        return None  # a missing, empty, numeric or null id or function: the full parse says what is wrong
-    if body.find(b'jobId"', pos) != -1 or body.find(b'queryType"', pos) != -1:
-        return None
-    try:
-        return _string(job_id), _string(function)
-    except ValueError:
-        return None
-
-
-def _string(literal: bytes) -> str:
-    """A JSON string literal's text; most have no escapes, and need no JSON parser."""
-    if b"\\" in literal:
-        text: str = json.loads(literal)
-        return text
-    return literal[1:-1].decode()
-
-
-def job_secrets(v1: dict[str, Any] | None, body: bytes) -> tuple[str, ...]:
+def job_secrets(v1: Mapping[str, Any] | None, body: bytes) -> tuple[str, ...]:
     """A job's credentials: each value, and an ``authHeader``'s credentials without their scheme. From
     ``computeModuleJobV1`` when it could be parsed, else searched for in the raw body (where a query with
     such a key of its own gives up its value too: more is hidden from the logs, never less)."""
     values: list[object] = []
     if v1 is not None:
-        values = [v1.get(key) for key in _CREDENTIALS]
+        values = [v1.get(key) for key in CREDENTIALS]
     else:
-        for name in _CREDENTIALS:  # a search for the name, in C, then the regex only where it is
+        for name in CREDENTIALS:  # a search for the name, in C, then the regex only where it is
             at = body.find(name.encode())
             while at != -1:
                 found = _CREDENTIAL.match(body, at - 1)
