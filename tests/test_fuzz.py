@@ -223,13 +223,15 @@ def test_bytes_that_are_not_utf8_in_the_body_are_answered_invalid_input(served: 
 
 
 @fuzz(SERVED_EXAMPLES, shrink=False)
-@given(cut=st.floats(min_value=0.0, max_value=1.0, exclude_max=True), query=json_values)
-def test_a_truncated_body_never_stops_the_replica(served: Served, cut: float, query: Any) -> None:
+@given(cut=st.floats(min_value=0.0, max_value=1.0, exclude_max=True), query=json_values, big=st.booleans())
+def test_a_truncated_body_never_stops_the_replica(served: Served, cut: float, query: Any, big: bool) -> None:
     full = b""
+    if big:  # read from its ends, not parsed in full, by the parent
+        query = {"pad": "p" * FULL_PARSE_BELOW, "value": query}
 
     def make(jid: str) -> bytes:
         nonlocal full
-        full = json.dumps(envelope(jid, "untyped", query)).encode()
+        full = json.dumps(envelope(jid, "untyped", query, authHeader="Bearer TRUNCATEDSECRET42")).encode()
         return full[:int(len(full) * cut)]
 
     job_id, snap = served.run(make)
@@ -241,6 +243,7 @@ def test_a_truncated_body_never_stops_the_replica(served: Served, cut: float, qu
         assert error_of(payload) is not None and error_of(payload)[0] == "invalid_input", payload  # type: ignore[index]
     else:
         assert snap.status == "running"  # held: nobody could answer a body without its id
+    assert "TRUNCATEDSECRET42" not in served.log.read_text(errors="replace")
 
 
 @fuzz(SERVED_EXAMPLES, shrink=False)
@@ -254,6 +257,50 @@ def test_a_huge_query_is_echoed(served: Served, size: int) -> None:
     query = {"blob": "x" * size}
     job_id, _ = served.run(lambda jid: json.dumps(envelope(jid, "untyped", query)).encode())
     assert answered_once(served, job_id)["event"] == query
+
+
+secret_text = st.text(st.sampled_from("ABCDEFGHJKMNPQRSTVWXYZ23456789"), min_size=12, max_size=40)
+extra_fields = st.lists(st.tuples(st.sampled_from(["authHeader", "temporaryCredentialsAuthToken"]),
+                                  secret_text.map(lambda t: "Bearer " + t) | secret_text)
+                        | st.tuples(st.sampled_from(["userId", "x", "jobIdx", "queryType"]),
+                                    st.none() | st.integers() | st.just("untyped") | st.text(max_size=8)),
+                        max_size=5)
+
+
+@fuzz(SERVED_EXAMPLES, shrink=False)
+@given(query=json_values, extras=extra_fields, order=st.lists(st.integers(0, 99), min_size=8, max_size=8),
+       spaced=st.booleans())
+def test_a_big_envelope_in_any_arrangement_is_read_as_json_reads_it(served: Served, query: Any,
+                                                                     extras: list[tuple[str, Any]],
+                                                                     order: list[int], spaced: bool) -> None:
+    # Past FULL_PARSE_BELOW the parent reads the envelope from its ends: any order of its fields, extra
+    # and repeated keys, credentials before or after the query, compact or spaced JSON.
+    padded = {"pad": "p" * FULL_PARSE_BELOW, "value": query}
+    sep = (", ", ": ") if spaced else (",", ":")
+
+    sent = b""
+
+    def make(jid: str) -> bytes:
+        nonlocal sent
+        fields = [("jobId", jid), ("queryType", "untyped"), ("query", padded), *extras]
+        fields = [field for _, _, field in sorted(zip(order, range(len(fields)), fields, strict=False))]
+        inner = sep[0].join(json.dumps(k) + sep[1] + json.dumps(v) for k, v in fields)
+        sent = ('{"type"' + sep[1] + '"computeModuleJobV1"' + sep[0] + '"computeModuleJobV1"' + sep[1]
+                + "{" + inner + "}}").encode()
+        return sent
+
+    job_id, _ = served.run(make)
+    function = json.loads(sent)["computeModuleJobV1"]["queryType"]  # the last one, as json reads it
+    payload = answered_once(served, job_id)
+    error = error_of(payload)
+    if function == "untyped":
+        assert error is None and payload["event"] == padded, (payload, sent[:300])
+    else:
+        assert error is not None and error[0] in ("invalid_input", "unknown_function"), payload
+    log = served.log.read_text(errors="replace")
+    for key, value in extras:
+        if key in ("authHeader", "temporaryCredentialsAuthToken"):
+            assert value.removeprefix("Bearer ") not in log
 
 
 def test_a_body_read_otherwise_in_full_than_from_its_ends_runs_nothing(served: Served) -> None:
