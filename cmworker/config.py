@@ -63,6 +63,7 @@ from cmworker.settings import (
     SHUTDOWN_GRACE,
     SOFT_MEMORY_LIMIT,
     SOFT_TIMEOUT,
+    STARTUP_WAIT,
     STATS_INTERVAL,
     TIMEOUT,
     WORKER_NICE,
@@ -150,6 +151,7 @@ class Config:
     cgroups: str = CGROUPS.fixed_default  # "auto" or "off": how a job's processes are found
     health_file: str = HEALTH_FILE.fixed_default  # "auto", "off" or a path: cmworker run's status file
     health_unreachable_after: float = HEALTH_UNREACHABLE_AFTER.fixed_default  # seconds of failing GETs
+    startup_wait: float = STARTUP_WAIT.fixed_default  # seconds to wait for each file the platform writes late
     functions: Mapping[str, FunctionOverrides] = field(default_factory=lambda: MappingProxyType({}))
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # key -> source
     file: Path | None = None             # the file read, if any
@@ -429,6 +431,7 @@ def _build(values: Mapping[str, object], sources: Mapping[str, str], tables: Map
         workers=get(WORKERS),
         shutdown_grace=get(SHUTDOWN_GRACE),
         poll_timeout=get(POLL_TIMEOUT),
+        startup_wait=get(STARTUP_WAIT),
         limits=JobLimits(timeout=get(TIMEOUT), soft_timeout=get(SOFT_TIMEOUT),
                          memory_limit=get(MEMORY_LIMIT), max_result_size=get(MAX_RESULT_SIZE),
                          soft_memory_limit=get(SOFT_MEMORY_LIMIT), max_worker_memory=get(MAX_WORKER_MEMORY)),

@@ -336,6 +336,13 @@ POLL_TIMEOUT: Setting[float] = _duration_setting(
     "30s", positive=True,
     attr="poll_timeout", env="CMWORKER_POLL_TIMEOUT",
 )
+STARTUP_WAIT: Setting[float] = _duration_setting(
+    "startup_wait",
+    "At start-up, how long to wait for each file the platform may write late (the module auth token, the "
+    "runtime's CA bundle, the connection file) before exiting with an error naming it.",
+    "60s", positive=True,
+    attr="startup_wait", env="CMWORKER_STARTUP_WAIT",
+)
 TIMEOUT: Setting[float | None] = _duration_setting(
     "limits.timeout",
     "Hard wall-clock limit on one job, measured from dispatch to its worker. When it passes, the job's "
@@ -450,7 +457,7 @@ HEALTH_UNREACHABLE_AFTER: Setting[float] = _duration_setting(
 )
 
 SETTINGS: tuple[Setting[Any], ...] = (
-    APP, WORKERS, WORKER_NICE, CGROUPS, SHUTDOWN_GRACE, POLL_TIMEOUT,
+    APP, WORKERS, WORKER_NICE, CGROUPS, SHUTDOWN_GRACE, POLL_TIMEOUT, STARTUP_WAIT,
     TIMEOUT, SOFT_TIMEOUT, MEMORY_LIMIT, SOFT_MEMORY_LIMIT, MAX_WORKER_MEMORY, KILL_GRACE, MAX_JOBS_PER_WORKER,
     MAX_RESULT_SIZE, LOG_FORMAT, LOG_LEVEL, LOGGER_LEVELS, STATS_INTERVAL, HEALTH_FILE, HEALTH_UNREACHABLE_AFTER,
 )

@@ -70,7 +70,7 @@ def _serve(config: Config, environ: Mapping[str, str] | None, observer: Observer
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, _stop_before_serving) for signum in _STOP_SIGNALS}
     try:
-        endpoints = discover(environ)
+        endpoints = discover(environ, wait=config.startup_wait)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -164,7 +164,8 @@ def _serve_dev(config: Config, environ: Mapping[str, str], reload: bool) -> int:
     # No status file for `cmworker health` here: probes are the platform's, and a dev server leaves
     # nothing behind in the temporary directory when it stops.
     console = DevConsole(config, reload)
-    poller = Poller(config, Service(discover(environ), long_poll_timeout=config.poll_timeout), console.observe)
+    poller = Poller(config, Service(discover(environ, wait=config.startup_wait),
+                                    long_poll_timeout=config.poll_timeout), console.observe)
     console.attach(poller)
     try:
         return poller.run()
