@@ -132,7 +132,7 @@ class Ready(_Packed):
     pid: int
 
 
-_RUN = struct.Struct("!QBdQH")
+_RUN = struct.Struct("!QBdQHB")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ class Run(Message):
 
     ``seq`` numbers the jobs sent to one worker; everything the worker sends about the job carries it.
     ``job_id`` is for the worker's process title only (the job's own id is in its body), cut to
-    ``_TITLE_ID`` characters.
+    ``_TITLE_ID`` characters. ``keep_heap``: the worker may keep what the job frees for its next job
+    (``cmworker.heap``): no job of this pool has a memory policy that the kept heap would count against.
     """
 
     tag = 2
@@ -152,6 +153,7 @@ class Run(Message):
     max_result_size: int = 0         # bytes; 0 = unlimited
     seq: int = 0
     job_id: str = ""
+    keep_heap: bool = False
 
     def pack(self) -> bytes:
         return b"".join(self.parts())
@@ -159,25 +161,25 @@ class Run(Message):
     def parts(self) -> list[Buffer]:
         # The function and the id in one field, split at the first NUL: no function name holds one.
         name = self.function.encode() + b"\0" + self.job_id[:_TITLE_ID].encode(errors="replace")
-        return [_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name)) + name,
-                self.body]
+        return [_RUN.pack(self.seq, self.mode, self.soft_timeout, self.max_result_size, len(name),
+                          self.keep_heap) + name, self.body]
 
     @classmethod
     def unpack(cls, body: memoryview) -> Run:
-        seq, mode, soft, max_size, name_len = _RUN.unpack_from(body)
+        seq, mode, soft, max_size, name_len, keep = _RUN.unpack_from(body)
         start = _RUN.size
         function, job_id = _names(bytes(body[start:start + name_len]))
-        return cls(function, body[start + name_len:], mode, soft, max_size, seq, job_id)
+        return cls(function, body[start + name_len:], mode, soft, max_size, seq, job_id, bool(keep))
 
     @classmethod
     def unpack_owned(cls, body: bytearray) -> Run:
-        seq, mode, soft, max_size, name_len = _RUN.unpack_from(body)
+        seq, mode, soft, max_size, name_len, keep = _RUN.unpack_from(body)
         start = _RUN.size + name_len
         if len(body) < start:
             raise ValueError("the function name runs past the end of the frame")
         function, job_id = _names(bytes(body[_RUN.size:start]))
         del body[:start]  # no copy: a bytearray drops a prefix by moving its start
-        return cls(function, body, mode, soft, max_size, seq, job_id)
+        return cls(function, body, mode, soft, max_size, seq, job_id, bool(keep))
 
 
 _TITLE_ID = 200
@@ -311,14 +313,14 @@ class Usage(_Packed):
         return _USAGE.pack(self.seq, self.peak_rss, self.rss)
 
 
-_RUN_LIMITS = struct.Struct("!QdQQ")
+_RUN_LIMITS = struct.Struct("!QdQQQ")
 
 
 @dataclass(frozen=True)
 class RunLimits(_Packed):
     """Sent just before the ``Run`` of job ``seq`` when it has a hard timeout (seconds: the job's
-    deadline, for ``cmworker.remaining()``), a soft memory limit or a ``max_worker_memory`` (bytes); 0 =
-    none."""
+    deadline, for ``cmworker.remaining()``), a soft memory limit, a ``max_worker_memory`` or a memory
+    limit (bytes; the worker gives its kept heap back before such a job: ``cmworker.heap``); 0 = none."""
 
     tag = 9
     layout = _RUN_LIMITS
@@ -326,9 +328,11 @@ class RunLimits(_Packed):
     timeout: float = 0.0
     soft_memory_limit: int = 0
     max_worker_memory: int = 0
+    memory_limit: int = 0
 
     def pack(self) -> bytes:
-        return _RUN_LIMITS.pack(self.seq, self.timeout, self.soft_memory_limit, self.max_worker_memory)
+        return _RUN_LIMITS.pack(self.seq, self.timeout, self.soft_memory_limit, self.max_worker_memory,
+                                self.memory_limit)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ class Pool:
         self.functions: list[str] = []
         self.function_info: dict[str, dict[str, Any]] = {}  # declared limits and schema, by function
         self.respawns = 0
+        # Workers may keep the heap a job freed for the next (cmworker.heap): whoever submits knows that no
+        # job of this pool has a memory policy the kept heap would count against.
+        self.keep_heap = False
         self.turns = 0  # iterations of the loop: lets a test prove an idle pool sleeps
 
         self._selector = selectors.DefaultSelector()
@@ -417,10 +420,11 @@ class Pool:
         slot.sent += 1
         result_cap = min(lim.max_result_size or MAX_BODY, MAX_BODY)  # a bigger one: result_too_large
         ahead = None
-        if lim.timeout or lim.soft_memory_limit or lim.max_worker_memory:  # what the worker needs to know too
-            ahead = RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0)
+        if lim.timeout or lim.soft_memory_limit or lim.max_worker_memory or lim.memory_limit:  # the worker's too
+            ahead = RunLimits(slot.sent, lim.timeout or 0.0, lim.soft_memory_limit or 0, lim.max_worker_memory or 0,
+                              lim.memory_limit or 0)
         return slot.send(Run(job.function, job.body, job.mode, lim.soft_timeout or 0.0, result_cap, slot.sent,
-                             job.id), ahead)
+                             job.id, self.keep_heap), ahead)
 
     def _finish(self, slot: _Slot, body: bytes | bytearray, kind: str, error: JobError | None = None,
                 cpu: float = 0.0, from_worker: bool = False) -> None:

@@ -29,6 +29,7 @@ import signal
 from collections.abc import Callable
 from types import FrameType
 
+from cmworker import heap
 from cmworker.app import deadlines
 from cmworker.errors import MemoryLimitExceeded
 from cmworker.pool.messages import Run, RunLimits, Usage
@@ -88,6 +89,8 @@ class JobWatch:
         deadlines.begin(limits.timeout if limits else None, run.soft_timeout)
         self.soft_memory_limit = limits.soft_memory_limit if limits else 0
         self.max_worker_memory = limits.max_worker_memory if limits else 0
+        if limits is not None and (limits.memory_limit or limits.soft_memory_limit or limits.max_worker_memory):
+            heap.trim()  # what earlier jobs left in the heap is not this job's to count against its limits
         if self._clear_refs is not None:
             try:
                 os.write(self._clear_refs, b"5")
@@ -100,6 +103,8 @@ class JobWatch:
         """The job is over (and cleaned up): what it used."""
         deadlines.end()
         self.soft_memory_limit = 0
+        if self.max_worker_memory:
+            heap.trim()  # the worker's size after the job, not with the heap it keeps for the next
         # The largest process the worker ever reaped (the job's, and their descendants, whoever reaped
         # them): when it grew during this job, a process of this job reached it.
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -29,7 +30,7 @@ from typing import Any, NoReturn
 import cloudpickle
 import structlog
 
-from cmworker import logs
+from cmworker import heap, logs
 from cmworker.app.encoding import encode_result
 from cmworker.app.envelope import V1, disagreement, fields_from_ends
 from cmworker.app.registry import FunctionSpec
@@ -85,7 +86,12 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
     baseline = Baseline.capture()
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)
+    keeping = False  # the heap kept between jobs, from the first job whose pool allows it (cmworker.heap)
+    kept = False     # what the last job freed may be in the heap
     while True:
+        if kept and not reader.buf and not _readable(sock, heap.IDLE_TRIM):
+            heap.trim()  # idle: what the last jobs freed goes back to the system
+            kept = False
         try:
             message = reader.read()
         except OSError:
@@ -96,11 +102,21 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
         if isinstance(message, Run):
             if title:
                 set_title(f"{title} [{message.function} {message.job_id}]")
+            if message.keep_heap and not keeping:
+                keeping = heap.keep_big_buffers()
             _run(sock, message, functions, baseline, watch)
+            kept = keeping
             if title:
                 set_title(f"{title} idle")
         elif isinstance(message, RunLimits):
             watch.expect(message)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    try:
+        return bool(select.select([sock], [], [], timeout)[0])
+    except (OSError, ValueError):
+        return True  # let the read find out
 
 
 def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], baseline: Baseline,

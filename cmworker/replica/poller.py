@@ -43,13 +43,12 @@ from typing import Any
 
 import psutil
 
-from cmworker import logs
+from cmworker import heap, logs
 from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
-from cmworker.errors import JobError, RuntimeUnavailable
+from cmworker.errors import CmworkerError, JobError, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
-from cmworker.replica import heap
 from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
 from cmworker.replica.job_output import OutputRelay
@@ -154,6 +153,7 @@ class Poller:
             self.config.check_functions(self.pool.functions)
             for name in self.pool.functions:  # limits that cannot hold fail here, naming the function,
                 self._limits_of(name)         # not later on a job the replica then cannot answer
+            self._decide_heap()
         except BaseException:
             self.pool.close()
             raise
@@ -190,6 +190,17 @@ class Poller:
     def reloaded(self) -> None:
         """The pool serves a reloaded app (``cmworker dev``): each function's limits are worked out anew."""
         self._limits = {}
+        self._decide_heap()
+
+    def _decide_heap(self) -> None:
+        """Workers keep the heap a big job freed for the next job (``cmworker.heap``) only when no function
+        has a memory policy: a job's memory must not count what an earlier job left."""
+        try:
+            policies = [self._limits_of(name) for name in self.pool.functions]
+        except CmworkerError:  # limits that cannot hold: said where they are checked
+            policies = [JobLimits(memory_limit=1)]
+        self.pool.keep_heap = not any(lim.memory_limit or lim.soft_memory_limit or lim.max_worker_memory
+                                      for lim in policies)
 
     @property
     def stopping(self) -> bool:
