@@ -10,9 +10,12 @@ sizes freed, so what a big job costs depends on the jobs before it.
   mapping of its own, returned when freed.
 - A worker (``keep_big_buffers``) is where a big job's JSON is parsed and encoded. Given back after each
   job, its buffers are faulted in again, page by page, by the next: a 20 MB result took 54 ms to encode
-  in a worker against 37 ms with the heap kept, and the whole job 113 against 89 ms. A worker keeps up to
-  ``KEEP`` of freed heap, and gives it back when it has had no job for ``IDLE_TRIM`` seconds, and before a
-  job with a memory policy, whose usage must not count what earlier jobs left (``trim``).
+  in a worker against 37 ms with the heap kept, and the whole job ~113 against ~90 ms. A worker keeps up
+  to ``KEEP`` of freed heap and gives it back when it has had no job for ``IDLE_TRIM`` seconds. Only a
+  pool whose jobs have no memory policy keeps it (``Run.keep_heap``): a job's memory must not count what
+  earlier jobs left, and the parent's sampler could see it before the worker gave it back. A job with a
+  policy that meets a kept heap all the same (a reload in ``cmworker dev``) starts with it given back
+  (``trim``).
 
 A no-op elsewhere than glibc.
 """
@@ -29,7 +32,7 @@ log = logging.getLogger("cmworker.poller")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 BIG = 1 << 20           # the parent: every buffer this big or bigger is returned when freed
-KEEP = 128 << 20
+KEEP = 128 << 20        # a worker: freed heap kept for the next job (a 20 MB echo frees ~80 MB)
 KEEP_MMAP = 32 << 20    # a worker: buffers below this come from the heap (glibc's largest threshold)
 IDLE_TRIM = 1.0         # seconds without a job after which a worker gives its kept heap back
 
