@@ -34,7 +34,8 @@ _M_MMAP_THRESHOLD = -3
 BIG = 1 << 20           # the parent: every buffer this big or bigger is returned when freed
 KEEP = 128 << 20        # a worker: freed heap kept for the next job (a 20 MB echo frees ~80 MB)
 KEEP_MMAP = 32 << 20    # a worker: buffers below this come from the heap (glibc's largest threshold)
-IDLE_TRIM = 1.0         # seconds without a job after which a worker gives its kept heap back
+IDLE_TRIM = 5.0         # seconds without a job after which a worker gives its kept heap back (a steady
+                        # stream of one big job per worker every few seconds keeps it warm)
 
 _libc: Any = None
 
