@@ -77,14 +77,18 @@ def test_a_frame_out_of_protocol_ends_only_the_worker_that_sent_it(attack: str, 
         assert_pool_serves_again(h)
 
 
+@pytest.mark.parametrize("forged_first", [False, True], ids=["pid known first", "forged Ready first"])
 def test_a_ready_message_forged_at_fork_names_no_process_the_pool_would_kill(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, forged_first: bool) -> None:
     """A worker's pid comes from the template only: a fork hook of the app that forges a Ready naming
     another process gets its workers killed as they start (until the crash-loop breaker stops it), and
-    that other process is never signalled."""
+    that other process is never signalled — also when the forged Ready arrives before the template has
+    said whose it is (a CI run once saw the pool start with such workers)."""
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         monkeypatch.setenv("CMWORKER_TEST_VICTIM", str(victim.pid))
+        if forged_first:
+            monkeypatch.setenv("CMWORKER_TEST_HOLD_SPAWNED", "1")
         with pytest.raises(PoolUnhealthy, match="broke cmworker's protocol"), running_pool("forges_ready.py"):
             pass
         assert victim.poll() is None

@@ -80,6 +80,7 @@ class Slot:
     orphan: bool = False      # its template died: it finishes what it was sent, then retires
     retiring: bool = False    # it said its next answer is its last (``Retiring``)
     announced: bool = False   # it sent Ready (its pid comes from the template only: ``Spawned``)
+    announced_pid: int | None = None  # the pid its Ready named, checked once the template tells
     broke: str | None = None  # what it sent out of protocol, if it did
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
     writing: bool = False

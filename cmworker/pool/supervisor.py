@@ -330,7 +330,7 @@ class Pool:
         elif isinstance(message, Chunk):
             self._on_chunk(slot, message)
         elif isinstance(message, Ready):
-            slot.announced = True
+            slot.announced, slot.announced_pid = True, message.pid
             self._on_started(slot)
         elif isinstance(message, Retiring):  # the job left it unfit for another: its answer is its last
             slot.retiring = True
@@ -365,6 +365,9 @@ class Pool:
     def _on_started(self, slot: _Slot) -> None:
         """A new worker is idle once it said Ready and the template told its pid (in either order)."""
         if slot.state != "starting" or not slot.announced or slot.pid is None:
+            return
+        if slot.announced_pid != slot.pid:  # a Ready forged before the template said whose it was
+            self._on_broken(slot, f"a Ready message naming pid {slot.announced_pid}, not its own")
             return
         if self._crew.stale(slot):  # forked by a template a reload replaced meanwhile
             self._crew.retire(slot)

@@ -3,6 +3,7 @@ naming another process (the pid in $CMWORKER_TEST_VICTIM) on the worker's socket
 
 import os
 import socket
+import time
 
 import cmworker
 from cmworker.pool import messages as m
@@ -19,7 +20,14 @@ def _forge():
             continue
 
 
-os.register_at_fork(after_in_child=_forge)
+def _hold_the_template():
+    # In the template, right after each fork and before it tells the parent the worker's pid: with
+    # $CMWORKER_TEST_HOLD_SPAWNED set, the forged Ready reaches the parent first.
+    if os.environ.get("CMWORKER_TEST_HOLD_SPAWNED"):
+        time.sleep(0.05)
+
+
+os.register_at_fork(after_in_child=_forge, after_in_parent=_hold_the_template)
 
 
 @cmworker.function
