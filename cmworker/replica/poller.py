@@ -197,8 +197,9 @@ class Poller:
         has a memory policy: a job's memory must not count what an earlier job left."""
         try:
             policies = [self._limits_of(name) for name in self.pool.functions]
-        except CmworkerError:  # limits that cannot hold: said where they are checked
-            policies = [JobLimits(memory_limit=1)]
+        except CmworkerError:  # limits that cannot hold (said where they are checked): keep nothing
+            self.pool.keep_heap = False
+            return
         self.pool.keep_heap = not any(lim.memory_limit or lim.soft_memory_limit or lim.max_worker_memory
                                       for lim in policies)
 
