@@ -17,7 +17,7 @@ having the answer; it no longer stands between two jobs of a worker).
 All times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide); recording one is a list append. A
 diagnostic, not a benchmark: the VM's speed drifts, so compare steps within one run.
 
-    .venv/bin/python scripts/trace_handoff.py [--batches N] [--jobs J] [--job-ms MS] [--workers W]
+    .venv/bin/python scripts/trace_handoff.py [--batches N] [--jobs J] [--job-ms MS] [--workers W] [--nap]
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20, help="jobs per batch (default 20)")
     parser.add_argument("--job-ms", type=float, default=50.0, help="a job's length at the machine's fastest")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--nap", action="store_true",
+                        help="jobs that sleep --job-ms (waiting on an outside service) instead of computing")
     args = parser.parse_args()
     sys.path.insert(0, str(APPS))
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -133,7 +135,7 @@ def main() -> int:
 
     from cmworker.runtime.embedded import DEFAULT_USER_ID, EmbeddedRuntime
 
-    spin_n = calibrate(args.job_ms)
+    call = ("nap", args.job_ms) if args.nap else ("spin", calibrate(args.job_ms))
     jobs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="cmworker-trace-") as tmp, \
             EmbeddedRuntime(long_poll=5.0, max_concurrent_tasks=args.workers) as rt:
@@ -143,7 +145,7 @@ def main() -> int:
                      launcher=(sys.executable, __file__, "--serve", str(trace))):
             run_jobs(rt, [("spin", 1000)] * (4 * args.workers))  # every worker warm
             for batch in range(args.batches):
-                ids = rt.store.submit([("spin", spin_n, DEFAULT_USER_ID)] * args.jobs)
+                ids = rt.store.submit([(*call, DEFAULT_USER_ID)] * args.jobs)
                 for job_id, snap in zip(ids, rt.store.wait_finished(ids, 600.0), strict=True):
                     if snap is None or snap.answer is None:
                         raise RuntimeError(f"job {job_id} was not answered: {snap}")
