@@ -237,6 +237,7 @@ def serving(kind: str, rt: EmbeddedRuntime, workers: int, workdir: Path, tag: st
         cmd = [sys.executable, str(APPS / "e2e_sdk.py")]
     elif kind == "thin":
         cmd = [sys.executable, str(APPS / "e2e_thin.py")]
+        env["THIN_LOOPS"] = str(workers)  # one loop per worker the others have: the waiting row's floor
     else:
         cmd = [*launcher, "run", str(APPS / "e2e_cmworker.py"), "--workers", str(workers),
                "--log-level", "WARN" if kind == "cmworker_warn" else "INFO"]
@@ -1011,12 +1012,15 @@ def report_waiting(rounds: list[dict[str, Any]], sizes: Sizes) -> list[Check]:
     print("|---|---|---|---|---|---|---|---|---|")
     checks: list[Check] = []
     for count in counts:
-        for kind in ("cmworker", "sdk"):
-            runs = [session[str(count)][kind] for session in waits]
+        for kind in ("cmworker", "sdk", "thin"):
+            runs = [session[str(count)][kind] for session in waits if kind in session[str(count)]]
+            if not runs:
+                continue
             eff = [s["bare_wall_s"] / s["wall_s"] for s in runs]
             mine = [x for s in runs for x in s["handoff_ms"]]
             bare = [x for s in runs for x in s["bare_handoff_ms"]]
-            print(f"| {count} | {CLIENTS[kind]} | {spread(eff, '{:.3f}')} | "
+            label = f"thin client ({count} loops, one connection each)" if kind == "thin" else CLIENTS[kind]
+            print(f"| {count} | {label} | {spread(eff, '{:.3f}')} | "
                   f"{spread([s['wall_s'] for s in runs], '{:.3f}')} | "
                   f"{spread([s['bare_wall_s'] for s in runs], '{:.3f}')} | {quantile(mine, 50):.2f} | "
                   f"{quantile(mine, 90):.2f} | {quantile(bare, 50):.2f} | {quantile(bare, 90):.2f} |")
@@ -1288,7 +1292,7 @@ def main() -> int:
                 results["waiting"] = {}
                 for count in args.waiting_workers:
                     results["waiting"][str(count)] = {}
-                    for kind in pair:
+                    for kind in (*pair, "thin"):
                         progress(f"round {r + 1}/{sizes.rounds}: waiting, {count} workers, {kind}")
                         results["waiting"][str(count)][kind] = waiting_session(
                             kind, sizes, count, workdir, f"r{r + 1}-wait{count}-{kind}", bare.get(count))
