@@ -11,8 +11,11 @@ A job's life::
        └── requeue ────┤ (the response carrying it could not be delivered)
                        └──restart notification──▶ dropped
 
-Waiting is event-driven, never a sleep loop: a long-polling GET waits on ``Condition`` ``_work``, which
-is notified whenever a job is queued or a replica frees a slot; a caller waiting for answers
+Waiting is event-driven, never a sleep loop: a long-polling GET waits on its replica's ``Condition`` in
+``_work``. Queuing a job wakes every waiting GET; a replica freeing a slot (an answer) wakes one GET of
+that replica only, as only its own GETs may be held by its cap: with many GETs of a replica held at
+once, waking all of them on every answer made each answer cost the runtime a thread switch per GET
+held (one per worker of a replica whose client keeps a GET in flight per free worker). A caller waiting for answers
 registers a ``_Waiter`` (a countdown plus an ``Event``) on the jobs it waits for, so a batch of n
 answers costs O(n), not O(n²) re-scans.
 """
@@ -134,7 +137,7 @@ class JobStore:
         self.replicas = list(replicas)
         self.cap = cap
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._work = [threading.Condition(self._lock) for _ in self.replicas]  # each replica's GETs wait on theirs
         self._items = threading.Condition(self._lock)  # a streamed item arrived, or a job finished
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
@@ -160,7 +163,7 @@ class JobStore:
             for job in jobs:
                 self._jobs[job.id] = job
             self._queue.extend(jobs)
-            self._work.notify_all()
+            self._wake_all()
         return [job.id for job in jobs]
 
     def wait_finished(self, job_ids: Sequence[str], timeout: float) -> list[JobSnapshot | None]:
@@ -237,7 +240,7 @@ class JobStore:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._work.wait(remaining)
+                self._work[replica].wait(remaining)
             return None
 
     def requeue(self, job: Job) -> None:
@@ -248,7 +251,7 @@ class JobStore:
             self.replicas[job.replica].held.pop(job.id, None)
             job.status, job.replica = "queued", None
             self._queue.appendleft(job)
-            self._work.notify_all()
+            self._wake_all()
 
     def post_result(self, replica: int, job_id: str, body: bytes, *, failed: bool,
                     chunked: bool, first_chunk_at: float | None = None) -> tuple[int, str]:
@@ -300,23 +303,29 @@ class JobStore:
     def wake(self) -> None:
         """Wake every long-polling GET so it re-checks whether its listener is going down."""
         with self._lock:
-            self._work.notify_all()
+            self._wake_all()
 
     def close(self) -> None:
         """Release every waiter for good: the runtime is stopping."""
         with self._lock:
             self._closed = True
-            self._work.notify_all()
+            self._wake_all()
             for waiter in self._waiters:
                 waiter.event.set()
 
+    def _wake_all(self) -> None:
+        for replica in self._work:  # the lock held
+            replica.notify_all()
+
     def _finish(self, job: Job, status: JobStatus) -> None:
-        # Called with the lock held. A finished job frees a slot, so capped GETs may proceed.
+        # Called with the lock held. A finished job frees a slot of its replica: one GET of it held by the
+        # cap may proceed (a woken GET that finds no job waits again; the next job queued wakes them all).
         job.status = status
         for waiter in job.waiters:
             waiter.job_finished()
         job.waiters.clear()
-        self._work.notify_all()
+        if job.replica is not None:
+            self._work[job.replica].notify()
         self._items.notify_all()
 
 

@@ -54,6 +54,31 @@ def test_a_get_waiting_at_the_cap_gets_a_job_as_soon_as_a_slot_frees(
     assert status == 200 and job["jobId"] == second
 
 
+def test_each_answer_of_a_capped_replica_lets_exactly_one_of_its_held_gets_through(
+        make_runtime: Callable[..., EmbeddedRuntime]) -> None:
+    """An answer wakes one GET of its replica, not all of them: each answer lets one of four held GETs
+    take a job, long before their hold ends (a wake-up lost on the way would leave them held)."""
+    hold = 60.0
+    runtime = make_runtime(long_poll=hold, max_concurrent_tasks=2)
+    ids = [runtime.submit("a") for _ in range(6)]
+    holders = [Module(runtime) for _ in range(2)]
+    held = [holder.get_job()[1]["jobId"] for holder in holders]  # type: ignore[index]
+    waiters = [run_in_thread(Module(runtime, timeout=hold + 10).get_job) for _ in range(4)]
+    wait_until(lambda: runtime.record.gets(0) == 6, what="four GETs held at the cap")
+    poster = Module(runtime)
+    taken: list[str] = []  # by the held GETs, in the order they got through
+    for through in range(1, 5):
+        assert poster.post_result(held.pop(0), b"1").status == 204
+        wait_until(lambda: sum(not thread.is_alive() for thread, _ in waiters) >= through,
+                   what=f"answer {through} to let a held GET through")
+        done = [outcome["value"] for thread, outcome in waiters if not thread.is_alive()]
+        new = [job["jobId"] for status, job in done if job["jobId"] not in taken]
+        assert len(done) == through and len(new) == 1 and runtime.record.max_held(0) == 2
+        taken += new
+        held += new
+    assert sorted(runtime.record.held(0)) == sorted(held) and set(taken) == set(ids[2:])
+
+
 def test_without_the_cap_a_replica_can_take_more_than_its_share(
         make_runtime: Callable[..., EmbeddedRuntime]) -> None:
     runtime = make_runtime(cap=False, max_concurrent_tasks=1)
