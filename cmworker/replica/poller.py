@@ -80,10 +80,12 @@ def _unobserved(step: str, job_id: str) -> None:
 
 # Threads that GET jobs and that POST answers, each with its own connection, at most this many of each
 # and never more than the workers (but two posters at least: one retrying an answer sleeps out its
-# backoff, the other keeps the rest flowing meanwhile). One poll thread: measured against four with 2, 8
-# and 32 workers of 20 ms sleeps and a capping runtime, more poll threads only queued for the interpreter
-# and the runtime (32 workers: a median hand-off of 1.5-1.75 ms with one, 2.0-3.5 ms with four; 2
-# workers' no-op jobs: 580 against 665 us of client CPU each), docs/benchmarks.md.
+# backoff, the other keeps the rest flowing meanwhile). One poll thread, one GET at a time: measured with
+# 2, 8 and 32 workers of 20 ms sleeps and a capping runtime, which holds a GET until the answer before it
+# lands, so GETs in flight at once shorten nothing that matters and cost the parent's one interpreter.
+# Four poll threads: 2.7-3.4 against 2.1-2.2 ms median hand-off at 32 workers; one thread with a GET in
+# flight per free worker: 3.0-3.2 against 2.1-2.3 ms (docs/benchmarks.md, "GETs of different workers at
+# once").
 MAX_POLLERS = 1
 MAX_POSTERS = 4
 

@@ -69,7 +69,7 @@ def test_each_answer_of_a_capped_replica_lets_exactly_one_of_its_held_gets_throu
     taken: list[str] = []  # by the held GETs, in the order they got through
     for through in range(1, 5):
         assert poster.post_result(held.pop(0), b"1").status == 204
-        wait_until(lambda: sum(not thread.is_alive() for thread, _ in waiters) >= through,
+        wait_until(lambda through=through: sum(not thread.is_alive() for thread, _ in waiters) >= through,
                    what=f"answer {through} to let a held GET through")
         done = [outcome["value"] for thread, outcome in waiters if not thread.is_alive()]
         new = [job["jobId"] for status, job in done if job["jobId"] not in taken]
