@@ -13,11 +13,10 @@ A job's life::
 
 Waiting is event-driven, never a sleep loop: a long-polling GET waits on its replica's ``Condition`` in
 ``_work``. Queuing a job wakes every waiting GET; a replica freeing a slot (an answer) wakes one GET of
-that replica only, as only its own GETs may be held by its cap: with many GETs of a replica held at
-once, waking all of them on every answer made each answer cost the runtime a thread switch per GET
-held (one per worker of a replica whose client keeps a GET in flight per free worker). A caller waiting for answers
-registers a ``_Waiter`` (a countdown plus an ``Event``) on the jobs it waits for, so a batch of n
-answers costs O(n), not O(n²) re-scans.
+that replica only, as only its own GETs may be held by its cap (a client that keeps a GET waiting per
+worker has many held at once, and waking them all made every answer cost a thread switch per GET). A
+caller waiting for answers registers a ``_Waiter`` (a countdown plus an ``Event``) on the jobs it waits
+for, so a batch of n answers costs O(n), not O(n²) re-scans.
 """
 
 from __future__ import annotations

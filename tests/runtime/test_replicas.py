@@ -72,7 +72,7 @@ def test_each_answer_of_a_capped_replica_lets_exactly_one_of_its_held_gets_throu
         wait_until(lambda through=through: sum(not thread.is_alive() for thread, _ in waiters) >= through,
                    what=f"answer {through} to let a held GET through")
         done = [outcome["value"] for thread, outcome in waiters if not thread.is_alive()]
-        new = [job["jobId"] for status, job in done if job["jobId"] not in taken]
+        new = [job["jobId"] for _, job in done if job["jobId"] not in taken]
         assert len(done) == through and len(new) == 1 and runtime.record.max_held(0) == 2
         taken += new
         held += new
