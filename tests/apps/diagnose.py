@@ -1,7 +1,7 @@
 """Jobs that hang, crash and grow, for the stack, deadline and memory diagnostics (tests/test_diagnostics.py).
 
 The tests look for these functions' names and lines in the answers: keep each stuck line marked
-``# stuck here``.
+``# stuck here`` (both lines of a loop that may be caught on either).
 """
 
 import ctypes
@@ -36,7 +36,7 @@ def nap(context, event):
 @cmworker.function
 def spin(context, event):
     n = 0
-    while True:
+    while True:  # stuck here
         n += 1  # stuck here
 
 
