@@ -102,9 +102,9 @@ class Replica:
 
 @contextmanager
 def serving(tmp: Path, *, log_format: str = "sls", env: dict[str, str] | None = None,
-            workers: int = 1) -> Iterator[Replica]:
-    """``cmworker run tests/apps/leaky.py``; ``cap=False``: a job whose body has no usable id stays held
-    forever, and must not keep the next ones from being handed out."""
+            workers: int = 1, app: str = "leaky.py") -> Iterator[Replica]:
+    """``cmworker run tests/apps/leaky.py`` (or ``app``, another of tests/apps); ``cap=False``: a job whose
+    body has no usable id stays held forever, and must not keep the next ones from being handed out."""
     config = tmp / "cmworker.toml"
     config.write_text(f'[limits]\ntimeout = "20s"\n[logging]\nformat = "{log_format}"\n')
     with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "out", "wb") as out, \
@@ -112,7 +112,7 @@ def serving(tmp: Path, *, log_format: str = "sls", env: dict[str, str] | None = 
         listener = rt.module_listener(0)  # the seam tests/test_fuzz.py uses too: the bytes of GET bodies are ours
         bodies = listener.app = JobBodies(listener.app)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, "leaky.py"), "--workers", str(workers),
+            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, app), "--workers", str(workers),
              "--config", str(config)],
             env={**os.environ, **rt.env(0), **(env or {})}, stdout=out, stderr=err, start_new_session=True)
         try:
