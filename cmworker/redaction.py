@@ -1,10 +1,19 @@
 """The secrets no log line may show, and finding them fast in every spelling a line can give them.
 
 A secret reaches text as it is (printed), or escaped: by JSON (``\\"``, ``\\\\``, ``\\t``; ``\\u00e9`` with
-``ensure_ascii``), by ``repr`` of a str or of its UTF-8 bytes (``\\'``, ``\\xc3\\xa9``), or by two of these
-in turn: a job's SLS line that the parent cannot parse is logged as text and escaped again, an exception
-message holds the repr of a JSON body. Every such spelling of a secret is one of its *forms*, and
-``redact`` replaces each stretch of text covered by forms with ``<redacted>``.
+``ensure_ascii``), by ``repr`` of a str or of its UTF-8 bytes (``\\'``, ``\\xc3\\xa9``), its non-ASCII
+as Python's ``backslashreplace`` writes it (``\\xe9``, ``\\U0001f511``: ``ascii()`` and ``%a`` are that over
+a repr), or by two of these in turn: a job's SLS line that the parent cannot parse is logged as text and
+escaped again, an exception message holds the repr of a JSON body. A secret is also spelled
+percent-encoded, as ``urllib.parse`` puts it in a URL or a form body (``%2B``, ``%C3%A9``), though not
+escaped any further, since that spelling is plain ASCII. Every such spelling of a secret is one of its
+*forms*, and ``redact`` replaces each stretch of text covered by forms with ``<redacted>``.
+
+Not forms, so not redacted: a secret transformed rather than escaped (base64 or hex of it, a hash, its
+case changed, another escaping's variants such as lower-case ``%2b``). Where base64 of a secret falls
+inside a longer encoded text (``Basic`` credentials), its characters depend on the bytes before it,
+and the transforms code may apply have no end; code that encodes a secret has to keep it out of its
+own prints (docs/deploying.md says so).
 
 Which secrets, and for how long:
 
@@ -40,6 +49,7 @@ import threading
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import AnyStr
+from urllib.parse import quote, quote_plus
 
 REDACTED = "<redacted>"
 MIN_LENGTH = 4
@@ -50,6 +60,7 @@ _INDEXED = 2 * _WORD - 1  # forms at least this long (bytes) are indexed, shorte
 _CROWDED = 8  # forms behind an anchor's words past which a less crowded anchor is looked for
 _UNICODE_ESCAPE = re.compile(r"\\\\|\\u[0-9a-f]{4}")
 _PLAIN = re.compile(r"[ !#-&(-\[\]-~]*")  # printable ASCII but quotes and backslash: no escape changes it
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what percent-encoding leaves as it is (RFC 3986 section 2.3)
 
 
 def _json(text: str) -> str:
@@ -83,19 +94,36 @@ def _bytes_repr_double_quoted(text: str) -> str:
     return _bytes_repr(text).replace("\\'", "'")
 
 
+def _backslashreplace(text: str) -> str:
+    """Non-ASCII as ``\\xe9``, ``\\u20ac``, ``\\U0001f511``: a stream with an ASCII encoding writes it so,
+    and over a repr's form this is ``ascii()`` (``%a``, ``!a``), which JSON and repr spell otherwise."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 _ESCAPES: tuple[Callable[[str], str], ...] = (
-    _json, _json_ascii, _json_ascii_upper, _repr, _repr_double_quoted, _bytes_repr, _bytes_repr_double_quoted)
+    _json, _json_ascii, _json_ascii_upper, _repr, _repr_double_quoted, _bytes_repr, _bytes_repr_double_quoted,
+    _backslashreplace)
+
+
+def _percent_encoded(text: str) -> set[str]:
+    """As a URL's query or path (``quote``, ``/`` kept or not) or a form body (``quote_plus``) has it. Plain
+    ASCII, which no escaping changes: these are not escaped further. A Foundry token (a JWT) is unreserved
+    throughout, and looked at once only: ``quote`` took 10 us of a 1 KB token, on the poll thread, per job."""
+    if _UNRESERVED.fullmatch(text):
+        return set()
+    return {quote(text, safe=""), quote(text), quote_plus(text)}
 
 
 def forms(secret: str) -> set[str]:
     """Every spelling of ``secret`` that redaction looks for: as it is, escaped once or twice over
-    (``_ESCAPES``), and each of those as the parent's SLS encoder writes it (``ensure_ascii``)."""
+    (``_ESCAPES``), each of those as the parent's SLS encoder writes it (``ensure_ascii``), and
+    percent-encoded."""
     if _PLAIN.fullmatch(secret):
-        return {secret}
+        return {secret} | _percent_encoded(secret)
     once = {escape(secret) for escape in _ESCAPES}
     twice = {escape(form) for form in once for escape in _ESCAPES}
     spelled = {secret} | once | twice
-    return spelled | {_json_ascii(form) for form in spelled}
+    return spelled | {_json_ascii(form) for form in spelled} | _percent_encoded(secret)
 
 
 def _utf8(text: str) -> bytes:

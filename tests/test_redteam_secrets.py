@@ -8,18 +8,20 @@ first round's; what is deliberately not redacted (base64 and other transforms) i
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS
-from tests.redaction_harness import REDACTED, WAIT, leaks
+from tests.redaction_harness import REDACTED, WAIT, Replica, leaks, serving, with_credentials
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,3 +78,91 @@ def test_dev_pipeline_never_logs_the_token_it_emulates(tmp_path: Path) -> None:
     assert len(token) > 20 and n in text, text[-3000:]
     assert leaks(text, [token], reprs=True) == []
     assert redacted_lines(text, n), text[-3000:]
+
+
+# -- a job's output: escapes and encodings of the first round's missing -------------------------------
+
+CLIENT_SECRET = "cl+ent/s\u00e9cr=t&" + secrets.token_hex(6)  # reserved in URLs, non-ASCII
+
+
+def odd() -> str:
+    """Quotes, a backslash, non-ASCII of two bytes and astral, and what a URL must escape."""
+    return f"q\"'b\\s\u00e9{secrets.token_hex(6)}\U0001f511 +/="
+
+
+def other_spellings(secret: str) -> dict[str, str]:
+    """Spellings tests/redaction_harness.py's ``spellings`` has not: Python's ``ascii()`` (``%a``, ``!a``),
+    percent-encoded as ``urllib.parse`` does it, and each of these JSON-escaped as an SLS line has it."""
+    spelled = {"ascii": ascii('"' + secret)[2:-1], "ascii_double_quoted": ascii("'" + secret)[2:-1],
+               "url": quote(secret, safe=""), "url_path": quote(secret), "url_form": quote_plus(secret)}
+    return {**spelled, **{f"{name}_json": json.dumps(text)[1:-1] for name, text in spelled.items()}}
+
+
+def other_leaks(text: str, secret: str) -> list[str]:
+    return [name for name, spelled in other_spellings(secret).items() if spelled != secret and spelled in text]
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    with serving(tmp_path_factory.mktemp("redteam"), app="redteam_leaky.py",
+                 env={"CLIENT_ID": "the-client", "CLIENT_SECRET": CLIENT_SECRET}) as served:
+        yield served
+
+
+def show(replica: Replica, how: str, what: str, secret: str) -> str:
+    """Run one job whose token is ``secret``; it shows ``what`` ``how``. Its nonce, once its line is in the log."""
+    n = nonce()
+    replica.answer(replica.submit([[how, what]], with_credentials(authHeader=f"Bearer {secret}"), nonce=n))
+    replica.wait_for(n)
+    return n
+
+
+@pytest.mark.parametrize("how", ["ascii", "percent_a"])
+def test_a_secret_escaped_by_ascii_never_reaches_the_log(replica: Replica, how: str) -> None:
+    """``ascii(token)`` and ``log.warning("%a", token)`` write non-ASCII as ``\\xe9``/``\\U0001f511``: a spelling
+    neither JSON (``\\u00e9``) nor ``repr`` (as is) gives."""
+    secret = odd()
+    n = show(replica, how, "token", secret)
+    text = replica.text()
+    assert other_leaks(text, secret) == [] and leaks(text, [secret], reprs=True) == []
+    assert any(REDACTED in json.dumps(line) for line in replica.lines_with(n))
+
+
+@pytest.mark.parametrize(("how", "what"), [("url", "token"), ("url_plus", "token"), ("url", "client"),
+                                           ("url_plus", "client")])
+def test_a_secret_percent_encoded_in_a_url_or_form_never_reaches_the_log(replica: Replica, how: str,
+                                                                         what: str) -> None:
+    """A token in a query string, a client secret in a form body: ``%2B``, ``%2F``, ``%C3%A9``."""
+    secret = odd()
+    n = show(replica, how, what, secret)
+    text = replica.text()
+    assert other_leaks(text, secret) == [] and other_leaks(text, CLIENT_SECRET) == []
+    assert any(REDACTED in line["message"] for line in replica.lines_with(n))
+
+
+@pytest.mark.parametrize("how", ["carriage_return", "nul", "ansi", "not_utf8", "split_writes", "json_list",
+                                 "stderr_exception"])
+def test_control_bytes_bad_utf8_and_split_writes_around_a_secret_do_not_hide_it(replica: Replica,
+                                                                                how: str) -> None:
+    """``\\r`` progress output, NUL, ANSI colour, bytes that are not UTF-8 next to the secret, the secret
+    written in three flushed pieces of one line: the line the parent logs still has it whole, redacted."""
+    secret = odd()
+    n = show(replica, how, "token", secret)
+    text = replica.text()
+    assert leaks(text, [secret], reprs=True) == [] and other_leaks(text, secret) == []
+    assert any(REDACTED in line["message"] for line in replica.lines_with(n))
+
+
+def test_a_forged_stack_dump_of_a_timed_out_job_is_redacted_in_its_job_finished_line(replica: Replica) -> None:
+    """A job writes a faulthandler-shaped dump naming its token to stderr, then runs past its timeout: the
+    parent takes the dump as the job's stack, for the answer (the caller's) and the ``stacktrace`` and
+    ``where`` of its job_finished line (the log's)."""
+    secret = "tok-" + secrets.token_urlsafe(18)
+    n = nonce()
+    job = replica.submit([], with_credentials(authHeader=f"Bearer {secret}"), nonce=n, function="stuck")
+    answer = json.loads(replica.answer(job))
+    assert answer["kind"] == "timeout" and secret in answer["stack"]  # the caller's own
+    replica.wait_for(f'"{job}", "function": "stuck"')
+    [line] = [line for line in replica.lines_with(job) if line["message"] == "job_finished"]
+    assert f"{n}_{REDACTED}" in line["stacktrace"]
+    assert leaks(replica.text(), [secret], reprs=True) == []
