@@ -166,3 +166,24 @@ def test_a_forged_stack_dump_of_a_timed_out_job_is_redacted_in_its_job_finished_
     [line] = [line for line in replica.lines_with(job) if line["message"] == "job_finished"]
     assert f"{n}_{REDACTED}" in line["stacktrace"]
     assert leaks(replica.text(), [secret], reprs=True) == []
+
+
+# -- the health status: cmworker health's output is the probe's, and lands in the pod's events ---------
+
+def test_the_health_status_and_probe_never_show_a_secret_quoted_by_the_app(tmp_path: Path) -> None:
+    """An app whose import fails quoting ``CLIENT_SECRET``: the log line is redacted, and the reason kept in
+    the status file, which ``cmworker health`` prints for the container's probe, must be too."""
+    client = "client-" + secrets.token_hex(8)
+    status = tmp_path / "health.json"
+    with EmbeddedRuntime(long_poll=0.5) as rt:
+        env = {**os.environ, **rt.env(0), "CLIENT_SECRET": client, "CMWORKER_HEALTH_FILE": str(status)}
+        run = subprocess.run([sys.executable, "-m", "cmworker", "run", os.path.join(APPS, "redteam_import_leak.py")],
+                             env=env, capture_output=True, timeout=WAIT)
+        probe = subprocess.run([sys.executable, "-m", "cmworker", "health"], env=env, capture_output=True,
+                               timeout=WAIT)
+    log = (run.stdout + run.stderr).decode(errors="replace")
+    assert run.returncode == 2 and "cannot connect with secret" in log, log[-3000:]
+    said = probe.stdout.decode(errors="replace")
+    assert probe.returncode == 1 and "cannot connect with secret" in said, said
+    for text in (log, status.read_text(), said):
+        assert leaks(text, [client], reprs=True) == [] and REDACTED in text, text

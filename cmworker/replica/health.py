@@ -47,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from cmworker import logs
 from cmworker.units import format_duration
 
 if TYPE_CHECKING:
@@ -276,7 +277,10 @@ class Reporter:
 
     def _record(self, state: str, reason: str, template_pid: int | None = None, workers: int = 0,
                 held: int = 0) -> Status:
-        return Status(pid=os.getpid(), state=state, reason=reason, beat=self.clock(),
+        # Redacted as a log line is: a reason may quote the app (an import error's traceback), and what
+        # `cmworker health` prints is the probe's output, which Kubernetes keeps in the pod's events.
+        # The probe's own process knows no secret, so it is done here, where they are registered.
+        return Status(pid=os.getpid(), state=state, reason=logs.redact(reason), beat=self.clock(),
                       time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), interval=self.interval,
                       template_pid=template_pid, workers=workers, held=held)
 
