@@ -53,7 +53,7 @@ def redacted_lines(text: str, n: str) -> list[str]:
     return [line for line in text.splitlines() if n in line and REDACTED in line]
 
 
-@pytest.mark.parametrize("how", ["token", "token_file", "client", "sources", "raise"])
+@pytest.mark.parametrize("how", ["token", "token_file", "client", "sources", "executor", "raise"])
 def test_a_pipeline_loop_never_logs_its_token_the_client_secret_or_source_credentials(
         runtime: EmbeddedRuntime, tmp_path: Path, how: str) -> None:
     """The loop's lines are written by the supervisor, which registered no secret at all: the job token,
@@ -187,3 +187,12 @@ def test_the_health_status_and_probe_never_show_a_secret_quoted_by_the_app(tmp_p
     assert probe.returncode == 1 and "cannot connect with secret" in said, said
     for text in (log, status.read_text(), said):
         assert leaks(text, [client], reprs=True) == [] and REDACTED in text, text
+
+
+def test_the_module_token_a_job_reads_from_its_file_is_redacted(replica: Replica) -> None:
+    """Jobs run in the container that holds the module's own token file; printed, it is as the parent read it."""
+    token = Path(replica.rt.env(0)["MODULE_AUTH_TOKEN"]).read_text().strip()
+    n = show(replica, "print", "module", odd())
+    assert leaks(replica.text(), [token], reprs=True) == []
+    lines = replica.lines_with(n)
+    assert lines and all(line["message"] == f"{n} secret: {REDACTED}" for line in lines), lines

@@ -2,7 +2,8 @@
 tests/test_redteam_secrets.py (tests/apps/leaky.py covers the plain ones).
 
 ``act`` runs ``event["steps"]``, each ``[how, what]``: ``what`` names the secret ("token", the
-``authHeader`` after its scheme; "client", ``CLIENT_SECRET``), ``how`` the way it is shown; the job's
+``authHeader`` after its scheme; "client", ``CLIENT_SECRET``; "module", the module's own token, read from the
+file ``MODULE_AUTH_TOKEN`` names), ``how`` the way it is shown; the job's
 ``nonce`` marks each line. ``stuck`` shows the token in a forged stack dump, then runs past its timeout.
 """
 
@@ -20,6 +21,9 @@ import cmworker
 def _secret(context, what):
     if what == "token":
         return context["authHeader"].split(None, 1)[1]
+    if what == "module":
+        with open(os.environ["MODULE_AUTH_TOKEN"], encoding="utf-8") as file:
+            return file.read()
     return context["CLIENT_SECRET"]
 
 
@@ -37,6 +41,7 @@ def _bytes(n, data):
 
 
 _SHOW = {
+    "print": lambda n, s: print(n, "secret:", s),
     "carriage_return": lambda n, s: print(f"{n} progress 10%\r{s}\r done"),
     "nul": lambda n, s: _bytes(n, b"\0" + s.encode() + b"\0"),
     "ansi": lambda n, s: print(f"{n} \x1b[31m{s}\x1b[0m"),
