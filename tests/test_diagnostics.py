@@ -91,6 +91,18 @@ def test_a_job_that_blocks_the_dump_is_killed_when_kill_grace_runs_out_and_answe
         assert harness.run("whoami", {}).kind == "ok"  # and the pool goes on with a new worker
 
 
+def test_a_stack_a_job_dumps_itself_and_lives_on_is_logged_as_its_output_not_swallowed(pool: Any) -> None:
+    answer = pool.run("dumps_own_stack", {})
+    assert answer.kind == "ok"
+    texts = [line.text for line in pool.output[:pool.output_before[answer.job.id]] if line.job_id == answer.job.id]
+    assert "before the dump" in texts and "after the dump" in texts, texts
+    assert any(text.startswith(("Current thread 0x", "Stack (most recent call first)")) for text in texts), texts
+    assert any(f'File "{APP}", line' in text and "in dumps_own_stack" in text for text in texts), texts
+    # and the next job's timeout stack is its own, not this one's
+    payload = pool.payload(pool.run("nap", {}, timeout=0.3))
+    assert "dumps_own_stack" not in payload["stack"]
+
+
 def test_a_grandchild_holding_the_job_up_does_not_delay_the_kill_or_hide_the_stack(pool: Any) -> None:
     before = descendants()
     answer = pool.run("held_up_by_grandchild", {}, timeout=0.3)

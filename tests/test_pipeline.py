@@ -110,6 +110,33 @@ def test_a_pipeline_reads_its_environment_isolates_records_survives_its_own_cras
     assert not psutil.pid_exists(second["pid"])
 
 
+def test_a_loop_that_segfaults_is_logged_with_its_stack_and_where_it_was(runtime: EmbeddedRuntime,
+                                                                         tmp_path: Path) -> None:
+    env = {**runtime.pipeline_env(RESOURCES), "PIPELINE_MODE": "crash_once"}
+    with pipeline(tmp_path, env) as proc:
+        _until(lambda: _read(tmp_path / "start-1.json"), "the crashed loop was not restarted")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    lines = _log_lines(tmp_path / "pipeline.log")
+    [crashed] = [line for line in lines if line["message"] == "pipeline_crashed"]
+    params = {**crashed["params"], **crashed.get("unsafeParams", {})}
+    assert crashed["stacktrace"].startswith("Fatal Python error: Segmentation fault"), crashed
+    assert f'File "{APP}", line' in crashed["stacktrace"]
+    assert params["where"].startswith(f"main() at {APP}:"), params
+    # The dump is in the crash line, not also spread over the log as the loop's output.
+    assert not any(line["message"].startswith("Fatal Python error") for line in lines)
+
+
+def test_a_stack_the_loop_dumps_itself_is_logged_as_its_output(runtime: EmbeddedRuntime, tmp_path: Path) -> None:
+    env = {**runtime.pipeline_env(RESOURCES), "PIPELINE_MODE": "dumps_stack"}
+    with pipeline(tmp_path, env) as proc:
+        _until(lambda: (tmp_path / "dumped").exists(), "the loop did not dump its stack")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    text = (tmp_path / "pipeline.log").read_text()
+    assert "Current thread 0x" in text and "in main" in text, text
+
+
 def test_a_loop_that_crashes_at_every_start_trips_the_crash_loop_breaker(runtime: EmbeddedRuntime,
                                                                           tmp_path: Path) -> None:
     env = {**runtime.pipeline_env(RESOURCES), "PIPELINE_MODE": "crash_at_start"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import json
 import os
 import signal
@@ -37,6 +38,9 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # A crash (SIGSEGV, SIGABRT...) writes every thread's stack to stderr first: the supervisor takes it
+    # out of the relayed lines and logs it with the crash (``pipeline_crashed``), where it was.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     sys.exit(_run(app, attempt, stop_r))
 
 

@@ -47,6 +47,7 @@ import psutil
 from cmworker import logs
 from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.pipeline_mode.runner import LOAD_FAILED
+from cmworker.pool import stack
 from cmworker.pool.jobs import OutputLine
 from cmworker.pool.output import WorkerOutput
 from cmworker.replica.intake import source_secrets
@@ -193,7 +194,8 @@ class PipelineSupervisor:
         proc.stderr.close()
         for fd in (out_fd, err_fd):
             os.set_blocking(fd, False)
-        self.loop = _Loop(proc, WorkerOutput(out_fd, err_fd, self.clock), self.clock(), self.attempts)
+        output = WorkerOutput(out_fd, err_fd, self.clock, crashes_only=True)  # a dump the loop wrote is its output
+        self.loop = _Loop(proc, output, self.clock(), self.attempts)
         if self.attempts:
             _log.info("pipeline_restarted", attempt=self.attempts, pid=proc.pid)
         self.attempts += 1
@@ -273,6 +275,8 @@ class PipelineSupervisor:
         self.crashes_in_a_row = self.crashes_in_a_row + 1 if at_start else 1
         self.start_crashes = self.start_crashes + 1 if at_start else 0
         last = [_summary(text) for text in list(loop.output.last)[-5:]]
+        _, found = stack.details(loop.output.stack.text)  # what faulthandler wrote as it crashed, if it did
+        how = {**how, **found}
         if self.start_crashes >= self.policy.crash_loop_limit:
             _log.critical("pipeline_crash_loop", count=self.start_crashes, wall_s=round(ran, 3), last_lines=last,
                           **how)

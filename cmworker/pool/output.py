@@ -79,12 +79,12 @@ def _cut(line: bytes) -> tuple[bytes, bytes]:
 class WorkerOutput:
     """One worker's stdout and stderr pipes (read ends), its last lines, and its flood limit."""
 
-    def __init__(self, out_fd: int, err_fd: int, clock: Callable[[], float]) -> None:
+    def __init__(self, out_fd: int, err_fd: int, clock: Callable[[], float], crashes_only: bool = False) -> None:
         self.out_fd, self.err_fd = out_fd, err_fd
         self.clock = clock
         self.last: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self.dropped = 0
-        self.stack = StackCatcher()  # a stack dump on stderr goes to the job's answer, not to the log
+        self.stack = StackCatcher(crashes_only)  # a stack dump on stderr goes to the answer, not to the log
         self._reader = LineReader()
         self._tokens = LINE_BURST
         self._refilled = clock()
@@ -115,6 +115,12 @@ class WorkerOutput:
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0
         return dropped
+
+    def release_stack(self) -> list[tuple[str, str]]:
+        """The dump lines caught since the job started, as stderr lines to log (flood-limited), and
+        forgotten: for a job that wrote them itself and answered, not one killed or crashed."""
+        lines = self.stack.release()
+        return [("stderr", text) for text in self._admit([line.encode() for line in lines])] if lines else []
 
     def start_job(self) -> None:
         self.last.clear()

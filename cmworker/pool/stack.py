@@ -11,7 +11,8 @@ thread to the worker's stderr pipe
   code, loops in pure Python, or holds the GIL in an extension.
 
 Parent side: ``StackCatcher`` takes the dump's lines out of the worker's stderr (``output.py`` feeds it
-every stderr line first), so they reach the answer rather than the job's log output, and
+every stderr line first), so they reach the answer rather than the job's log output (a job that dumped
+its own stack and then answered gets those lines back as its output, ``WorkerOutput.release_stack``), and
 ``user_frame`` picks the innermost frame of the user's code in it — in the thread that runs the job,
 skipping cmworker's own frames, the standard library and installed packages — for the message:
 "ran past its timeout of 30s in solve() at app.py:42".
@@ -48,23 +49,28 @@ _START = re.compile(r"(Fatal Python error: |(Current thread|Thread) 0x[0-9a-f]+.
                     r"|Stack \(most recent call first\):$)")
 _INSIDE = re.compile(r'(  File "|  <no Python frame>$|  \.\.\.$|$|Extension modules: |Python runtime state: '
                      r"|Garbage-collecting$)")
+_FATAL = re.compile(r"Fatal Python error: ")
 _FRAME = re.compile(r'  File "(?P<file>.*)", line (?P<line>\d+) in (?P<function>.*)$')
 
 
 class StackCatcher:
     """The dump lines of one job, caught from its worker's stderr; everything else passes through."""
 
-    def __init__(self) -> None:
+    def __init__(self, crashes_only: bool = False) -> None:
         self._lines: list[str] = []
         self._size = 0
         self._inside = False
+        # Catch only a dump that a crash wrote: for a process whose every other dump is the app's own
+        # (faulthandler.dump_traceback) and belongs in its output, as the pipeline loop's does.
+        self._crashes_only = crashes_only
 
     def take(self, line: str) -> bool:
         """Whether ``line`` belongs to a dump (and is kept here, not logged as output)."""
         if self._inside and _INSIDE.match(line):
             self._keep(line)
             return True
-        self._inside = _START.match(line) is not None
+        start = _FATAL if self._crashes_only and not self._inside else _START
+        self._inside = start.match(line) is not None
         if self._inside:
             if self._lines and line.startswith("Fatal"):
                 self._lines.append("")
@@ -80,6 +86,12 @@ class StackCatcher:
         self._lines.clear()
         self._size = 0
         self._inside = False
+
+    def release(self) -> list[str]:
+        """The lines caught so far, handed back and forgotten (a dump the job wrote itself)."""
+        lines = self._lines[:]
+        self.reset()
+        return lines
 
     @property
     def text(self) -> str | None:

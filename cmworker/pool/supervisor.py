@@ -437,10 +437,14 @@ class Pool:
         if job is None or slot.answered:
             return
         slot.answered = True
-        if not from_worker or slot.output.unread:
+        if not from_worker:
             slot.drain_output()
         else:
-            slot.emit(())  # only the count of lines the flood limit dropped, if any
+            if slot.output.unread:
+                slot.drain_output()
+            # A stack the job dumped itself and lived on (faulthandler.dump_traceback) is its output after
+            # all; and the count of lines the flood limit dropped, if any.
+            slot.emit(slot.output.release_stack())
         self._timers.cancel(slot.timers)
         slot.timers.clear()
         now = self.clock()

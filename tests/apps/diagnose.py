@@ -86,6 +86,17 @@ def grow(context, event):
 
 
 @cmworker.function
+def dumps_own_stack(context, event):
+    """Writes its own stack to stderr, as one debugging a job does, then answers: the lines are its output."""
+    import faulthandler
+
+    print("before the dump", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=False)
+    print("after the dump", file=sys.stderr, flush=True)
+    return "fine"
+
+
+@cmworker.function
 def time_left(context: Context, event):
     first = context.remaining()
     time.sleep(event["sleep"])

@@ -37,6 +37,9 @@ def main(ctx: cmworker.PipelineContext) -> None:
         seen["sources"] = json.loads(Path(os.environ["SOURCE_CREDENTIALS"]).read_text())
     (out / f"start-{ctx.attempt}.json").write_text(json.dumps(seen))
     log.info("loop_started", attempt=ctx.attempt)
+    if MODE == "dumps_stack":  # as one looking into a slow loop does: the lines are its output
+        faulthandler.dump_traceback()
+        (out / "dumped").write_text("")
     if MODE == "crash_at_start":
         raise RuntimeError("cannot start")
     records = json.loads(os.environ.get("PIPELINE_RECORDS", "[]"))
