@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import uuid
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from cmworker.app.envelope import FULL_PARSE_BELOW
+from cmworker.replica import transport
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.state import JobSnapshot
 from tests.pool_harness import APPS, JobBodies, stop_process
@@ -147,3 +150,66 @@ def test_a_member_after_the_job_does_not_name_its_id_or_function(
     job_id = served.run(lambda jid: arrange(jid, other))
     assert served.answered_once(job_id) == {"echo": PAD, "job": job_id}
     assert served.rt.record.result_posts(other) == []
+
+
+# -- odd text in the other fields: one answer, and the replica keeps serving ---------------------------
+
+LONE = "\ud800"  # JSON can carry it ("\\ud800"); UTF-8 cannot
+
+
+@pytest.mark.parametrize(("field", "value", "kind"), [
+    ("queryType", LONE, "unknown_function"),
+    ("query", f"x{LONE}y", "ok"),
+    ("userId", LONE, "ok"),
+    ("authHeader", f"Bearer {LONE}secret-token", "ok"),
+    ("temporaryCredentialsAuthToken", f"{LONE}temp-token", "ok"),
+], ids=lambda v: v if isinstance(v, str) and v.isascii() else None)
+@pytest.mark.parametrize("size", ["small", "big"])
+def test_a_lone_surrogate_in_any_other_field_gets_one_answer(served: Served, field: str, value: str, kind: str,
+                                                             size: str) -> None:
+    def make(jid: str) -> bytes:
+        fields = {"jobId": jid, "queryType": "echo", "query": {"pad": PAD} if size == "big" else 1,
+                  "authHeader": "Bearer ordinary-token", "temporaryCredentialsAuthToken": "ordinary-temp"}
+        fields[field] = value if field != "query" else {"pad": PAD if size == "big" else "", "text": value}
+        return v1(*(member(k, v) for k, v in fields.items()))
+    job_id = served.run(make)
+    payload = served.answered_once(job_id)
+    assert (payload.get("kind") if "kind" in payload else "ok") == kind, payload
+
+
+# -- the embedded runtime answers odd clients with a 4xx, never a 500 or silence ------------------------
+
+
+def send_raw(rt: EmbeddedRuntime, port: int, request: bytes) -> tuple[int, bytes]:
+    """One request, written as it is, over TLS to the runtime; its reply's status and body."""
+    context = ssl.create_default_context(cafile=str(rt.ca_path))
+    with socket.create_connection(("127.0.0.1", port), WAIT) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock, sock.makefile("rb") as reader:
+        sock.sendall(request)
+        status, body, _ = transport.read_reply(reader, "GET")
+        return status, body
+
+
+LONG_NUMBER = b"1" * 5000  # past Python's 4300 digits for int(str): a ValueError, not a number
+RESULT, SCHEMAS = b"/interactive-module/api/internal-query/results/x", b"/interactive-module/api/internal-query/schemas"
+JOBS, ITEMS = b"/api/v1/jobs", b"/api/v1/jobs/x/items"
+
+
+@pytest.mark.parametrize(("api", "request_line", "rest"), [
+    ("module", b"POST " + RESULT, b"Content-Length: " + LONG_NUMBER + b"\r\n\r\n"),
+    ("module", b"POST " + RESULT, b"Expect: 100-continue\r\nContent-Length: " + LONG_NUMBER + b"\r\n\r\n"),
+    ("query", b"POST " + JOBS, b"Content-Length: " + LONG_NUMBER + b"\r\n\r\n"),
+    ("module", b"POST " + SCHEMAS, b"Content-Length: 4000\r\n\r\n" + b"[" * 4000),
+    ("query", b"POST " + JOBS, b"Content-Length: 4000\r\n\r\n" + b"[" * 4000),
+    ("query", b"GET " + ITEMS + b"?from=" + LONG_NUMBER, b"\r\n"),
+], ids=["a result of a 5000-digit length", "the same, expecting 100-continue", "a query of a 5000-digit length",
+        "schemas nested 4000 deep", "a query nested 4000 deep", "an item index of 5000 digits"])
+def test_the_runtime_answers_an_odd_request_with_a_4xx(api: str, request_line: bytes, rest: bytes) -> None:
+    with EmbeddedRuntime(long_poll=0.2) as rt:
+        if api == "module":
+            port, auth = rt.ports[0], b"Module-Auth-Token: " + rt.token_path(0).read_text().strip().encode()
+        else:
+            port, auth = int(rt.query_url.rsplit(":", 1)[1]), b"Authorization: Bearer " + rt.caller_token.encode()
+        status, body = send_raw(rt, port, request_line + b" HTTP/1.1\r\n" + auth + b"\r\n" + rest)
+        assert 400 <= status < 500, (status, body)
+        assert b"JSON" not in body or b"nested" in body, body  # the cause named, not a parse of nothing
