@@ -16,9 +16,11 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,11 @@ import pytest
 
 from cmworker.app.envelope import FULL_PARSE_BELOW
 from cmworker.replica import transport
+from cmworker.replica.service import Service, discover
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.state import JobSnapshot
+from cmworker.runtime.tls import write_tls_files
+from cmworker.runtime.wire import DRAIN_LIMIT
 from tests.pool_harness import APPS, JobBodies, stop_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -175,6 +180,99 @@ def test_a_lone_surrogate_in_any_other_field_gets_one_answer(served: Served, fie
     job_id = served.run(make)
     payload = served.answered_once(job_id)
     assert (payload.get("kind") if "kind" in payload else "ok") == kind, payload
+
+
+# -- a runtime that writes what the test says, over real TLS -------------------------------------------
+
+
+@dataclass
+class Scripted:
+    """A TLS server on loopback that answers each request, on whatever connection it comes, with the
+    next of ``replies`` (raw bytes, written as one piece); ``requests`` records (connection number,
+    request line) as each request's head arrives."""
+
+    context: ssl.SSLContext  # the client's: trusts this server's CA
+    port: int
+    replies: list[bytes]
+    requests: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def connection(self, timeout: float = 5.0) -> transport.Connection:
+        return transport.Connection("127.0.0.1", self.port, self.context, {"Module-Auth-Token": "t"}, timeout)
+
+
+@contextmanager
+def scripted(tmp: Path, replies: list[bytes]) -> Iterator[Scripted]:
+    tls = write_tls_files(tmp, ["127.0.0.1"])
+    server_context = tls.server_context()
+    listener = socket.create_server(("127.0.0.1", 0))
+    script = Scripted(ssl.create_default_context(cafile=str(tls.ca_path)), listener.getsockname()[1], replies)
+    sockets: list[socket.socket] = []
+
+    def serve(raw: socket.socket, number: int) -> None:
+        try:
+            with server_context.wrap_socket(raw, server_side=True) as sock, sock.makefile("rb") as reader:
+                while line := reader.readline():
+                    length = 0
+                    while (header := reader.readline()) not in (b"\r\n", b""):
+                        if header.lower().startswith(b"content-length:"):
+                            length = int(header.split(b":")[1])
+                    reader.read(length)
+                    script.requests.append((number, line.strip()))
+                    sock.sendall(script.replies.pop(0))
+        except (OSError, IndexError):
+            pass
+
+    def accept() -> None:
+        for number in itertools.count():
+            try:
+                raw = listener.accept()[0]
+            except OSError:
+                return
+            sockets.append(raw)
+            threading.Thread(target=serve, args=(raw, number), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield script
+    finally:
+        listener.close()
+        for sock in sockets:
+            sock.close()
+
+
+NO_JOB = b"HTTP/1.1 204 No Content\r\n\r\n"
+A_JOB = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{job}"
+
+
+@pytest.mark.parametrize("first", [
+    NO_JOB + NO_JOB,                                                   # a reply too many
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}" + NO_JOB,  # a 204 with a body: it has none
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" + NO_JOB,          # a length short of what follows
+], ids=["two replies", "204 with a body", "short length"])
+def test_bytes_after_a_reply_are_never_taken_for_the_next_ones(tmp_path: Path, first: bytes) -> None:
+    # Read on the same connection, they were the next GET's reply: the job the runtime handed out on that
+    # GET was never read, held by the runtime for this replica and never answered.
+    with scripted(tmp_path, [first, A_JOB]) as runtime:
+        conn = runtime.connection()
+        conn.request("GET", "/job")
+        assert conn.request("GET", "/job") == transport.Reply(200, b"{job}")
+        assert [number for number, _ in runtime.requests] == [0, 1]  # the second on a fresh connection
+        conn.close()
+
+
+def test_a_reply_that_comes_before_the_body_is_sent_is_read(tmp_path: Path) -> None:
+    # A body over the runtime's limit is refused as soon as its length is read: the 413 comes back while
+    # the body still goes out, and the runtime, having drained what it will, closes. The write failed,
+    # the 413 was never read, and the poster sent the same answer again and again, for ever.
+    with EmbeddedRuntime(long_poll=0.2, max_result_size=2**20) as rt:
+        job = rt.submit("echo", 1)
+        service = Service(discover(rt.env(0), wait=1))
+        conn = service.connection()
+        assert service.get_job(conn).status == 200
+        reply = service.post_result(conn, job, b"x" * (DRAIN_LIMIT + 8 * 2**20))
+        assert reply.status == 413 and b"over the 1048576-byte limit" in reply.body
+        assert service.post_result(conn, job, b'"small"').status == 204  # on a fresh connection
+        conn.close()
 
 
 # -- the embedded runtime answers odd clients with a 4xx, never a 500 or silence ------------------------
