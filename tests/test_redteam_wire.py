@@ -33,7 +33,7 @@ from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.state import JobSnapshot
 from cmworker.runtime.tls import write_tls_files
 from cmworker.runtime.wire import DRAIN_LIMIT
-from tests.pool_harness import APPS, JobBodies, stop_process
+from tests.pool_harness import APPS, JobBodies, cmworker_run, stop_process
 
 pytestmark = pytest.mark.timeout(180)
 WAIT = 30.0
@@ -273,6 +273,21 @@ def test_a_reply_that_comes_before_the_body_is_sent_is_read(tmp_path: Path) -> N
         assert reply.status == 413 and b"over the 1048576-byte limit" in reply.body
         assert service.post_result(conn, job, b'"small"').status == 204  # on a fresh connection
         conn.close()
+
+
+def test_an_answer_the_runtime_refuses_as_too_large_is_replaced_by_one_saying_so(tmp_path: Path) -> None:
+    # The replica allows bigger results than the runtime takes: the 413 ended the POSTs ("giving up"),
+    # and the job, accepted, was never answered at all.
+    config = '[limits]\ntimeout = "20s"\nmax_result_size = "16MiB"\n'
+    with EmbeddedRuntime(long_poll=0.5, max_result_size=2**20) as rt, cmworker_run(rt, tmp_path, config) as proc:
+        job = rt.submit("too_large", {"size": 2 * 2**20})
+        [snap] = rt.store.wait_finished([job], WAIT)
+        log = (tmp_path / "run.log").read_text()
+        assert snap is not None and snap.answer is not None, log[-3000:]
+        payload = json.loads(snap.answer)
+        assert payload["kind"] == "result_too_large" and "HTTP 413" in payload["error"], payload
+        assert [post.status for post in rt.record.result_posts(job)] == [413, 204]
+        assert rt.submit("echo", "later") and proc.poll() is None
 
 
 # -- the embedded runtime answers odd clients with a 4xx, never a 500 or silence ------------------------
