@@ -326,3 +326,17 @@ def test_the_runtime_answers_an_odd_request_with_a_4xx(api: str, request_line: b
         status, body = send_raw(rt, port, request_line + b" HTTP/1.1\r\n" + auth + b"\r\n" + rest)
         assert 400 <= status < 500, (status, body)
         assert b"JSON" not in body or b"nested" in body, body  # the cause named, not a parse of nothing
+
+
+def test_the_runtime_takes_an_answer_nested_past_its_parser() -> None:
+    # The runtime parses an answer to learn whether it is an error payload; past ~1,000 levels that raised
+    # RecursionError, a 500 for every attempt: the replica retried the answer for ever, never delivered.
+    with EmbeddedRuntime(long_poll=0.2) as rt:
+        job = rt.submit("echo", 1)
+        service = Service(discover(rt.env(0), wait=1))
+        conn = service.connection()
+        assert service.get_job(conn).status == 200
+        deep = b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        assert service.post_result(conn, job, deep).status == 204
+        conn.close()
+        assert rt.record.job(job).answer == deep  # type: ignore[union-attr]
