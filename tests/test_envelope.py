@@ -31,7 +31,6 @@ CREDS = (("temporaryCredentialsAuthToken", "temp-token-1234"), ("authHeader", "B
 @pytest.mark.parametrize("data", [
     body(("jobId", "j1"), ("queryType", "echo"), ("query", {"x": [1, 2]}), *CREDS, ("userId", "u")),
     body(("jobId", "j1"), ("queryType", "echo"), *CREDS, ("query", "a string")),             # creds first
-    body(("queryType", "echo"), ("query", {"jobId": "inner"}), ("jobId", "outer"), *CREDS),  # id after the query
     body(("jobId", "j\u00e9\"q"), ("queryType", "echo"), ("query", 1), *CREDS),              # escapes in the id
     body(("jobId", "j1"), ("queryType", "echo"), ("query", "ends, \"authHeader\": \"x\"}}")),  # lookalike text
     body(("jobId", "j1"), ("queryType", "echo"), ("query", {"a": 1, "authHeader": "inner"}), *CREDS),
@@ -49,6 +48,8 @@ def test_every_runtime_shape_is_read_as_the_full_parse_reads_it(data: bytes) -> 
     body(("jobId", "first"), ("queryType", "echo"), ("query", 1), ("jobId", "second")),  # a duplicate key
     body(("jobId", 7), ("queryType", "echo"), ("query", 1)),                             # a number
     body(("queryType", "echo"), ("query", 1)),                                           # no id
+    body(("queryType", "echo"), ("query", {"jobId": "inner"}), ("jobId", "outer"), *CREDS),  # id after the query
+    body(("jobId", "j1"), ("query", 1), ("queryType", "echo")),                          # function after it
     body(("jobId", "j1"), ("queryType", "echo"), ("query", 1), *((f"k{i}", i) for i in range(20))),  # long tail
     b'{"computeModuleJobV1": {"jobId": "a", "queryType": "echo", "query": 1}, "type": "computeModuleJobV1"}',
     body(("jobId", "j1"), ("queryType", "echo"), ("query", 1), *CREDS, ("big", "y" * 70_000)),  # creds out of reach
@@ -82,6 +83,16 @@ def test_a_member_after_the_job_that_ends_like_its_tail_is_caught_by_the_compari
     fields = read_envelope(data)
     assert fields is not None and fields["authHeader"] == "Bearer not-the-jobs"
     assert disagreement(fields, full(data)) == "authHeader"
+
+
+@pytest.mark.parametrize("data", [
+    body(("queryType", "echo"), ("query", 1), ("jobId", "j1"), root_after=', "extra": {"a": 1, "jobId": "other"}'),
+    body(("jobId", "j1"), ("query", 1), ("queryType", "echo"), root_after=', "extra": {"queryType": "other"}'),
+], ids=["jobId", "queryType"])
+def test_a_member_after_the_job_never_names_its_id_or_function(data: bytes) -> None:
+    # Its pairs end the body as the job's own tail would: read from there, the answer went to the id it
+    # named, or the function it named answered for the job (tests/test_redteam_wire.py).
+    assert read_envelope(data) is None
 
 
 def test_a_tail_past_the_window_is_left_to_the_full_parse() -> None:

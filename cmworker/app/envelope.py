@@ -13,12 +13,14 @@ JSON a ``"key":`` right after a comma is always a real key, never text inside a 
 quote is escaped). A credential's name found before those pairs (searching back from the end, so at once
 for a runtime's body) means the tail stopped short of it: such a body is parsed in full. What the ends
 still cannot tell apart is a top-level member after ``computeModuleJobV1`` whose object ends the body
-the same way. So the worker, which parses the whole body anyway, reads it this way too and compares
-(``disagreement``): when the two readings differ it runs nothing, and the job is answered with an error
-naming the cause. The parent's reading and the worker's are the same function of the same bytes.
+the same way. So the id and the function, which say where the answer goes and what runs, are taken
+from the head only (every runtime sends them first); and for the credentials the worker, which parses the
+whole body anyway, reads it this way too and compares (``disagreement``): when the two readings differ
+it runs nothing, and the job is answered with an error naming the cause. The parent's reading and the
+worker's are the same function of the same bytes.
 
-A key the head and the tail both name, an id or function that is not a plain string, a credential out
-of the tail's reach: ``None``, and the parent parses the body in full.
+A key the head and the tail both name, an id or function after the query or not a plain string, a
+credential out of the tail's reach: ``None``, and the parent parses the body in full.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ _MAX_FIELDS = 16
 # The tail: the two closing braces at the very end, and before them pairs, each after a comma.
 _CLOSE = re.compile(rb'\}\s*\}\s*\Z')
 _TAIL_PAIR = re.compile(rb',\s*"(\w{1,64})"\s*:\s*(' + _SCALAR + rb')\s*')
+# Read from the head only. The tail's pairs may be a later top-level member's (see above): taken from
+# there, a job's answer went to the id that member named, and its function was that member's.
+_HEAD_ONLY = (b"jobId", b"queryType")
 
 
 # Below this size json parses the whole body quicker than the ends are read (5 against 12 µs at 200 B).
@@ -55,27 +60,19 @@ def fields_from_ends(body: bytes | bytearray) -> dict[str, Any] | None:
 
 def read_envelope(body: bytes | bytearray) -> dict[str, Any] | None:
     """``computeModuleJobV1``'s scalar fields (not the query), with a string ``jobId`` and ``queryType``
-    each named once; ``None`` for any other shape."""
-    head = _HEAD.match(body)
+    each named once, before the query; ``None`` for any other shape."""
+    head = _head(body)
     if head is None:
         return None
-    pos, raw = head.end(), {}
-    for _ in range(_MAX_FIELDS):
-        if _QUERY_KEY.match(body, pos):
-            break
-        pair = _HEAD_PAIR.match(body, pos)
-        if pair is None:
-            return None
-        raw[bytes(pair.group(1))] = bytes(pair.group(2))
-        pos = pair.end()
-    else:
-        return None
+    raw, pos = head
     tail = _tail(body, pos)
     if tail is None:
         return None
     for key, value in tail:
         if key in raw:
             return None  # a duplicate key: what json reads is the last one; the full parse says which
+        if key in _HEAD_ONLY:
+            return None  # perhaps another object's: the full parse says which job and function it is
         raw[key] = value
     job_id, function = raw.get(b"jobId", b""), raw.get(b"queryType", b"")
     if not (job_id.startswith(b'"') and function.startswith(b'"')) or job_id == b'""' or function == b'""':
@@ -84,6 +81,37 @@ def read_envelope(body: bytes | bytearray) -> dict[str, Any] | None:
         return {key.decode(): _scalar(value) for key, value in raw.items()}
     except ValueError:
         return None
+
+
+def job_id_from_head(body: bytes | bytearray) -> str | None:
+    """The ``jobId`` among the fields before the query, if it is a string there: certainly the job's own,
+    even in a body json cannot parse (too deep, too long a number, bytes that are not UTF-8)."""
+    head = _head(body)
+    literal = head[0].get(b"jobId", b"") if head is not None else b""
+    try:
+        job_id = _scalar(literal) if literal.startswith(b'"') else None
+    except ValueError:
+        return None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
+def _head(body: bytes | bytearray) -> tuple[dict[bytes, bytes], int] | None:
+    """The scalar pairs before the query, as literals by key (the last of a repeated key, as json reads
+    it), and where the query begins; None when the body does not open so."""
+    head = _HEAD.match(body)
+    if head is None:
+        return None
+    pos = head.end()
+    raw: dict[bytes, bytes] = {}
+    for _ in range(_MAX_FIELDS):
+        if _QUERY_KEY.match(body, pos):
+            return raw, pos
+        pair = _HEAD_PAIR.match(body, pos)
+        if pair is None:
+            return None
+        raw[bytes(pair.group(1))] = bytes(pair.group(2))
+        pos = pair.end()
+    return None
 
 
 def _tail(body: bytes | bytearray, pos: int) -> list[tuple[bytes, bytes]] | None:

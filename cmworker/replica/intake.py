@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cmworker.app.context import SOURCE_CREDENTIALS_ENV
-from cmworker.app.envelope import CREDENTIALS, fields_from_ends
+from cmworker.app.envelope import CREDENTIALS, fields_from_ends, job_id_from_head
 from cmworker.errors import InvalidInput, JobError, ShuttingDown, UnknownFunction, unreadable_job
 
-# The job id of a body that json cannot parse: the first "jobId" key with a plain string value.
+# The job id of a body that json cannot parse, when it is not first: each "jobId" key with a plain string value.
 _JOB_ID = re.compile(rb'"jobId"\s*:\s*"([^"\\]{1,200})"')
 # The credentials in such a body, found the same way.
 _CREDENTIAL = re.compile(rb'"(?:authHeader|temporaryCredentialsAuthToken)"\s*:\s*("(?:[^"\\]|\\.)*")')
@@ -75,6 +75,8 @@ def parse_job(body: bytes, functions: Collection[str], held: Container[str], sto
     if fields is not None:
         secrets = job_secrets(fields, body)
         job_id = fields["jobId"]
+        if problem := _unnameable(job_id, body):
+            return Refused(problem, secrets)
         if job_id in held:
             return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
                            secrets, duplicate=True)
@@ -95,6 +97,8 @@ def parse_job(body: bytes, functions: Collection[str], held: Container[str], sto
     if not isinstance(job_id, str) or not job_id:
         return Refused(_no_job_id(body, f"its jobId is {type(job_id).__name__ if job_id else 'missing or empty'}"),
                        secrets)
+    if problem := _unnameable(job_id, body):
+        return Refused(problem, secrets)
     if job_id in held:
         return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
                        secrets, duplicate=True)
@@ -177,14 +181,35 @@ def _unreadable(body: bytes, exc: ValueError | RecursionError, held: Container[s
     """
     secrets = job_secrets(None, body)
     error = unreadable_job(exc)
-    found = _JOB_ID.search(body)
-    job_id = found.group(1).decode("utf-8", "replace") if found else ""
+    why = error.message.removeprefix("the job cannot be read: ")
+    job_id = job_id_from_head(body)
+    if job_id is None:
+        # Not where a runtime puts it: any "jobId" in the body may be the query's own, naming another
+        # job, which then got this one's error. Only a body that names one id, once or more, says which.
+        found = {match.group(1) for match in _JOB_ID.finditer(body)}
+        if len(found) > 1:
+            return Refused(_no_job_id(body, f"{why}; it names more than one jobId, and which is its own "
+                                            "cannot be told without parsing it"), secrets)
+        job_id = found.pop().decode("utf-8", "replace") if found else ""
     if not job_id:
-        return Refused(_no_job_id(body, error.message.removeprefix("the job cannot be read: ")), secrets)
+        return Refused(_no_job_id(body, why), secrets)
+    if problem := _unnameable(job_id, body):
+        return Refused(problem, secrets)
     if job_id in held:
         return Refused(f"job {job_id} was handed out again while still running here; ignoring the duplicate",
                        secrets, duplicate=True)
     return Immediate(job_id, "", error, secrets)
+
+
+def _unnameable(job_id: str, body: bytes) -> str | None:
+    """Why no POST can name this job, if none can. JSON's ``\\ud800`` is a lone surrogate, a string with
+    no UTF-8 form: its result URL could not be written, and the UnicodeEncodeError in a poster thread
+    ended the replica (tests/test_redteam_wire.py)."""
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return _no_job_id(body, "its jobId cannot be written in a URL: it holds a lone surrogate, not Unicode text")
+    return None
 
 
 def _no_job_id(body: bytes, why: str) -> str:

@@ -46,7 +46,7 @@ import psutil
 from cmworker import heap, logs
 from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
-from cmworker.errors import CmworkerError, JobError, RuntimeUnavailable
+from cmworker.errors import CmworkerError, JobError, ResultTooLarge, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
 from cmworker.replica.announce import announce
@@ -54,7 +54,7 @@ from cmworker.replica.intake import Immediate, Refused, parse_job, source_secret
 from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, EmptyPolls, Reply, Service, TransportError, backoff
-from cmworker.units import human_duration
+from cmworker.units import describe_size, human_duration
 
 log = logging.getLogger("cmworker.poller")
 events = logs.get_logger("cmworker.poller")
@@ -522,13 +522,19 @@ class Poller:
         earlier attempt failed (on the poll thread) waits its back-off first."""
         if attempt:
             time.sleep(backoff(min(attempt, 10)))
-        while not self._attempt_post(conn, job_id, body()):
+        replaced = False
+        while (done := self._attempt_post(conn, job_id, body(), replaced)) is not True:
+            if done is not False:  # refused as too large: the job gets the small answer that says so
+                body, replaced = _constant(done), True
+                continue
             attempt += 1
             time.sleep(backoff(min(attempt, 10)))
         self.ledger.release(job_id)
 
-    def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes]) -> bool:
-        """One POST of an answer: True when that is the end of it, False when it must be tried again."""
+    def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes],
+                      replaced: bool = False) -> bool | bytes:
+        """One POST of an answer: True when that is the end of it, False when it must be tried again, and
+        the answer to post instead when the runtime refused this one as too large (unless ``replaced``)."""
         try:
             self._observe("post_start", job_id)
             reply = self.service.post_result(conn, job_id, body)
@@ -538,6 +544,15 @@ class Poller:
             return False
         if reply.status < 300 or reply.status == 409:
             return True  # 409: an earlier attempt did reach the runtime; the job is answered exactly once.
+        if reply.status == 413 and not replaced:
+            # The runtime takes smaller answers than this replica allows (max_result_size): given up, the
+            # job, accepted, had no answer at all, and its caller waited for one.
+            log.error("the runtime refused the answer to job %s as too large (HTTP 413): %r; answering it "
+                      "with an error saying so", job_id, logs.excerpt(reply.body, 300))
+            size = len(body) if isinstance(body, bytes | bytearray) else None  # None: a stream's
+            what = "the streamed result" if size is None else f"the result of {describe_size(size)}"
+            return ResultTooLarge(f"the runtime refused {what} as too large (HTTP 413): lower max_result_size "
+                                  "to what the runtime takes", size_bytes=size).to_bytes()
         if 400 <= reply.status < 500:
             log.error("the runtime refused the answer to job %s with HTTP %s: %r; giving up",
                       job_id, reply.status, logs.excerpt(reply.body, 300))

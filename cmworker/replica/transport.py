@@ -37,6 +37,8 @@ MAX_HEAD = 64 * 1024      # a status line and its header lines together
 MAX_INTERIM = 10          # 1xx replies before the final one: a server sends one or two, if any
 MAX_BODY = 2**20          # the default bound on a reply's body (callers that expect more say so)
 _PIECE = 2**20            # a large body is read in pieces of this size, as it arrives
+EARLY_REPLY_WAIT = 1.0    # for the rest of a reply that began to arrive before the request was all sent
+MAX_REPLY_EARLY = 64 * 1024  # such a reply refuses the request: a status and a few words
 _SMALL_BODY = 64 * 1024   # up to this size a body goes out in the same write as the head
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")    # a request target: no spaces, no control characters
 _FIELD = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # a header value: no CR, LF or other controls
@@ -69,13 +71,20 @@ class _Deadline(io.RawIOBase):
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
         self.deadline = math.inf
+        self.received = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         self.sock.settimeout(_left(self.deadline))
-        return self.sock.recv_into(buffer)
+        count = self.sock.recv_into(buffer)
+        self.received += count
+        return count
+
+    def tell(self) -> int:
+        """The bytes received so far: the buffered reader's ``tell`` is then the bytes it gave out."""
+        return self.received
 
 
 def _left(deadline: float) -> float:
@@ -140,16 +149,30 @@ class Connection:
         try:
             deadline = time.monotonic() + seconds
             sock, stream, reader = self._connect(deadline)
-            for data in writes:
-                _send(sock, data, deadline)
-            if pieces is not None:
-                for piece in pieces:
-                    if piece:  # an empty chunk would end the body
-                        _send(sock, b"%x\r\n" % len(piece) + piece + b"\r\n", time.monotonic() + seconds)
-                deadline = time.monotonic() + seconds
-                _send(sock, b"0\r\n\r\n", deadline)
+            try:
+                for data in writes:
+                    _send(sock, data, deadline)
+                if pieces is not None:
+                    for piece in pieces:
+                        if piece:  # an empty chunk would end the body
+                            _send(sock, b"%x\r\n" % len(piece) + piece + b"\r\n", time.monotonic() + seconds)
+                    deadline = time.monotonic() + seconds
+                    _send(sock, b"0\r\n\r\n", deadline)
+            except OSError:
+                # The runtime may have answered before taking the whole body (a 413 as soon as it read the
+                # length), then stopped reading or closed: that reply, already here, is the answer (RFC
+                # 9112 section 9.5). Unread, the same refused body went out again on every retry.
+                early = _early_reply(sock, stream, reader, method)
+                if early is None:
+                    raise
+                self.close()
+                return early
             stream.deadline = deadline
             status, data, close = read_reply(reader, method, max_body)
+            # Bytes already here after the reply answer nothing that was asked (a second reply, a 204's
+            # body, a length short of the body): on this connection the next request would take them
+            # for its reply, and the reply meant for it (a GET's job) would never be read.
+            close = close or stream.received != reader.tell() or sock.pending() > 0
         except (OSError, BadReply) as exc:
             self.close()
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
@@ -180,6 +203,18 @@ class Connection:
                 with contextlib.suppress(Exception):
                     closable.close()
         self._sock = self._stream = self._reader = None
+
+
+def _early_reply(sock: ssl.SSLSocket, stream: _Deadline, reader: io.BufferedReader, method: str) -> Reply | None:
+    """A reply that arrived while the request was still being written, if a whole one is here already."""
+    if not (sock.pending() or _dropped(sock)):
+        return None  # nothing came back: the write failed for its own reasons
+    stream.deadline = time.monotonic() + EARLY_REPLY_WAIT
+    try:
+        status, data, _ = read_reply(reader, method, MAX_REPLY_EARLY)
+    except (OSError, BadReply):
+        return None
+    return Reply(status, data)
 
 
 def _dropped(sock: socket.socket) -> bool:

@@ -183,6 +183,8 @@ class ModuleApp:
             schemas = json.loads(exchange.read_body(self.max_result_size))
         except ValueError as exc:
             raise HttpError(400, f"schemas are not JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, f"schemas are {_TOO_DEEP}") from None
         if not isinstance(schemas, list):
             raise HttpError(400, "schemas must be a JSON array of function schemas")
         for index, schema in enumerate(schemas):
@@ -199,6 +201,9 @@ def _reply(exchange: Exchange, fault: Fault | None, status: int, body: bytes = b
         exchange.spoil(fault, status, body)
     else:
         exchange.reply(status, body)
+
+
+_TOO_DEEP = "JSON nested more deeply than Python's parser allows (about 1,000 levels)"
 
 
 def _json_error(message: str) -> bytes:
@@ -285,7 +290,7 @@ class QueryApp:
     def _items(self, exchange: Exchange, job_id: str, start: str, wait: float) -> None:
         """A streaming answer's items from index ``start`` on, as they arrive: waits up to ``wait`` for
         one while the job runs. ``finished`` says no more will come (the answer then says how it ended)."""
-        if not (start.isascii() and start.isdigit()):
+        if not (start.isascii() and start.isdigit() and len(start) <= 18):  # int() of 4,301 digits raises
             raise HttpError(400, f"from must be an item index, got {start!r}")
         found = self.store.wait_items(job_id, int(start), wait)
         if found is None:
@@ -312,6 +317,8 @@ def _json_body(exchange: Exchange) -> Any:
         return json.loads(exchange.read_body(QUERY_BODY_LIMIT))
     except ValueError as exc:
         raise HttpError(400, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, f"body is {_TOO_DEEP}") from None
 
 
 def _reply_json(exchange: Exchange, status: int, value: Any) -> None:

@@ -124,7 +124,7 @@ def answer_failed(body: bytes) -> bool:
         return False
     try:
         payload = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # an error payload is a flat object: nested ~1,000 deep, it is not one
         return False
     return error_from_payload(payload) is not None
 
