@@ -288,6 +288,11 @@ def test_an_answer_the_runtime_refuses_as_too_large_is_replaced_by_one_saying_so
         assert payload["kind"] == "result_too_large" and "HTTP 413" in payload["error"], payload
         assert [post.status for post in rt.record.result_posts(job)] == [413, 204]
         assert rt.submit("echo", "later") and proc.poll() is None
+    # The job's one log line says what its caller received.
+    [finished] = [line for line in (json.loads(raw) for raw in (tmp_path / "run.log").read_text().splitlines()
+                                    if raw.startswith("{"))
+                  if line["message"] == "job_finished" and line["params"].get("job_id") == job]
+    assert finished["params"]["kind"] == "result_too_large", finished
 
 
 # -- the embedded runtime answers odd clients with a 4xx, never a 500 or silence ------------------------

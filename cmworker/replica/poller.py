@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -480,9 +481,10 @@ class Poller:
         conn = self.service.connection()
         try:
             while (outgoing := self.ledger.next_answer()) is not None:
-                self._post(conn, outgoing.job_id, _constant(outgoing.body), outgoing.attempts)
+                replaced = self._post(conn, outgoing.job_id, _constant(outgoing.body), outgoing.attempts)
                 if outgoing.answer is not None:  # after the POST: the runtime has the answer, and sooner
-                    self._log_finished(outgoing.answer)
+                    answer = outgoing.answer
+                    self._log_finished(dataclasses.replace(answer, kind="result_too_large") if replaced else answer)
                 del outgoing  # not held while waiting for the next: a big answer is freed once posted
         finally:
             conn.close()
@@ -517,9 +519,10 @@ class Poller:
                 return
         conn.close()
 
-    def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> None:
+    def _post(self, conn: Connection, job_id: str, body: Callable[[], Any], attempt: int = 0) -> bool:
         """POST one answer until the runtime has it; then the job leaves the ledger. An answer whose
-        earlier attempt failed (on the poll thread) waits its back-off first."""
+        earlier attempt failed (on the poll thread) waits its back-off first. True when the runtime took
+        a ``result_too_large`` error in its place."""
         if attempt:
             time.sleep(backoff(min(attempt, 10)))
         replaced = False
@@ -530,6 +533,7 @@ class Poller:
             attempt += 1
             time.sleep(backoff(min(attempt, 10)))
         self.ledger.release(job_id)
+        return replaced
 
     def _attempt_post(self, conn: Connection, job_id: str, body: bytes | Iterator[bytes],
                       replaced: bool = False) -> bool | bytes:
