@@ -68,6 +68,9 @@ from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
 _in_job = False
+# The worker's own pid. A job that forks and lets the child return (or raise) hands that copy back to
+# this module; a copy must never answer, stream or read the next job off the worker's socket.
+_worker_pid = 0
 _soft_timeout = 0.0
 # How long the worker waits for the processes a job left to die once killed (one stuck in the kernel
 # cannot); past it, the worker retires and the template, their next subreaper, reaps them.
@@ -77,6 +80,8 @@ _REAP_DEADLINE = 2.0
 def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str = "") -> NoReturn:
     """The worker's whole life: announce itself, then run jobs until the parent closes the socket.
     ``title`` names it in ``ps``, with the function it runs."""
+    global _worker_pid
+    _worker_pid = os.getpid()
     signal.signal(signal.SIGALRM, _on_soft_timeout)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -127,6 +132,7 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
         reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
     finally:
         structlog.contextvars.clear_contextvars()
+    _end_if_copy(reply)
     unfit = _clean_up(baseline)
     _flush_output()
     cpu = time.process_time() - cpu_start
@@ -239,6 +245,7 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
                     f"stream item {sent} is {describe_size(len(data))}, over the limit of "
                     f"{format_size(run.max_result_size)}", size_bytes=len(data),
                     limit_bytes=run.max_result_size, items_sent=sent))
+            _end_if_copy(None)
             send_message(sock, Chunk(data, run.seq))
             sent += 1
     except (JobTimeout, MemoryLimitExceeded) as exc:
@@ -331,6 +338,16 @@ class _soft_limit:
         _in_job = False
         if self.seconds > 0:
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _end_if_copy(reply: Result | Failure | StreamEnd | None) -> None:
+    """A forked copy of the worker that came back out of the job ends here, as the child of a fork in a
+    script would at its end: exit status 0 if the function returned, 1 if it raised. The original worker
+    answers; a copy answering instead (seen: the copy's result, or its exception, posted for the job) or
+    reading the next job would serve jobs outside the parent's watch."""
+    if os.getpid() != _worker_pid:
+        _flush_output()
+        os._exit(1 if isinstance(reply, Failure) else 0)
 
 
 def _on_soft_timeout(signum: int, frame: FrameType | None) -> None:
