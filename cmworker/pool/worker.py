@@ -88,7 +88,7 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     stack.install()  # the stack at a crash, and at the parent's kill, goes to stderr (pool/stack.py)
     watch = JobWatch(lambda: _in_job)  # before the baseline: its signal handler is part of it
-    baseline = Baseline.capture()
+    baseline = Baseline.capture(sock.fileno())
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)
     keeping = False  # the heap kept between jobs, from the first job whose pool allows it (cmworker.heap)
