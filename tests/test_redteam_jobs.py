@@ -1,0 +1,137 @@
+"""Hostile jobs against the pool's promises, with real workers (tests/apps/redteam_jobs.py).
+
+One job cannot harm the pool or another job, nothing a job starts outlives it, and every job gets
+exactly one answer that names its cause. One worker (``workers=1``) where the point is the next job on
+the same worker.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.pool_harness import running_pool, wait_gone
+from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
+
+pytestmark = pytest.mark.timeout(120)
+APP = "redteam_jobs.py"
+
+
+# -- a job that forks and lets its copy return into the worker ----------------------------------------
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_forked_copy_returning_into_the_worker_neither_answers_nor_takes_the_next_job(wait: bool) -> None:
+    with running_pool(APP, workers=1) as h:
+        worker = h.payload(h.run("pid"))
+        answer = h.run("fork_and_return", {"wait": wait}, timeout=20)
+        assert answer.kind == "ok", answer.body
+        assert h.payload(answer) == {"pid": worker, "copy": False}
+        for _ in range(3):  # a copy left reading the socket would take some of these
+            assert h.payload(h.run("pid", timeout=20)) == worker
+
+
+def test_a_forked_copy_that_raises_does_not_answer_for_the_job() -> None:
+    with running_pool(APP, workers=1) as h:
+        answer = h.run("fork_and_raise", {"sleep": 0.5}, timeout=20)
+        assert (answer.kind, h.payload(answer)) == ("ok", "original")
+        h.wait_full_strength()
+        assert h.run("pid").kind == "ok"
+
+
+def test_a_forked_copy_inside_a_stream_sends_no_item() -> None:
+    with running_pool(APP, workers=1) as h:
+        job = h.submit("fork_in_stream", timeout=20)
+        assert h.wait(job).kind == "ok"
+        assert [json.loads(i) for i in h.items[job]] == ["before", "after"]
+
+
+# -- state of the worker process that reaches the next job -------------------------------------------
+
+RLIMITS = [
+    ("RLIMIT_NOFILE", 16, False),
+    ("RLIMIT_NOFILE", 64, True),
+    ("RLIMIT_CPU", 1, False),
+    ("RLIMIT_FSIZE", 0, False),
+    ("RLIMIT_AS", 2**28, False),
+    ("RLIMIT_CORE", 0, True),
+    ("RLIMIT_NPROC", 1, False),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "hard"), RLIMITS,
+                         ids=[f"{n}-{'hard' if h else 'soft'}" for n, _, h in RLIMITS])
+def test_a_resource_limit_a_job_lowers_does_not_reach_the_next_job(name: str, value: int, hard: bool) -> None:
+    with running_pool(APP, workers=1) as h:
+        before = h.payload(h.run("limits"))
+        assert h.run("set_rlimit", {"name": name, "value": value, "hard": hard}).kind == "ok"
+        after = h.run("limits")
+        assert after.kind == "ok", after.body
+        assert h.payload(after)["rlimits"] == before["rlimits"]
+        h.wait_full_strength()
+
+
+def test_priority_affinity_and_a_parent_death_signal_a_job_sets_do_not_reach_the_next_job() -> None:
+    with running_pool(APP, workers=1) as h:
+        before = h.payload(h.run("attributes"))
+        assert h.run("process_attributes").kind == "ok"
+        assert h.payload(h.run("attributes")) == before  # the same pid too: put back in place
+
+
+def test_interpreter_settings_a_job_changes_do_not_reach_the_next_job() -> None:
+    with running_pool(APP, workers=1) as h:
+        before = h.payload(h.run("limits"))
+        assert h.run("set_interpreter").kind == "ok"
+        after = h.payload(h.run("limits"))
+        assert after == before
+        answer = h.run("deep", {"depth": 200})
+        assert (answer.kind, h.payload(answer)) == ("ok", 200)
+
+
+def test_a_job_that_makes_its_workers_ends_nonblocking_leaves_a_next_job_that_can_answer_big() -> None:
+    with running_pool(APP, workers=1) as h:
+        before = h.payload(h.run("limits"))
+        assert h.run("nonblocking").kind == "ok"
+        answer = h.run("big", {"size": 8 * 2**20, "print": 2**20})
+        assert answer.kind == "ok", answer.body[:300]
+        assert len(h.payload(answer)) == 8 * 2**20
+        assert h.payload(h.run("limits")) == before
+
+
+@pytest.mark.parametrize("how", ["close", "devnull"])
+def test_a_job_that_closes_or_replaces_its_workers_socket_is_still_answered(how: str) -> None:
+    with running_pool(APP, workers=1) as h:
+        worker = h.payload(h.run("pid"))
+        answer = h.run("clobber_socket", {"how": how}, timeout=20)
+        assert (answer.kind, h.payload(answer)) == ("ok", how), answer.body
+        assert h.payload(h.run("pid")) == worker
+
+
+def test_a_job_that_closes_every_fd_of_its_worker_is_answered_and_the_next_job_runs() -> None:
+    """Nothing is left to put back from: the worker cannot answer, and the parent says it died."""
+    with running_pool(APP, workers=1) as h:
+        answer = h.run("clobber_socket", {"how": "close_all"}, timeout=20)
+        assert answer.kind == "worker_died", answer.body
+        assert h.run("pid").kind == "ok"
+
+
+# -- a job that stops being a subreaper --------------------------------------------------------------
+
+@pytest.mark.parametrize("cgroups", ["off"])
+def test_a_grandchild_of_a_job_that_stopped_being_a_subreaper_dies_with_the_job(mark: Path, cgroups: str) -> None:  # noqa: F811
+    with running_pool(APP, workers=1, cgroups=cgroups) as h:
+        answer = h.run("unreap_then_orphan", {"mark": str(mark)})
+        assert answer.kind == "ok", answer.body
+        wait_unmarked(mark)
+
+
+def test_the_next_job_runs_in_a_subreaper_after_a_job_unset_it() -> None:
+    with running_pool(APP, workers=1) as h:
+        h.run("unreap_then_orphan", {"orphan": False})
+        assert h.payload(h.run("subreaper")) == 1
+
+
+def unused() -> None:  # keeps the imports honest while tests are added
+    _ = (json, signal, wait_gone, marked)
