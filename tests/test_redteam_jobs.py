@@ -133,5 +133,15 @@ def test_the_next_job_runs_in_a_subreaper_after_a_job_unset_it() -> None:
         assert h.payload(h.run("subreaper")) == 1
 
 
+# -- multiprocessing helpers: the job's processes, killed with it; the next job must start its own ----
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_multiprocessing_pool_works_in_every_job_on_the_same_worker(method: str) -> None:
+    with running_pool(APP, workers=1) as h:
+        for _ in range(2):
+            answer = h.run("mp_pool", {"method": method}, timeout=60)
+            assert (answer.kind, h.payload(answer)) == ("ok", [1, 2]), answer.body[:2000]
+
+
 def unused() -> None:  # keeps the imports honest while tests are added
-    _ = (json, signal, wait_gone, marked)
+    _ = (signal, wait_gone, marked)

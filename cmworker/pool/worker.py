@@ -155,9 +155,15 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
 def _clean_up(baseline: Baseline) -> list[str]:
     """End what the job left and put the worker back as the template made it; why it cannot serve again."""
     reasons = []
-    if not _end_leftovers():
+    ended, killed = _end_leftovers()
+    if not ended:
         reasons.append(f"processes the job started did not die within {format_duration(_REAP_DEADLINE)} "
                        "of being killed")
+    elif killed:
+        # What the worker holds of them would fail the next job: multiprocessing's forkserver pid, reaped
+        # here, made the next job's pool raise ChildProcessError; a reusable executor's workers are gone.
+        reasons.append(f"the job left {killed} process(es) running, which were killed; what it kept of them "
+                       "in the worker would fail the next job")
     try:
         reasons += baseline.restore()
     except Exception as exc:  # whatever the job did to make this fail, the next job must not meet it
@@ -356,8 +362,9 @@ def _on_soft_timeout(signum: int, frame: FrameType | None) -> None:
                          timeout_s=_soft_timeout, soft=True)
 
 
-def _end_leftovers() -> bool:
-    """Kill every process the job left and reap them all; False when some would not die in time.
+def _end_leftovers() -> tuple[bool, int]:
+    """Kill every process the job left and reap them all: whether all died in time, and how many were
+    still running (exited ones are only reaped).
 
     The worker is their subreaper: a process whose parent exited was re-parented here, so "no child
     left" means nothing of the job is left, whatever session or group it moved to.
@@ -365,15 +372,16 @@ def _end_leftovers() -> bool:
     me = os.getpid()
     deadline = time.monotonic() + _REAP_DEADLINE
     pause = 0.0005
+    killed = 0
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
-            return True  # the common case, one syscall: the job left no process
+            return True, killed  # the common case, one syscall: the job left no process
         if time.monotonic() > deadline:
-            return False
-        processes.freeze_and_kill(me, include_worker=False)
+            return False, killed
+        killed += processes.freeze_and_kill(me, include_worker=False)
         time.sleep(pause)  # SIGKILLed processes die within microseconds; this is seldom reached twice
         pause = min(pause * 2, 0.05)
 
