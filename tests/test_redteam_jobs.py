@@ -143,5 +143,24 @@ def test_a_multiprocessing_pool_works_in_every_job_on_the_same_worker(method: st
             assert (answer.kind, h.payload(answer)) == ("ok", [1, 2]), answer.body[:2000]
 
 
+# -- a job that signals the template -----------------------------------------------------------------
+
+TEMPLATE_SIGNALS = ["SIGSTOP", "SIGTSTP", "SIGTERM", "SIGHUP", "SIGINT", "SIGCHLD", "SIGUSR1", "SIGPIPE"]
+
+
+@pytest.mark.parametrize("sig", TEMPLATE_SIGNALS)
+def test_a_sibling_that_dies_after_a_job_signalled_the_template_is_answered_and_replaced(sig: str) -> None:
+    """A stopped template reports no death and forks no worker: the parent continues it when a worker
+    ends. No timeout on the sibling's job: without that, its answer never came."""
+    with running_pool(APP, workers=2) as h:
+        answer = h.run("signal_template", {"signal": sig})
+        assert answer.kind == "ok", answer.body
+        died = h.run("exit3", {"sleep": 0.2})
+        assert died.kind == "worker_died", died.body
+        assert h.payload(died).get("exit_code") in (3, None)  # None: the template died, the status with it
+        h.wait_full_strength()
+        assert h.run("pid").kind == "ok"
+
+
 def unused() -> None:  # keeps the imports honest while tests are added
     _ = (signal, wait_gone, marked)
