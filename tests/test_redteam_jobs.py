@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.pool_harness import running_pool, wait_gone
+import cmworker
+from tests.pool_harness import WAIT, running_pool, wait_gone
 from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,6 +162,49 @@ def test_a_sibling_that_dies_after_a_job_signalled_the_template_is_answered_and_
         assert h.payload(died).get("exit_code") in (3, None)  # None: the template died, the status with it
         h.wait_full_strength()
         assert h.run("pid").kind == "ok"
+
+
+# -- answers built from hostile values --------------------------------------------------------------
+
+ESCAPES = ["SystemExit", "KeyboardInterrupt", "GeneratorExit"]
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_result_whose_encoding_raises_a_base_exception_is_answered_not_serializable(escape: str) -> None:
+    with running_pool(APP, workers=1) as h:
+        worker = h.payload(h.run("pid"))
+        answer = h.run("result_escapes", {"escape": escape})
+        assert answer.kind == "result_not_serializable", answer.body
+        assert escape in h.payload(answer)["error"]
+        assert h.payload(h.run("pid")) == worker
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_an_exception_whose_str_raises_a_base_exception_is_answered_as_the_jobs_exception(escape: str) -> None:
+    with running_pool(APP, workers=1) as h:
+        worker = h.payload(h.run("pid"))
+        answer = h.run("raise_unprintable", {"escape": escape})
+        assert answer.kind == "exception", answer.body
+        assert h.payload(answer)["type"] == "_ExitingStr"
+        assert h.payload(h.run("pid")) == worker
+
+
+class ExitingReduce:
+    """A result whose pickling (for the executor's answer) raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(0)
+
+
+def return_exiting_reduce() -> ExitingReduce:
+    return ExitingReduce()
+
+
+def test_an_executor_result_whose_pickling_raises_system_exit_is_answered_not_serializable() -> None:
+    with cmworker.Executor(1) as executor:
+        error = executor.submit(return_exiting_reduce).exception(timeout=WAIT)
+        assert isinstance(error, cmworker.ResultNotSerializable), repr(error)
+        assert "SystemExit" in str(error)
 
 
 def unused() -> None:  # keeps the imports honest while tests are added

@@ -200,7 +200,7 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
     except (JobTimeout, MemoryLimitExceeded) as exc:  # at a soft limit, not caught by the function
         return _failure(exc)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the job raised them
-        return _failure(RemoteException.from_exception(exc, traceback.format_exc()))
+        return _failure(RemoteException.from_exception(exc, _format_exc(exc)))
     return _encode(value, run.max_result_size)
 
 
@@ -257,7 +257,7 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
     except (JobTimeout, MemoryLimitExceeded) as exc:
         return _failure(exc)
     except BaseException as exc:
-        tb = traceback.format_exc()
+        tb = _format_exc(exc)
         return _failure(StreamFailed(f"the stream failed after {sent} items: {type(exc).__name__}: "
                                      f"{_safe_str(exc)}", items_sent=sent, type=type(exc).__name__,
                                      traceback=tb))
@@ -272,9 +272,10 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
 def _encode(value: Any, max_size: int) -> Result | Failure:
     try:
         body = encode_result(value)
-    except Exception as exc:  # TypeError, ValueError (circular), RecursionError (too deep)
+    except BaseException as exc:  # TypeError, ValueError (circular), RecursionError (too deep), and whatever
+        # the value's own methods raise (a dict subclass's items()): SystemExit(0) ended the worker, "code 0"
         return _failure(ResultNotSerializable(
-            f"the function returned a {type(value).__name__} that cannot be encoded as JSON: {_safe_str(exc)}",
+            f"the function returned a {type(value).__name__} that cannot be encoded as JSON: {_describe(exc)}",
             type=type(value).__name__))
     if max_size and len(body) > max_size:
         return _failure(ResultTooLarge(
@@ -301,12 +302,12 @@ def _run_pickled(run: Run) -> Result | Failure:
         with _soft_limit(run.soft_timeout):
             value = fn(*args, **kwargs)
     except BaseException as exc:
-        return _pickled_failure(exc, traceback.format_exc())
+        return _pickled_failure(exc, _format_exc(exc))
     try:
         body = cloudpickle.dumps(value)
-    except Exception as exc:
+    except BaseException as exc:  # the value's __reduce__ is user code
         return _pickled_failure(ResultNotSerializable(
-            f"the function returned a {type(value).__name__} that cannot be pickled: {_safe_str(exc)}",
+            f"the function returned a {type(value).__name__} that cannot be pickled: {_describe(exc)}",
             type=type(value).__name__), "")
     if run.max_result_size and len(body) > run.max_result_size:
         return _pickled_failure(ResultTooLarge(
@@ -321,7 +322,7 @@ def _pickled_failure(exc: BaseException, tb: str) -> Failure:
     try:
         body = cloudpickle.dumps((exc, tb))
         cloudpickle.loads(body)
-    except Exception:
+    except BaseException:  # its __reduce__, and what unpickling it calls, are user code
         body = cloudpickle.dumps((RemoteException.from_exception(exc, tb), tb))
     return Failure(kind, body)
 
@@ -395,5 +396,20 @@ def _flush_output() -> None:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except BaseException:  # its __str__ is user code, which may raise SystemExit as well as anything
         return f"<unprintable {type(exc).__name__}>"
+
+
+def _describe(exc: BaseException) -> str:
+    """What an exception says; named too when it is not an Exception (``SystemExit: 0``, not ``0``)."""
+    return _safe_str(exc) if isinstance(exc, Exception) else f"{type(exc).__name__}: {_safe_str(exc)}"
+
+
+def _format_exc(exc: BaseException) -> str:
+    """``traceback.format_exc()``, which calls the exception's ``__str__`` and lets a SystemExit from it
+    through; the frames alone then, under the exception's class name."""
+    try:
+        return traceback.format_exc()
+    except BaseException:
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: <unprintable>\n"

@@ -236,3 +236,39 @@ def _worker_socket():
             return sock.fileno()
         frame = frame.f_back
     raise RuntimeError("no socket on the stack")
+
+
+_ESCAPES = {"SystemExit": lambda: SystemExit(0), "KeyboardInterrupt": KeyboardInterrupt,
+            "GeneratorExit": GeneratorExit}
+
+
+class _ExitingItems(dict):
+    """A dict whose items, which the JSON encoder asks a dict subclass for, raise a BaseException."""
+
+    escape = "SystemExit"
+
+    def items(self):
+        raise _ESCAPES[self.escape]()
+
+
+class _ExitingStr(Exception):
+    escape = "SystemExit"
+
+    def __str__(self):
+        raise _ESCAPES[self.escape]()
+
+
+@cmworker.function
+def result_escapes(context, event):
+    """A result whose encoding raises what ``except Exception`` does not catch."""
+    value = _ExitingItems(a=1)
+    value.escape = event["escape"]
+    return value
+
+
+@cmworker.function
+def raise_unprintable(context, event):
+    """An exception whose ``__str__`` raises what ``except Exception`` does not catch."""
+    exc = _ExitingStr()
+    exc.escape = event["escape"]
+    raise exc
