@@ -8,18 +8,29 @@ the same worker.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import cmworker
-from tests.pool_harness import WAIT, running_pool, wait_gone
+from cmworker.runtime.embedded import EmbeddedRuntime
+from tests.pool_harness import WAIT, cmworker_run, running_pool, wait_gone
 from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
+from tests.test_serve import answer
 
 pytestmark = pytest.mark.timeout(120)
 APP = "redteam_jobs.py"
+RUN_CONFIG = """
+[limits]
+timeout = "20s"
+kill_grace = "50ms"
+"""
 
 
 # -- a job that forks and lets its copy return into the worker ----------------------------------------
@@ -72,6 +83,10 @@ def test_a_resource_limit_a_job_lowers_does_not_reach_the_next_job(name: str, va
         after = h.run("limits")
         assert after.kind == "ok", after.body
         assert h.payload(after)["rlimits"] == before["rlimits"]
+        # A soft limit is put back in place; a hard one only a privileged process may raise again, so the
+        # worker is replaced unless it has CAP_SYS_RESOURCE.
+        if not hard:
+            assert h.payload(after)["pid"] == before["pid"]
         h.wait_full_strength()
 
 
@@ -205,6 +220,38 @@ def test_an_executor_result_whose_pickling_raises_system_exit_is_answered_not_se
         error = executor.submit(return_exiting_reduce).exception(timeout=WAIT)
         assert isinstance(error, cmworker.ResultNotSerializable), repr(error)
         assert "SystemExit" in str(error)
+
+
+# -- a job that signals the replica (``cmworker run``) ------------------------------------------------
+
+def replica_stopped(proc: subprocess.Popen[bytes]) -> bool:
+    return psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED
+
+
+def test_a_job_that_stops_the_replica_is_answered_once_it_is_continued_and_the_replica_serves_on(
+        tmp_path: Path) -> None:
+    """Nothing in the replica's process can undo a SIGSTOP; once continued (by an operator, or a
+    supervisor), the poll loop resumes, long polls cut meanwhile included, and the job is answered once."""
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            cmworker_run(rt, tmp_path, RUN_CONFIG, app=APP, workers=2) as proc:
+        stopper = rt.submit("signal_replica", {"signal": "SIGSTOP"})
+        deadline = time.monotonic() + WAIT
+        while not replica_stopped(proc):
+            assert time.monotonic() < deadline, "the job did not stop the replica"
+            time.sleep(0.02)
+        time.sleep(2.5)  # past the runtime's long poll: the GETs held while stopped time out meanwhile
+        os.kill(proc.pid, signal.SIGCONT)
+        assert answer(rt, stopper) == ("ok", "SIGSTOP")
+        assert answer(rt, rt.submit("pid"))[0] == "ok"
+
+
+@pytest.mark.parametrize("sig", ["SIGCHLD", "SIGPIPE", "SIGWINCH", "SIGCONT"])
+def test_a_signal_the_replica_ignores_or_handles_does_not_disturb_it(sig: str, tmp_path: Path) -> None:
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            cmworker_run(rt, tmp_path, RUN_CONFIG, app=APP, workers=2) as proc:
+        assert answer(rt, rt.submit("signal_replica", {"signal": sig})) == ("ok", sig)
+        assert answer(rt, rt.submit("pid"))[0] == "ok"
+        assert proc.poll() is None
 
 
 def unused() -> None:  # keeps the imports honest while tests are added

@@ -272,3 +272,15 @@ def raise_unprintable(context, event):
     exc = _ExitingStr()
     exc.escape = event["escape"]
     raise exc
+
+
+def _replica():
+    """The pool's parent: the worker's grandparent, read from the template's /proc entry."""
+    with open(f"/proc/{os.getppid()}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+@cmworker.function
+def signal_replica(context, event):
+    os.kill(_replica(), getattr(signal, event["signal"]))
+    return event["signal"]
