@@ -7,11 +7,15 @@ the same worker.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import pytest
 
 import cmworker
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import WAIT, cmworker_run, running_pool, wait_gone
+from tests.pool_harness import APPS, WAIT, cmworker_run, running_pool, stop_process, wait_gone
 from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
 from tests.test_serve import answer
 
@@ -252,6 +256,44 @@ def test_a_signal_the_replica_ignores_or_handles_does_not_disturb_it(sig: str, t
         assert answer(rt, rt.submit("signal_replica", {"signal": sig})) == ("ok", sig)
         assert answer(rt, rt.submit("pid"))[0] == "ok"
         assert proc.poll() is None
+
+
+_PR_CAPBSET_DROP = 24
+
+
+def _without_capabilities() -> None:
+    """Between fork and exec: empty the bounding set, so that the program runs as a user with no
+    capabilities (no CAP_SYS_PTRACE: a container's default), all its processes alike."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cap = 0
+    while libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+        cap += 1
+
+
+@contextmanager
+def cmworker_run_without_capabilities(rt: EmbeddedRuntime, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
+    (tmp / "cmworker.toml").write_text(RUN_CONFIG)
+    with open(tmp / "run.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, APP), "--workers", "2",
+             "--config", str(tmp / "cmworker.toml")], env={**os.environ, **rt.env(0)}, stdout=log,
+            stderr=subprocess.STDOUT, preexec_fn=_without_capabilities, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            stop_process(proc, WAIT)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops capabilities it must have first")
+def test_a_job_cannot_read_the_memory_of_the_replica_the_template_or_a_sibling_worker(tmp_path: Path) -> None:
+    """The replica holds every job's credentials, a sibling worker its own job's, and the template forks
+    every later worker. Non-dumpable, the kernel lets no process of the same user trace them or open their
+    /proc/<pid>/mem, short of CAP_SYS_PTRACE (which containers do not grant by default)."""
+    with EmbeddedRuntime(long_poll=1.0, max_concurrent_tasks=2) as rt, \
+            cmworker_run_without_capabilities(rt, tmp_path):
+        kind, found = answer(rt, rt.submit("read_memory_of_others"))
+        assert kind == "ok", (found, (tmp_path / "run.log").read_text()[-3000:])
+        assert found == {"replica": False, "template": False, "sibling": False}
 
 
 def unused() -> None:  # keeps the imports honest while tests are added

@@ -67,6 +67,8 @@ def main(argv: list[str]) -> NoReturn:
     control = socket.socket(fileno=int(argv[1]))
     sys.path[:] = json.loads(argv[2])
     options = PoolOptions.from_json(argv[3])
+    if options.untraceable:  # before the app is imported: from then on nothing here is for a job to read
+        processes.forbid_tracing()
     set_title(f"cmworker: template {options.app or ''}".rstrip())
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

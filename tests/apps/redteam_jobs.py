@@ -284,3 +284,22 @@ def _replica():
 def signal_replica(context, event):
     os.kill(_replica(), getattr(signal, event["signal"]))
     return event["signal"]
+
+
+def _can_read_memory(target):
+    try:
+        with open(f"/proc/{target}/mem", "rb"):
+            return True
+    except PermissionError:
+        return False
+
+
+@cmworker.function
+def read_memory_of_others(context, event):
+    """Can this job open the memory of the replica, the template, and a sibling worker (where other jobs'
+    credentials are)? Run as a user without CAP_SYS_PTRACE, it is the kernel's answer for that user."""
+    template = os.getppid()
+    with open(f"/proc/{template}/task/{template}/children") as f:
+        siblings = [int(p) for p in f.read().split() if int(p) != os.getpid()]
+    targets = {"replica": _replica(), "template": template, "sibling": siblings[0]}
+    return {name: _can_read_memory(pid) for name, pid in targets.items()}
