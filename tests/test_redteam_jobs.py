@@ -94,8 +94,9 @@ def test_a_resource_limit_a_job_lowers_does_not_reach_the_next_job(name: str, va
         h.wait_full_strength()
 
 
-def test_priority_affinity_and_a_parent_death_signal_a_job_sets_do_not_reach_the_next_job() -> None:
-    with running_pool(APP, workers=1) as h:
+@pytest.mark.parametrize("untraceable", [False, True])
+def test_priority_affinity_and_process_flags_a_job_sets_do_not_reach_the_next_job(untraceable: bool) -> None:
+    with running_pool(APP, workers=1, untraceable=untraceable) as h:
         before = h.payload(h.run("attributes"))
         assert h.run("process_attributes").kind == "ok"
         assert h.payload(h.run("attributes")) == before  # the same pid too: put back in place

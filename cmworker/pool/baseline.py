@@ -10,8 +10,8 @@ Put back: working directory, ``os.environ``, umask, signal dispositions and the 
 timers, ``sys.stdout``/``sys.stderr``, the file descriptors 1 and 2 and the worker's socket to the parent
 (what they are, and their blocking mode: a job left O_NONBLOCK on the socket, and the idle worker's next
 read failed, which it took for the parent leaving), resource limits (a soft RLIMIT_CPU left at 1 s
-killed a later job's worker with SIGXCPU), priority and CPU affinity, the child-subreaper and
-parent-death-signal flags, and the interpreter's settings: recursion limit, switch interval, the
+killed a later job's worker with SIGXCPU), priority and CPU affinity, the child-subreaper,
+parent-death-signal and dumpable flags, and the interpreter's settings: recursion limit, switch interval, the
 garbage collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
 Cannot be put back (fresh worker): a Python thread still running, a working directory that is gone,
 another user or group, a limit or priority only a privileged process may raise again, a subreaper flag
@@ -42,6 +42,7 @@ from typing import Any, TextIO
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _RLIMITS = tuple(sorted((getattr(resource, name), name) for name in dir(resource) if name.startswith("RLIMIT_")))
 _PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
+_PR_GET_DUMPABLE, _PR_SET_DUMPABLE = 3, 4
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
 
@@ -68,7 +69,7 @@ class Baseline:
     ids: tuple[Any, ...]
     process: tuple[Any, ...]     # what ``_process()`` reads: limits, priority, affinity
     interpreter: tuple[Any, ...]
-    flags: tuple[int, int] | None  # (subreaper, parent-death signal), None where prctl cannot be called
+    flags: tuple[int, int, int] | None  # (subreaper, parent-death signal, dumpable); None: no prctl here
 
     @classmethod
     def capture(cls, *keep: int) -> Baseline:
@@ -156,9 +157,10 @@ class Baseline:
             faulthandler.enable(file=self.stderr, all_threads=True)
 
     def _restore_flags(self) -> list[str]:
-        subreaper, deathsig = self.flags or (0, 0)
-        now_subreaper = (_flags() or (0, 0))[0]
+        subreaper, deathsig, dumpable = self.flags or (0, 0, 1)
+        now_subreaper = (_flags() or (0, 0, 1))[0]
         _prctl(_PR_SET_PDEATHSIG, deathsig)
+        _prctl(_PR_SET_DUMPABLE, dumpable)  # made dumpable, the next job's worker could be read by its siblings
         if now_subreaper == subreaper:
             return []
         _prctl(_PR_SET_CHILD_SUBREAPER, subreaper)
@@ -218,8 +220,8 @@ def _prctl(option: int, value: int) -> int:
     return int(_libc.prctl(option, value, 0, 0, 0))
 
 
-def _flags() -> tuple[int, int] | None:
-    """The worker's child-subreaper flag and parent-death signal (Linux only)."""
+def _flags() -> tuple[int, int, int] | None:
+    """The worker's child-subreaper flag, parent-death signal and dumpable flag (Linux only)."""
     global _libc
     if not sys.platform.startswith("linux"):
         return None
@@ -231,7 +233,7 @@ def _flags() -> tuple[int, int] | None:
     subreaper, deathsig = ctypes.c_int(0), ctypes.c_int(0)
     _libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(subreaper), 0, 0, 0)
     _libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(deathsig), 0, 0, 0)
-    return subreaper.value, deathsig.value
+    return subreaper.value, deathsig.value, int(_libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def _restore_fd(fd: _Fd) -> list[str]:

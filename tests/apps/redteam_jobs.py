@@ -199,7 +199,12 @@ def process_attributes(context, event):
     os.nice(5)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(4, 1 - _dumpable(), 0, 0, 0)  # PR_SET_DUMPABLE
     return "set"
+
+
+def _dumpable():
+    return ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
 
 
 @cmworker.function
@@ -207,7 +212,7 @@ def attributes(context, event):
     deathsig = ctypes.c_int(0)
     ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(deathsig), 0, 0, 0)  # PR_GET_PDEATHSIG
     return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
-            "cpus": sorted(os.sched_getaffinity(0)), "deathsig": deathsig.value}
+            "cpus": sorted(os.sched_getaffinity(0)), "deathsig": deathsig.value, "dumpable": _dumpable()}
 
 
 @cmworker.function
