@@ -227,6 +227,18 @@ def test_an_executor_result_whose_pickling_raises_system_exit_is_answered_not_se
         assert "SystemExit" in str(error)
 
 
+@pytest.mark.parametrize("sig", ["SIGSTOP", "SIGTSTP", "SIGTTIN"])
+def test_a_worker_a_sibling_job_stopped_goes_on_and_answers(sig: str) -> None:
+    """No timeout on the stopped job: a worker left stopped would never answer."""
+    with running_pool(APP, workers=2) as h:
+        victim = h.submit("nap", {"sleep": 1.0})
+        h.wait_sent(victim)
+        assert h.payload(h.run("signal_siblings", {"signal": sig})) == 1
+        answer = h.wait(victim)
+        assert answer.kind == "ok", answer.body
+        assert h.payload(h.run("nap", {"sleep": 0})) is not None
+
+
 # -- a job that signals the replica (``cmworker run``) ------------------------------------------------
 
 def replica_stopped(proc: subprocess.Popen[bytes]) -> bool:

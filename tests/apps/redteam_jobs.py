@@ -308,3 +308,20 @@ def read_memory_of_others(context, event):
         siblings = [int(p) for p in f.read().split() if int(p) != os.getpid()]
     targets = {"replica": _replica(), "template": template, "sibling": siblings[0]}
     return {name: _can_read_memory(pid) for name, pid in targets.items()}
+
+
+@cmworker.function
+def signal_siblings(context, event):
+    """Signal every other worker of the template (the workers running other jobs)."""
+    template = os.getppid()
+    with open(f"/proc/{template}/task/{template}/children") as f:
+        siblings = [int(p) for p in f.read().split() if int(p) != os.getpid()]
+    for sibling in siblings:
+        os.kill(sibling, getattr(signal, event["signal"]))
+    return len(siblings)
+
+
+@cmworker.function
+def nap(context, event):
+    time.sleep(event["sleep"])
+    return {"slept": event["sleep"], "pid": os.getpid()}
