@@ -9,10 +9,10 @@ and names what cannot (``restore``); for the latter the worker is replaced after
 Put back: working directory, ``os.environ``, umask, signal dispositions and the signal mask, interval
 timers, ``sys.stdout``/``sys.stderr``, the file descriptors 1 and 2 and the worker's socket to the parent
 (what they are, and their blocking mode: a job left O_NONBLOCK on the socket, and the idle worker's next
-read failed, which it took for the parent leaving), resource limits (a soft RLIMIT_CPU left at 1 s
-killed a later job's worker with SIGXCPU), priority and CPU affinity, the child-subreaper,
-parent-death-signal and dumpable flags, and the interpreter's settings: recursion limit, switch interval, the
-garbage collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
+read failed, which it took for the parent leaving), resource limits (a soft RLIMIT_CPU a job lowered
+to 1 s held for the next job), priority and CPU affinity, the child-subreaper, parent-death-signal and
+dumpable flags, and the interpreter's settings: recursion limit, switch interval, the garbage
+collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
 Cannot be put back (fresh worker): a Python thread still running, a working directory that is gone,
 another user or group, a limit or priority only a privileged process may raise again, a subreaper flag
 the job turned off (what it started meanwhile was re-parented to the template, which kills it when it
