@@ -47,7 +47,8 @@ def test_a_forked_copy_returning_into_the_worker_neither_answers_nor_takes_the_n
         assert answer.kind == "ok", answer.body
         assert h.payload(answer) == {"pid": worker, "copy": False}
         for _ in range(3):  # a copy left reading the socket would take some of these
-            assert h.payload(h.run("pid", timeout=20)) == worker
+            later = h.run("pid", timeout=20)
+            assert h.payload(later) == later.pid  # run by the worker the pool sent it to
 
 
 def test_a_forked_copy_that_raises_does_not_answer_for_the_job() -> None:
@@ -137,6 +138,21 @@ def test_a_job_that_closes_every_fd_of_its_worker_is_answered_and_the_next_job_r
         answer = h.run("clobber_socket", {"how": "close_all"}, timeout=20)
         assert answer.kind == "worker_died", answer.body
         assert h.run("pid").kind == "ok"
+
+
+@pytest.mark.parametrize("to", ["sibling", "setsid"])
+def test_a_worker_a_job_moved_to_another_group_or_session_is_back_in_its_own_for_the_next_job(to: str) -> None:
+    """In a sibling's group, the worker would die with that sibling's job (the parent kills a worker's
+    group when it ends); moved to a session of its own, it cannot come back and is replaced."""
+    with running_pool(APP, workers=2) as h:
+        moved = h.run("move_worker", {"to": to})
+        assert moved.kind == "ok", moved.body
+        after = [h.payload(h.run("groups")) for _ in range(4)]  # both workers, whichever took which
+        template = h.pool.template_pid
+        assert template is not None
+        for state in after:
+            assert (state["pgrp"], state["sid"]) == (state["pid"], os.getsid(template)), (moved.body, after)
+        h.wait_full_strength()
 
 
 # -- a job that stops being a subreaper --------------------------------------------------------------

@@ -10,13 +10,13 @@ Put back: working directory, ``os.environ``, umask, signal dispositions and the 
 timers, ``sys.stdout``/``sys.stderr``, the file descriptors 1 and 2 and the worker's socket to the parent
 (what they are, and their blocking mode: a job left O_NONBLOCK on the socket, and the idle worker's next
 read failed, which it took for the parent leaving), resource limits (a soft RLIMIT_CPU a job lowered
-to 1 s held for the next job), priority and CPU affinity, the child-subreaper, parent-death-signal and
-dumpable flags, and the interpreter's settings: recursion limit, switch interval, the garbage
-collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
+to 1 s held for the next job), priority, CPU affinity and process group, the child-subreaper,
+parent-death-signal and dumpable flags, and the interpreter's settings: recursion limit, switch
+interval, the garbage collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
 Cannot be put back (fresh worker): a Python thread still running, a working directory that is gone,
-another user or group, a limit or priority only a privileged process may raise again, a subreaper flag
-the job turned off (what it started meanwhile was re-parented to the template, which kills it when it
-reaps the worker).
+another user or group, a limit or priority only a privileged process may raise again, another session,
+a subreaper flag the job turned off (what it started meanwhile was re-parented to the template, which
+kills it when it reaps the worker).
 Left alone on purpose: module state (globals, ``sys.modules``, caches: reusing them is why workers
 live long), open files and connections, threads of native libraries (a BLAS pool runs no job code).
 """
@@ -67,7 +67,7 @@ class Baseline:
     stderr: TextIO
     fds: list[_Fd]
     ids: tuple[Any, ...]
-    process: tuple[Any, ...]     # what ``_process()`` reads: limits, priority, affinity
+    process: tuple[Any, ...]     # what ``_process()`` reads: limits, priority, affinity, process group
     interpreter: tuple[Any, ...]
     flags: tuple[int, int, int] | None  # (subreaper, parent-death signal, dumpable); None: no prctl here
 
@@ -125,10 +125,20 @@ class Baseline:
         return reasons
 
     def _restore_process(self) -> list[str]:
-        """Limits, priority and affinity; a job may lower a hard limit or the priority, which only a
-        privileged process may raise again: then the worker cannot serve another job as it was."""
+        """Limits, priority, affinity and process group; a job may lower a hard limit or the priority,
+        which only a privileged process may raise again, or move the worker to a session of its own:
+        then the worker cannot serve another job as it was."""
         reasons = []
-        limits, nice, cpus = self.process
+        limits, nice, cpus, group, session = self.process
+        if os.getsid(0) != session:  # setsid(): a session leader cannot move back
+            reasons.append("the job moved the worker to a session of its own")
+        elif os.getpgrp() != group:
+            # In a sibling's group, the worker would be killed with that sibling's job (the parent kills a
+            # worker's group when it ends).
+            try:
+                os.setpgid(0, group)
+            except OSError as exc:
+                reasons.append(f"the worker's process group cannot be put back: {exc.strerror}")
         for (which, name), saved in zip(_RLIMITS, limits, strict=True):
             if resource.getrlimit(which) != saved:
                 try:
@@ -205,7 +215,8 @@ def _ids() -> tuple[Any, ...]:
 
 def _process() -> tuple[Any, ...]:
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return [resource.getrlimit(which) for which, _ in _RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), cpus
+    return ([resource.getrlimit(which) for which, _ in _RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), cpus,
+            os.getpgrp(), os.getsid(0))
 
 
 def _interpreter() -> tuple[Any, ...]:

@@ -325,3 +325,21 @@ def signal_siblings(context, event):
 def nap(context, event):
     time.sleep(event["sleep"])
     return {"slept": event["sleep"], "pid": os.getpid()}
+
+
+@cmworker.function
+def move_worker(context, event):
+    """Move the worker into a sibling worker's process group ("sibling"), or into a session of its own
+    ("setsid", which needs it to leave its own group first)."""
+    template = os.getppid()
+    with open(f"/proc/{template}/task/{template}/children") as f:
+        siblings = [int(p) for p in f.read().split() if int(p) != os.getpid()]
+    os.setpgid(0, siblings[0])
+    if event["to"] == "setsid":
+        os.setsid()
+    return {"pgrp": os.getpgrp(), "sid": os.getsid(0)}
+
+
+@cmworker.function
+def groups(context, event):
+    return {"pid": os.getpid(), "pgrp": os.getpgrp(), "sid": os.getsid(0)}
