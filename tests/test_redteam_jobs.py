@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import cmworker
+from cmworker.pool.output import MAX_LINE
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS, WAIT, cmworker_run, running_pool, stop_process, wait_gone
 from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
@@ -153,6 +154,18 @@ def test_a_worker_a_job_moved_to_another_group_or_session_is_back_in_its_own_for
         for state in after:
             assert (state["pgrp"], state["sid"]) == (state["pid"], os.getsid(template)), (moved.body, after)
         h.wait_full_strength()
+
+
+def test_megabytes_of_output_without_a_newline_neither_delay_the_answer_nor_flood_the_log() -> None:
+    with running_pool(APP, workers=1) as h:
+        answer = h.run("flood", {"mib": 32})
+        assert (answer.kind, h.payload(answer)) == ("ok", "flooded")
+        assert h.run("pid").kind == "ok"
+        with h.cond:
+            # Cut into lines no longer than the limit, each counted against the flood limit: a read's worth
+            # per line (64 KiB from a pipe), 2000 of them at once, let all 64 MiB through to the log.
+            assert max(len(line.text) for line in h.output) <= MAX_LINE
+            assert sum(line.dropped for line in h.output) > 0
 
 
 # -- a job that stops being a subreaper --------------------------------------------------------------

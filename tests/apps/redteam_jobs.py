@@ -343,3 +343,13 @@ def move_worker(context, event):
 @cmworker.function
 def groups(context, event):
     return {"pid": os.getpid(), "pgrp": os.getpgrp(), "sid": os.getsid(0)}
+
+
+@cmworker.function
+def flood(context, event):
+    """Megabytes without a newline on stdout and stderr, then an answer."""
+    chunk = "z" * 2**20
+    for _ in range(event["mib"]):
+        sys.stdout.write(chunk)
+        sys.stderr.write(chunk)
+    return "flooded"
