@@ -10,9 +10,10 @@ Put back: working directory, ``os.environ``, umask, signal dispositions and the 
 timers, ``sys.stdout``/``sys.stderr``, the file descriptors 1 and 2 and the worker's socket to the parent
 (what they are, and their blocking mode: a job left O_NONBLOCK on the socket, and the idle worker's next
 read failed, which it took for the parent leaving), resource limits (a soft RLIMIT_CPU a job lowered
-to 1 s held for the next job), priority, CPU affinity and process group, the child-subreaper,
-parent-death-signal and dumpable flags, and the interpreter's settings: recursion limit, switch
-interval, the garbage collector's switch and thresholds, ``faulthandler`` (the stack in a crash's answer).
+to 1 s held for the next job), priority, scheduling policy, CPU affinity and process group, the
+child-subreaper, parent-death-signal and dumpable flags, and the interpreter's settings: recursion
+limit, switch interval, the garbage collector's switch and thresholds, ``faulthandler`` (the stack in a
+crash's answer).
 Cannot be put back (fresh worker): a Python thread still running, a working directory that is gone,
 another user or group, a limit or priority only a privileged process may raise again, another session,
 a subreaper flag the job turned off (what it started meanwhile was re-parented to the template, which
@@ -129,7 +130,7 @@ class Baseline:
         which only a privileged process may raise again, or move the worker to a session of its own:
         then the worker cannot serve another job as it was."""
         reasons = []
-        limits, nice, cpus, group, session = self.process
+        limits, nice, cpus, group, session, policy = self.process
         if os.getsid(0) != session:  # setsid(): a session leader cannot move back
             reasons.append("the job moved the worker to a session of its own")
         elif os.getpgrp() != group:
@@ -150,6 +151,11 @@ class Baseline:
                 os.setpriority(os.PRIO_PROCESS, 0, nice)
             except OSError as exc:
                 reasons.append(f"the job lowered the worker's priority, which cannot be raised again: {exc.strerror}")
+        if policy is not None and os.sched_getscheduler(0) != policy:  # SCHED_IDLE: the next job would starve
+            try:
+                os.sched_setscheduler(0, policy, os.sched_param(0))
+            except OSError as exc:
+                reasons.append(f"the worker's scheduling policy cannot be put back: {exc.strerror}")
         if cpus is not None and os.sched_getaffinity(0) != cpus:
             try:
                 os.sched_setaffinity(0, cpus)
@@ -215,8 +221,9 @@ def _ids() -> tuple[Any, ...]:
 
 def _process() -> tuple[Any, ...]:
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
     return ([resource.getrlimit(which) for which, _ in _RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), cpus,
-            os.getpgrp(), os.getsid(0))
+            os.getpgrp(), os.getsid(0), policy)
 
 
 def _interpreter() -> tuple[Any, ...]:

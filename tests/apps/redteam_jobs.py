@@ -198,6 +198,7 @@ def process_attributes(context, event):
     """Lower the worker's priority, pin it to one CPU, and set it a parent-death signal."""
     os.nice(5)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     ctypes.CDLL(None, use_errno=True).prctl(4, 1 - _dumpable(), 0, 0, 0)  # PR_SET_DUMPABLE
     return "set"
@@ -212,7 +213,8 @@ def attributes(context, event):
     deathsig = ctypes.c_int(0)
     ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(deathsig), 0, 0, 0)  # PR_GET_PDEATHSIG
     return {"pid": os.getpid(), "nice": os.getpriority(os.PRIO_PROCESS, 0),
-            "cpus": sorted(os.sched_getaffinity(0)), "deathsig": deathsig.value, "dumpable": _dumpable()}
+            "cpus": sorted(os.sched_getaffinity(0)), "deathsig": deathsig.value, "dumpable": _dumpable(),
+            "policy": os.sched_getscheduler(0)}
 
 
 @cmworker.function
