@@ -25,8 +25,8 @@ import pytest
 import cmworker
 from cmworker.pool.output import MAX_LINE
 from cmworker.runtime.embedded import EmbeddedRuntime
-from tests.pool_harness import APPS, WAIT, cmworker_run, running_pool, stop_process, wait_gone
-from tests.test_job_escape import mark, marked, wait_unmarked  # noqa: F401 - mark is a fixture
+from tests.pool_harness import APPS, WAIT, cmworker_run, running_pool, stop_process
+from tests.test_job_escape import mark, wait_unmarked  # noqa: F401 - mark is a fixture
 from tests.test_serve import answer
 
 pytestmark = pytest.mark.timeout(120)
@@ -170,7 +170,7 @@ def test_megabytes_of_output_without_a_newline_neither_delay_the_answer_nor_floo
 
 # -- a job that stops being a subreaper --------------------------------------------------------------
 
-@pytest.mark.parametrize("cgroups", ["off"])
+@pytest.mark.parametrize("cgroups", ["off", "auto"])
 def test_a_grandchild_of_a_job_that_stopped_being_a_subreaper_dies_with_the_job(mark: Path, cgroups: str) -> None:  # noqa: F811
     with running_pool(APP, workers=1, cgroups=cgroups) as h:
         answer = h.run("unreap_then_orphan", {"mark": str(mark)})
@@ -336,7 +336,3 @@ def test_a_job_cannot_read_the_memory_of_the_replica_the_template_or_a_sibling_w
         kind, found = answer(rt, rt.submit("read_memory_of_others"))
         assert kind == "ok", (found, (tmp_path / "run.log").read_text()[-3000:])
         assert found == {"replica": False, "template": False, "sibling": False}
-
-
-def unused() -> None:  # keeps the imports honest while tests are added
-    _ = (signal, wait_gone, marked)
