@@ -170,7 +170,7 @@ class RemoteException(JobError):
     def from_exception(cls, exc: BaseException, traceback_text: str) -> RemoteException:
         try:
             message = str(exc)
-        except Exception:  # an exception whose __str__ raises still gets answered
+        except BaseException:  # an exception whose __str__ raises (SystemExit too) still gets answered
             message = f"<unprintable {type(exc).__name__}>"
         return cls(message, type=type(exc).__name__, traceback=traceback_text)
 

@@ -36,13 +36,15 @@ def test_from_config_carries_every_pool_setting(tmp_path: Path) -> None:
         '[logging]\nlevel = "DEBUG"\nlogger_levels = { urllib3 = "WARN" }\n')
     options = PoolOptions.from_config(load_config(environ={}, cwd=tmp_path))
     assert options == PoolOptions(workers=3, app="my_app", log_level="DEBUG", logger_levels=[("urllib3", "WARN")],
-                                  kill_grace=2.0, max_jobs_per_worker=7, worker_nice=5, cgroups="off")
+                                  kill_grace=2.0, max_jobs_per_worker=7, worker_nice=5, cgroups="off",
+                                  untraceable=True)  # a replica's pool: jobs of different users share it
 
 
 def test_options_survive_the_trip_to_the_template_unchanged() -> None:
     options = PoolOptions(workers=2, app="app.py", preload=["json", "decimal"], log_level="WARN",
                           logger_levels=[("a", "DEBUG")], kill_grace=0.25, max_jobs_per_worker=3, worker_nice=4,
-                          cgroups="off", prefetch=True, startup_timeout=9.0, python="/usr/bin/python3")
+                          cgroups="off", prefetch=True, untraceable=True, startup_timeout=9.0,
+                          python="/usr/bin/python3")
     back = PoolOptions.from_json(options.to_json())
     assert back == options
     assert [f.name for f in dataclasses.fields(back) if getattr(back, f.name) != getattr(options, f.name)] == []

@@ -8,7 +8,8 @@ Workers are the template's children: it reaps them and reports each exit with it
 template dies, its workers live on, re-parented to init (or to cmworker itself when it is PID 1), and
 nobody reports them any more. So the crew holds a pidfd for every worker from the moment it learns its
 pid, and watches those of the orphans (``watch_orphan``): a pidfd turns readable when its process
-exits, whoever reaps it. The exit status is then unknown; the pool says so in the answer.
+exits, whoever reaps it. The exit status is then unknown; the pool says so in the answer. A live
+template's workers are watched too, only to continue a template a job stopped (``_resume_templates``).
 
 A reload (``cmworker dev``) starts a second template beside the first (``reload``). Once it is ready
 the two swap: the crew's ``generation`` goes up, workers are spawned from the new template, and the old
@@ -96,7 +97,17 @@ class Crew:
             self._by_pid[message.pid] = slot
             with contextlib.suppress(AttributeError, OSError):  # no pidfds before Linux 5.3
                 slot.pidfd = os.pidfd_open(message.pid)
+            slot.watch_exit(self._resume_templates)
         return slot
+
+    def _resume_templates(self, slot: Slot) -> None:
+        """A worker ended; its template is to reap it, report how, and fork its replacement. A job can
+        stop the template (SIGSTOP to ``os.getppid()``): then a sibling that died was never reported, and
+        its job waited for its timeout, or for ever. Continue the templates; this worker's watch ends here
+        (readable until reaped), and its template's report does the rest."""
+        slot.unwatch_exit()
+        for link in (self.template, *self._retired.values()):
+            link.resume()
 
     def watch_orphan(self, slot: Slot, on_exit: Callable[[Slot], None]) -> bool:
         """The template died: watch this worker's own exit instead; False for one that cannot be watched

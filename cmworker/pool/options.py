@@ -31,7 +31,9 @@ class PoolOptions:
     ``app`` is what the template imports (``None``: no app, as for the Executor, whose jobs carry their
     functions); ``preload`` are modules it imports first. ``prefetch`` sends a busy worker its next job
     ahead (the Executor's mode). ``startup_timeout`` bounds ``Pool.start``; ``python`` is the
-    interpreter the template runs in.
+    interpreter the template runs in. ``untraceable``: the template and its workers are made
+    non-dumpable (``processes.forbid_tracing``), as a replica's pool is: jobs of different users share
+    it; an Executor's are the caller's own, left debuggable.
     """
 
     workers: int
@@ -44,6 +46,7 @@ class PoolOptions:
     worker_nice: int = WORKER_NICE.fixed_default
     cgroups: str = CGROUPS.fixed_default
     prefetch: bool = False
+    untraceable: bool = False
     startup_timeout: float = 120.0
     python: str = sys.executable
 
@@ -61,7 +64,7 @@ class PoolOptions:
         return cls(workers=config.workers, app=config.app, log_level=config.log_level,
                    logger_levels=config.logger_levels, kill_grace=config.kill_grace,
                    max_jobs_per_worker=config.max_jobs_per_worker, worker_nice=config.worker_nice,
-                   cgroups=config.cgroups)
+                   cgroups=config.cgroups, untraceable=True)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -2,8 +2,9 @@
 
 Each worker's fds 1 and 2 are pipes into the parent, so output written by C extensions and
 subprocesses is caught too, and output of a worker that dies is not lost. The parent always drains the
-pipes, so a job can never block on a full pipe; a flood is rate-limited (a burst, then a steady rate)
-and the lines over the limit are only counted. The last lines are kept regardless, for the answer to a
+pipes, so a job can never block on a full pipe; a line longer than ``MAX_LINE`` is cut into lines of
+that length, and a flood is rate-limited (a burst, then a steady rate, in lines: so in bytes too) and
+the lines over the limit are only counted. The last lines are kept regardless, for the answer to a
 job whose worker died.
 """
 
@@ -19,7 +20,7 @@ from cmworker.redaction import SECRETS
 
 READ_SIZE = 256 * 1024
 LAST_LINES = 20
-MAX_LINE = 16 * 1024            # a longer line without a newline is cut, never inside a secret (_cut)
+MAX_LINE = 16 * 1024            # a longer line is cut into lines this long, never inside a secret (_split)
 LINE_BURST, LINE_RATE = 2000.0, 1000.0
 
 
@@ -46,12 +47,17 @@ class LineReader:
         if not data:
             rest = self._partial.pop(fd, b"")
             return ([rest] if rest else []), True
-        lines = (self._partial.pop(fd, b"") + data).split(b"\n")
-        tail = lines.pop()
-        if len(tail) > MAX_LINE:
-            head, tail = _cut(tail)
-            if head:
-                lines.append(head)
+        whole = (self._partial.pop(fd, b"") + data).split(b"\n")
+        tail = whole.pop()
+        # Every line at most MAX_LINE long, each counted against the flood limit: cut only where a read
+        # ended, a job's 64 MiB without a newline reached the log whole, in lines of a read each.
+        lines: list[bytes] = []
+        for line in whole:
+            pieces, rest = _split(line, 0)
+            lines += pieces
+            lines.append(rest)
+        pieces, tail = _split(tail, max(SECRETS.longest - 1, 0))
+        lines += pieces
         if tail:
             self._partial[fd] = tail
         return lines, False
@@ -62,18 +68,28 @@ class LineReader:
         return bool(self._full)
 
 
-def _cut(line: bytes) -> tuple[bytes, bytes]:
-    """An overlong partial line as (what is logged now, what waits for more): the cut never falls inside a
-    secret, and what waits is long enough to hold any secret that the next read may complete, so that
-    no secret is ever logged as two harmless halves."""
+def _split(line: bytes, keep: int) -> tuple[list[bytes], bytes]:
+    """Lines of at most MAX_LINE bytes cut from the front of ``line`` while more than ``keep`` bytes would
+    be left past them, and what is left. A cut never falls inside a secret; for a partial line ``keep``
+    is one byte short of the longest secret, so what waits for the next read can hold any secret that
+    read may complete, and no secret is ever logged as two harmless halves."""
+    pieces = []
+    while len(line) > MAX_LINE + keep:
+        at = _cut_at(line, MAX_LINE)
+        pieces.append(line[:at])
+        line = line[at:]
+    return pieces, line
+
+
+def _cut_at(line: bytes, at: int) -> int:
+    """``at``, or the start of the secret it falls inside (its end, if that secret starts the line)."""
     longest = SECRETS.longest
-    cut = len(line) - max(longest - 1, 0)
-    if cut > 0 and longest:
-        start = max(cut - longest, 0)
-        for begin, end in SECRETS.spans(line[start:cut + longest]):
-            if begin + start < cut < end + start:
-                cut = begin + start
-    return line[:max(cut, 0)], line[max(cut, 0):]
+    if longest:
+        start = max(at - longest, 0)
+        for begin, end in SECRETS.spans(line[start:at + longest]):
+            if begin + start < at < end + start:
+                return begin + start if begin + start > 0 else end + start
+    return at
 
 
 class WorkerOutput:

@@ -12,8 +12,10 @@ session or group. In cgroup mode (``cgroups.py``) the members of the worker's cg
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 from dataclasses import dataclass
 
 import psutil
@@ -151,6 +153,19 @@ def kill_job(worker: int) -> None:
     if leaf is not None:
         cgroups.kill(leaf)
     freeze_and_kill(worker, include_worker=True)
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def forbid_tracing() -> None:
+    """Make this process, and the children it forks from now on, non-dumpable: the kernel then lets no
+    process of the same user ptrace it or open its /proc/<pid>/mem, short of CAP_SYS_PTRACE. Jobs run as
+    the replica's user; before this, a job could read every job's credentials out of the replica and
+    its siblings' workers (tests/test_redteam_jobs.py). An exec makes a process dumpable again."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _signal(pid: int, sig: int) -> None:

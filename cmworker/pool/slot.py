@@ -244,8 +244,16 @@ class Slot:
         """Have the selector report the worker's exit (its pidfd turns readable); False if it cannot."""
         if self.pidfd is None:
             return False
-        self.selector.register(self.pidfd, selectors.EVENT_READ, lambda mask: on_exit(self))
+        try:
+            self.selector.modify(self.pidfd, selectors.EVENT_READ, lambda mask: on_exit(self))
+        except KeyError:
+            self.selector.register(self.pidfd, selectors.EVENT_READ, lambda mask: on_exit(self))
         return True
+
+    def unwatch_exit(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.pidfd)
 
     def close_pidfd(self) -> None:
         if self.pidfd is None:

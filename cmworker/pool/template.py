@@ -10,7 +10,7 @@ Once the app is imported the template only does two things, driven by one ``sele
 * ``Spawn`` from the parent (with the new worker's socket and stdout/stderr pipes attached as fds):
   fork, put the child in its own process group, wire its fds, run ``worker.serve``; reply ``Spawned``.
 * ``SIGCHLD``: reap with ``wait4`` and report ``Exited`` (raw wait status, peak RSS, CPU) so the
-  parent can classify the death.
+  parent can classify the death; continue a worker that a job stopped.
 
 Every worker is a child subreaper (set right after the fork: the flag is not inherited), so whatever
 its job forks stays in the worker's tree, whatever its session or group, and dies with the job. The
@@ -67,6 +67,8 @@ def main(argv: list[str]) -> NoReturn:
     control = socket.socket(fileno=int(argv[1]))
     sys.path[:] = json.loads(argv[2])
     options = PoolOptions.from_json(argv[3])
+    if options.untraceable:  # before the app is imported: from then on nothing here is for a job to read
+        processes.forbid_tracing()
     set_title(f"cmworker: template {options.app or ''}".rstrip())
     # Ctrl-C reaches the whole foreground process group; the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -209,11 +211,19 @@ class Template:
     def reap(self) -> None:
         while True:
             try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG | os.WUNTRACED)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if os.WIFSTOPPED(status):
+                # Any job can stop any worker (SIGSTOP to a sibling, same user): stopped, it would never
+                # answer, and a job without a timeout would wait for ever. Workers never stop; the kill
+                # of a job (SIGSTOP then SIGKILL) ends it all the same.
+                if pid in self.workers:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGCONT)
+                continue
             self.spared.discard(pid)  # its pid may come back as anything
             if pid in self.workers:
                 self.workers.discard(pid)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -96,6 +97,12 @@ class TemplateLink:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def resume(self) -> None:
+        """Continue the template if a job stopped it (SIGSTOP to its worker's parent); a no-op otherwise."""
+        if self.process is not None and self.process.returncode is None:  # not reaped: the pid is still its
+            with contextlib.suppress(OSError):
+                os.kill(self.process.pid, signal.SIGCONT)
 
     def close(self) -> None:
         """End the template: closing the control socket makes it kill its workers and exit."""

@@ -68,6 +68,9 @@ from cmworker.units import describe_size, format_duration, format_size
 
 # True only while user code runs, so that a soft-timeout signal arriving between jobs is ignored.
 _in_job = False
+# The worker's own pid. A job that forks and lets the child return (or raise) hands that copy back to
+# this module; a copy must never answer, stream or read the next job off the worker's socket.
+_worker_pid = 0
 _soft_timeout = 0.0
 # How long the worker waits for the processes a job left to die once killed (one stuck in the kernel
 # cannot); past it, the worker retires and the template, their next subreaper, reaps them.
@@ -77,13 +80,15 @@ _REAP_DEADLINE = 2.0
 def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str = "") -> NoReturn:
     """The worker's whole life: announce itself, then run jobs until the parent closes the socket.
     ``title`` names it in ``ps``, with the function it runs."""
+    global _worker_pid
+    _worker_pid = os.getpid()
     signal.signal(signal.SIGALRM, _on_soft_timeout)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     stack.install()  # the stack at a crash, and at the parent's kill, goes to stderr (pool/stack.py)
     watch = JobWatch(lambda: _in_job)  # before the baseline: its signal handler is part of it
-    baseline = Baseline.capture()
+    baseline = Baseline.capture(sock.fileno())
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)
     keeping = False  # the heap kept between jobs, from the first job whose pool allows it (cmworker.heap)
@@ -127,6 +132,7 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
         reply = _run_pickled(run) if run.mode == MODE_PICKLE else _run_json(sock, run, functions)
     finally:
         structlog.contextvars.clear_contextvars()
+    _end_if_copy(reply)
     unfit = _clean_up(baseline)
     _flush_output()
     cpu = time.process_time() - cpu_start
@@ -149,9 +155,15 @@ def _run(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpec], b
 def _clean_up(baseline: Baseline) -> list[str]:
     """End what the job left and put the worker back as the template made it; why it cannot serve again."""
     reasons = []
-    if not _end_leftovers():
+    ended, killed = _end_leftovers()
+    if not ended:
         reasons.append(f"processes the job started did not die within {format_duration(_REAP_DEADLINE)} "
                        "of being killed")
+    elif killed:
+        # What the worker holds of them would fail the next job: multiprocessing's forkserver pid, reaped
+        # here, made the next job's pool raise ChildProcessError; a reusable executor's workers are gone.
+        reasons.append(f"the job left {killed} process(es) running, which were killed; what it kept of them "
+                       "in the worker would fail the next job")
     try:
         reasons += baseline.restore()
     except Exception as exc:  # whatever the job did to make this fail, the next job must not meet it
@@ -188,7 +200,7 @@ def _run_json(sock: socket.socket, run: Run, functions: Mapping[str, FunctionSpe
     except (JobTimeout, MemoryLimitExceeded) as exc:  # at a soft limit, not caught by the function
         return _failure(exc)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the job raised them
-        return _failure(RemoteException.from_exception(exc, traceback.format_exc()))
+        return _failure(RemoteException.from_exception(exc, _format_exc(exc)))
     return _encode(value, run.max_result_size)
 
 
@@ -239,12 +251,13 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
                     f"stream item {sent} is {describe_size(len(data))}, over the limit of "
                     f"{format_size(run.max_result_size)}", size_bytes=len(data),
                     limit_bytes=run.max_result_size, items_sent=sent))
+            _end_if_copy(None)
             send_message(sock, Chunk(data, run.seq))
             sent += 1
     except (JobTimeout, MemoryLimitExceeded) as exc:
         return _failure(exc)
     except BaseException as exc:
-        tb = traceback.format_exc()
+        tb = _format_exc(exc)
         return _failure(StreamFailed(f"the stream failed after {sent} items: {type(exc).__name__}: "
                                      f"{_safe_str(exc)}", items_sent=sent, type=type(exc).__name__,
                                      traceback=tb))
@@ -259,9 +272,10 @@ def _stream(sock: socket.socket, items: Iterable[Any], run: Run) -> StreamEnd | 
 def _encode(value: Any, max_size: int) -> Result | Failure:
     try:
         body = encode_result(value)
-    except Exception as exc:  # TypeError, ValueError (circular), RecursionError (too deep)
+    except BaseException as exc:  # TypeError, ValueError (circular), RecursionError (too deep), and whatever
+        # the value's own methods raise (a dict subclass's items()): SystemExit(0) ended the worker, "code 0"
         return _failure(ResultNotSerializable(
-            f"the function returned a {type(value).__name__} that cannot be encoded as JSON: {_safe_str(exc)}",
+            f"the function returned a {type(value).__name__} that cannot be encoded as JSON: {_describe(exc)}",
             type=type(value).__name__))
     if max_size and len(body) > max_size:
         return _failure(ResultTooLarge(
@@ -288,12 +302,12 @@ def _run_pickled(run: Run) -> Result | Failure:
         with _soft_limit(run.soft_timeout):
             value = fn(*args, **kwargs)
     except BaseException as exc:
-        return _pickled_failure(exc, traceback.format_exc())
+        return _pickled_failure(exc, _format_exc(exc))
     try:
         body = cloudpickle.dumps(value)
-    except Exception as exc:
+    except BaseException as exc:  # the value's __reduce__ is user code
         return _pickled_failure(ResultNotSerializable(
-            f"the function returned a {type(value).__name__} that cannot be pickled: {_safe_str(exc)}",
+            f"the function returned a {type(value).__name__} that cannot be pickled: {_describe(exc)}",
             type=type(value).__name__), "")
     if run.max_result_size and len(body) > run.max_result_size:
         return _pickled_failure(ResultTooLarge(
@@ -308,7 +322,7 @@ def _pickled_failure(exc: BaseException, tb: str) -> Failure:
     try:
         body = cloudpickle.dumps((exc, tb))
         cloudpickle.loads(body)
-    except Exception:
+    except BaseException:  # its __reduce__, and what unpickling it calls, are user code
         body = cloudpickle.dumps((RemoteException.from_exception(exc, tb), tb))
     return Failure(kind, body)
 
@@ -333,14 +347,25 @@ class _soft_limit:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _end_if_copy(reply: Result | Failure | StreamEnd | None) -> None:
+    """A forked copy of the worker that came back out of the job ends here, as the child of a fork in a
+    script would at its end: exit status 0 if the function returned, 1 if it raised. The original worker
+    answers; a copy answering instead (seen: the copy's result, or its exception, posted for the job) or
+    reading the next job would serve jobs outside the parent's watch."""
+    if os.getpid() != _worker_pid:
+        _flush_output()
+        os._exit(1 if isinstance(reply, Failure) else 0)
+
+
 def _on_soft_timeout(signum: int, frame: FrameType | None) -> None:
     if _in_job:
         raise JobTimeout(f"the job passed its soft timeout of {format_duration(_soft_timeout)}",
                          timeout_s=_soft_timeout, soft=True)
 
 
-def _end_leftovers() -> bool:
-    """Kill every process the job left and reap them all; False when some would not die in time.
+def _end_leftovers() -> tuple[bool, int]:
+    """Kill every process the job left and reap them all: whether all died in time, and how many were
+    still running (exited ones are only reaped).
 
     The worker is their subreaper: a process whose parent exited was re-parented here, so "no child
     left" means nothing of the job is left, whatever session or group it moved to.
@@ -348,15 +373,16 @@ def _end_leftovers() -> bool:
     me = os.getpid()
     deadline = time.monotonic() + _REAP_DEADLINE
     pause = 0.0005
+    killed = 0
     while True:
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
-            return True  # the common case, one syscall: the job left no process
+            return True, killed  # the common case, one syscall: the job left no process
         if time.monotonic() > deadline:
-            return False
-        processes.freeze_and_kill(me, include_worker=False)
+            return False, killed
+        killed += processes.freeze_and_kill(me, include_worker=False)
         time.sleep(pause)  # SIGKILLed processes die within microseconds; this is seldom reached twice
         pause = min(pause * 2, 0.05)
 
@@ -370,5 +396,20 @@ def _flush_output() -> None:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:
+    except BaseException:  # its __str__ is user code, which may raise SystemExit as well as anything
         return f"<unprintable {type(exc).__name__}>"
+
+
+def _describe(exc: BaseException) -> str:
+    """What an exception says; named too when it is not an Exception (``SystemExit: 0``, not ``0``)."""
+    return _safe_str(exc) if isinstance(exc, Exception) else f"{type(exc).__name__}: {_safe_str(exc)}"
+
+
+def _format_exc(exc: BaseException) -> str:
+    """``traceback.format_exc()``, which calls the exception's ``__str__`` and lets a SystemExit from it
+    through; the frames alone then, under the exception's class name."""
+    try:
+        return traceback.format_exc()
+    except BaseException:
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: <unprintable>\n"

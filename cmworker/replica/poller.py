@@ -49,6 +49,7 @@ from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
 from cmworker.errors import CmworkerError, JobError, ResultTooLarge, RuntimeUnavailable
 from cmworker.limits import JobLimits
+from cmworker.pool.processes import forbid_tracing
 from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
 from cmworker.replica.announce import announce
 from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
@@ -148,6 +149,7 @@ class Poller:
     # -- lifecycle (main thread) ----------------------------------------------------------------
 
     def run(self) -> int:
+        forbid_tracing()  # this process holds every job's credentials, and jobs run as its user
         self._install_signals()
         if self.config.stats_interval:
             self._next_stats = time.monotonic() + self.config.stats_interval
