@@ -111,7 +111,10 @@ def _percent_encoded(text: str) -> set[str]:
     throughout, and looked at once only: ``quote`` took 10 us of a 1 KB token, on the poll thread, per job."""
     if _UNRESERVED.fullmatch(text):
         return set()
-    return {quote(text, safe=""), quote(text), quote_plus(text)}
+    try:
+        return {quote(text, safe=""), quote(text), quote_plus(text)}
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): no UTF-8, so no percent-encoding either
+        return set()
 
 
 def forms(secret: str) -> set[str]:
