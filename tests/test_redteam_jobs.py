@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -336,3 +337,32 @@ def test_a_job_cannot_read_the_memory_of_the_replica_the_template_or_a_sibling_w
         kind, found = answer(rt, rt.submit("read_memory_of_others"))
         assert kind == "ok", (found, (tmp_path / "run.log").read_text()[-3000:])
         assert found == {"replica": False, "template": False, "sibling": False}
+
+
+UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                # only to read the interpreter under /root: writing still takes the file's owner
+                "--inh-caps=-all,+dac_read_search", "--ambient-caps=-all,+dac_read_search"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="runs the replica as another user")
+def test_a_replica_run_as_a_user_not_root_still_sets_its_workers_oom_score_and_each_jobs_own_peak(
+        tmp_path: Path) -> None:
+    """Non-dumpable, a process's /proc/self files belong to root: as any other user it could no longer
+    write its oom_score_adj (the OOM killer then took the replica as readily as a worker) nor reset its
+    peak (each job then reported the biggest peak of any job before it on that worker)."""
+    (tmp_path / "cmworker.toml").write_text(RUN_CONFIG)
+    with EmbeddedRuntime(long_poll=1.0) as rt, open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*UNPRIVILEGED, sys.executable, "-m", "cmworker", "run", os.path.join(APPS, APP), "--workers", "1",
+             "--config", str(tmp_path / "cmworker.toml")], env={**os.environ, **rt.env(0)}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            big, small = rt.submit("own_proc_settings", {"mib": 120}), rt.submit("own_proc_settings", {})
+            answers = [answer(rt, big), answer(rt, small)]
+        finally:
+            stop_process(proc, WAIT)
+    assert answers == [("ok", {"oom_score_adj": 500, "uid": 65534})] * 2, answers
+    peaks = {line["params"]["job_id"]: line["params"]["peak_rss_bytes"]
+             for line in map(json.loads, (tmp_path / "run.log").read_text().splitlines())
+             if line.get("message") == "job_finished"}
+    assert peaks[big] > 120 * 2**20 > 2 * peaks[small], peaks

@@ -172,6 +172,8 @@ class Template:
         code = 70
         try:
             set_title(f"cmworker: worker {slot} idle")
+            if self.options.untraceable:  # its own /proc files are its user's only while it is dumpable
+                processes.forbid_tracing(False)
             os.setpgid(0, 0)
             # Before anything else can run here: from now on every orphan of this worker's jobs is
             # re-parented to it, and counted and killed with its job.
@@ -200,7 +202,8 @@ class Template:
                            logger_levels=self.options.logger_levels)
             from cmworker.pool.worker import serve
 
-            serve(socket.socket(fileno=sock_fd), self.functions, f"cmworker: worker {slot}")
+            serve(socket.socket(fileno=sock_fd), self.functions, f"cmworker: worker {slot}",
+                  untraceable=self.options.untraceable)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

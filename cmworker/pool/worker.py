@@ -77,9 +77,11 @@ _soft_timeout = 0.0
 _REAP_DEADLINE = 2.0
 
 
-def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str = "") -> NoReturn:
+def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str = "",
+          untraceable: bool = False) -> NoReturn:
     """The worker's whole life: announce itself, then run jobs until the parent closes the socket.
-    ``title`` names it in ``ps``, with the function it runs."""
+    ``title`` names it in ``ps``, with the function it runs; ``untraceable``: non-dumpable from its
+    first job on (``processes.forbid_tracing``), once its own /proc files are open."""
     global _worker_pid
     _worker_pid = os.getpid()
     signal.signal(signal.SIGALRM, _on_soft_timeout)
@@ -88,6 +90,8 @@ def serve(sock: socket.socket, functions: Mapping[str, FunctionSpec], title: str
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     stack.install()  # the stack at a crash, and at the parent's kill, goes to stderr (pool/stack.py)
     watch = JobWatch(lambda: _in_job)  # before the baseline: its signal handler is part of it
+    if untraceable:  # after JobWatch opened /proc/self/clear_refs, before the baseline records the flag
+        processes.forbid_tracing()
     baseline = Baseline.capture(sock.fileno())
     send_message(sock, Ready(os.getpid()))
     reader = BlockingReader(sock)

@@ -355,3 +355,13 @@ def flood(context, event):
         sys.stdout.write(chunk)
         sys.stderr.write(chunk)
     return "flooded"
+
+
+@cmworker.function
+def own_proc_settings(context, event):
+    """What the worker's own /proc files say: its OOM score, and (touching ``mib`` first) its peak."""
+    if event.get("mib"):
+        block = bytearray(event["mib"] * 2**20)
+        block[::4096] = b"x" * len(block[::4096])
+    with open("/proc/self/oom_score_adj") as f:
+        return {"oom_score_adj": int(f.read()), "uid": os.getuid()}
