@@ -7,6 +7,7 @@ everything the process wrote. Answers to callers keep what the function raised o
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import logging
@@ -138,6 +139,7 @@ def test_an_overlong_line_is_never_cut_inside_a_secret() -> None:
         for before in range(MAX_LINE - len(secret) - 2, MAX_LINE + 3):
             for written in (1, len(secret) // 2, len(secret) - 1, len(secret)):
                 r, w = os.pipe()
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4 * MAX_LINE)  # the writes below must not wait for a reader
                 reader = LineReader()
                 os.write(w, b"x" * before + secret[:written])
                 first, _ = reader.read(r)

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import cmworker
-from cmworker.pool.output import MAX_LINE
+from cmworker.pool.output import LINE_BURST, LINE_BYTES, MAX_LINE
 from cmworker.runtime.embedded import EmbeddedRuntime
 from tests.pool_harness import APPS, WAIT, cmworker_run, running_pool, stop_process
 from tests.test_job_escape import mark, wait_unmarked  # noqa: F401 - mark is a fixture
@@ -167,6 +167,22 @@ def test_megabytes_of_output_without_a_newline_neither_delay_the_answer_nor_floo
             # per line (64 KiB from a pipe), 2000 of them at once, let all 64 MiB through to the log.
             assert max(len(line.text) for line in h.output) <= MAX_LINE
             assert sum(line.dropped for line in h.output) > 0
+
+
+def test_a_long_line_a_job_writes_at_once_reaches_the_log_whole_and_a_flood_of_them_is_limited_in_bytes() -> None:
+    with running_pool(APP, workers=1) as h:
+        answer = h.run("long_line", {"kib": 40})
+        assert answer.kind == "ok"
+        with h.cond:
+            [line] = [line.text for line in h.output if line.job_id == answer.job.id]
+        assert len(line) > 40_000 and json.loads(line)["event"] == "big"  # whole: a structured line still
+        # The flood limit counts such a line as what its size is worth in short lines.
+        assert LINE_BURST * LINE_BYTES / (40 * 1024) < 1000
+        answer = h.run("long_lines", {"kib": 40, "count": 1000})
+        with h.cond:
+            kept = [line for line in h.output if line.job_id == answer.job.id and not line.dropped]
+            dropped = sum(line.dropped for line in h.output if line.job_id == answer.job.id)
+        assert dropped > 0 and sum(len(line.text) for line in kept) <= (LINE_BURST + 100) * LINE_BYTES
 
 
 # -- a job that stops being a subreaper --------------------------------------------------------------

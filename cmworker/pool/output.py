@@ -3,9 +3,9 @@
 Each worker's fds 1 and 2 are pipes into the parent, so output written by C extensions and
 subprocesses is caught too, and output of a worker that dies is not lost. The parent always drains the
 pipes, so a job can never block on a full pipe; a line longer than ``MAX_LINE`` is cut into lines of
-that length, and a flood is rate-limited (a burst, then a steady rate, in lines: so in bytes too) and
-the lines over the limit are only counted. The last lines are kept regardless, for the answer to a
-job whose worker died.
+that length, and a flood is rate-limited (a burst, then a steady rate, in lines, a long line counting
+as one per ``LINE_BYTES`` it holds: so in bytes too) and the lines over the limit are only counted.
+The last lines are kept regardless, for the answer to a job whose worker died.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from cmworker.redaction import SECRETS
 
 READ_SIZE = 256 * 1024
 LAST_LINES = 20
-MAX_LINE = 16 * 1024            # a longer line is cut into lines this long, never inside a secret (_split)
+# A longer line is cut into lines this long, never inside a secret (_split). A pipe's whole buffer: a
+# structured log line a job writes at once stays whole, and parsed as one.
+MAX_LINE = 64 * 1024
 LINE_BURST, LINE_RATE = 2000.0, 1000.0
+LINE_BYTES = 16 * 1024  # the flood limit counts a line as one per LINE_BYTES it holds, started
 
 
 class LineReader:
@@ -154,8 +157,9 @@ class WorkerOutput:
             now = self.clock()
             self._tokens = min(LINE_BURST, self._tokens + (now - self._refilled) * LINE_RATE)
             self._refilled = now
-            if self._tokens < 1:
+            cost = 1 + (len(raw) - 1) // LINE_BYTES if raw else 1
+            if self._tokens < cost:
                 self.dropped += 1
                 continue
-            self._tokens -= 1
+            self._tokens -= cost
             yield text

@@ -7,6 +7,7 @@ nothing of the job outlives it.
 
 import ctypes
 import gc
+import json
 import multiprocessing
 import os
 import resource
@@ -365,3 +366,17 @@ def own_proc_settings(context, event):
         block[::4096] = b"x" * len(block[::4096])
     with open("/proc/self/oom_score_adj") as f:
         return {"oom_score_adj": int(f.read()), "uid": os.getuid()}
+
+
+@cmworker.function
+def long_line(context, event):
+    """One JSON line of ``kib`` KiB on stdout, as a big structured log line is."""
+    print(json.dumps({"event": "big", "data": "y" * (event["kib"] * 1024 - 40)}), flush=True)
+    return "printed"
+
+
+@cmworker.function
+def long_lines(context, event):
+    for _ in range(event["count"]):
+        print(json.dumps({"event": "big", "data": "y" * (event["kib"] * 1024 - 40)}))
+    return "printed"
