@@ -485,8 +485,8 @@ class Poller:
             while (outgoing := self.ledger.next_answer()) is not None:
                 replaced = self._post(conn, outgoing.job_id, _constant(outgoing.body), outgoing.attempts)
                 if outgoing.answer is not None:  # after the POST: the runtime has the answer, and sooner
-                    answer = outgoing.answer
-                    self._log_finished(dataclasses.replace(answer, kind="result_too_large") if replaced else answer)
+                    self._log_finished(dataclasses.replace(outgoing.answer, kind="result_too_large") if replaced
+                                       else outgoing.answer)
                 del outgoing  # not held while waiting for the next: a big answer is freed once posted
         finally:
             conn.close()
