@@ -100,6 +100,19 @@ def test_sigterm_while_a_get_and_a_post_overlap(runtime: EmbeddedRuntime, tmp_pa
     assert runtime.record.held(0) == []
 
 
+def test_sigterm_while_only_an_answer_is_being_posted_says_no_job_is_running(runtime: EmbeddedRuntime,
+                                                                           tmp_path: Path) -> None:
+    """A job whose answer is made is not running any more, though it is held until its POST returns."""
+    with cmworker_run(runtime, tmp_path, CONFIG) as proc:
+        runtime.spoil_next("result", "trickle_head", 1, interval=0.1)
+        job = runtime.submit("neighbour", {"sleep": 0, "n": 0})
+        answered_once(runtime, job)  # recorded by the runtime; the poster still reads its reply
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    log = (tmp_path / "run.log").read_text()
+    assert "stopping: no job is running" in log and "finishing running jobs" not in log, log[-2000:]
+
+
 def test_a_replica_killed_while_a_get_and_a_post_overlap_is_told_exactly_the_jobs_it_dropped(
         runtime: EmbeddedRuntime, tmp_path: Path) -> None:
     with cmworker_run(runtime, tmp_path, CONFIG) as proc:

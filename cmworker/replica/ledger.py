@@ -25,6 +25,7 @@ class Held:
     function: str
     accepted: float
     stream: queue.SimpleQueue[Any] | None = None
+    answered: bool = False  # its answer is made, and only its POST is left
 
 
 @dataclass(eq=False)
@@ -83,6 +84,11 @@ class Ledger:
         with self._lock:
             return len(self._jobs)
 
+    def running(self) -> int:
+        """The jobs held whose answer is not made yet; the others are only being posted."""
+        with self._lock:
+            return sum(not held.answered for held in self._jobs.values())
+
     def wait_below(self, limit: int, timeout: float) -> bool:
         with self._lock:
             return self._changed.wait_for(lambda: len(self._jobs) < limit, timeout)
@@ -94,6 +100,9 @@ class Ledger:
 
     def queue_answer(self, outgoing: Outgoing) -> None:
         with self._lock:
+            held = self._jobs.get(outgoing.job_id)
+            if held is not None:
+                held.answered = True
             self._outbox.append(outgoing)
             self._posters.notify()
 

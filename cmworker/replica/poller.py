@@ -294,10 +294,10 @@ class Poller:
             self.pool.close(grace=0.0, wait=False)
             return
         self._stopping.set()  # first: once the line below is out, no job is started any more
-        held = len(self.ledger)
-        if held:
+        running = self.ledger.running()  # not counting answers only being posted: those are done
+        if running:
             log.warning("stopping: finishing running jobs (%d) for up to %s; a second Ctrl-C or SIGTERM stops "
-                        "them now", held, human_duration(self.config.shutdown_grace))
+                        "them now", running, human_duration(self.config.shutdown_grace))
         else:
             log.warning("stopping: no job is running")
 
@@ -454,6 +454,7 @@ class Poller:
         self.outcomes[answer.kind] += 1
         held = self.ledger.get(answer.job.id)
         if held is not None and held.stream is not None:
+            held.answered = True
             self._log_finished(answer)  # a streaming job's POST thread is busy with the chunks
             if answer.body:
                 held.stream.put(answer.body)
