@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
@@ -232,3 +233,52 @@ class _OwnBody:
             if make is not None:
                 body = make(envelope)
         self._exchange.reply(status, body, *args, **kwargs)
+
+
+class ServedBodies:
+    """``cmworker run`` of a test app with one worker, whose jobs' GET bodies the test makes (``JobBodies``):
+    ``case(make)`` hands out one job with the body ``make(job_id)``, then a probe, and returns the case's
+    id once the probe is answered. One worker: the probe is asked for only after the case's job is done,
+    so the case is settled (answered, or given up as unanswerable) by then."""
+
+    def __init__(self, rt: EmbeddedRuntime, raw: JobBodies, proc: subprocess.Popen[bytes], log: Path,
+                 function: str, key: str, probe: Any) -> None:
+        self.rt, self.raw, self.proc, self.log = rt, raw, proc, log
+        self._function, self._key, self._probe = function, key, probe
+        self._cases = itertools.count()
+
+    def case(self, make: Callable[[str], bytes]) -> str:
+        case = next(self._cases)
+        self.raw.bodies[case] = lambda envelope: make(envelope["computeModuleJobV1"]["jobId"])
+        job_id, probe = self.rt.store.submit([(self._function, {self._key: case}, "served"),
+                                              (self._function, self._probe, "served")])
+        [snap] = self.rt.store.wait_finished([probe], WAIT)
+        assert self.proc.poll() is None, f"cmworker run exited ({self.proc.returncode}):\n{self.tail()}"
+        assert snap is not None and snap.status == "done", f"the probe after the case was not answered:\n{self.tail()}"
+        return job_id
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+S = TypeVar("S", bound=ServedBodies)
+
+
+@contextmanager
+def served_bodies(tmp: Path, app: str, function: str, key: str, probe: Any, cls: type[S]) -> Iterator[S]:
+    """A ``cls`` (a ``ServedBodies``) serving ``app`` against its own runtime, with the cap off: a job
+    refused as unanswerable stays held by the runtime, and must not block the next ones."""
+    from cmworker.runtime.embedded import EmbeddedRuntime
+
+    (tmp / "cmworker.toml").write_text('[limits]\ntimeout = "20s"\n')
+    with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "run.log", "wb") as log:
+        listener = rt.module_listener(0)
+        raw = listener.app = JobBodies(listener.app, key=key)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, app), "--workers", "1",
+             "--config", str(tmp / "cmworker.toml")],
+            env={**os.environ, **rt.env(0)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield cls(rt, raw, proc, tmp / "run.log", function, key, probe)
+        finally:
+            stop_process(proc, WAIT)

@@ -18,14 +18,10 @@ Examples are derandomized (the same inputs on every run) and few, so the file ru
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import os
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +38,7 @@ from cmworker.errors import ConfigError
 from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.server import JOB_PATH, QUERY_API, RESULTS_PATH, SCHEMAS_PATH
 from cmworker.settings import SETTINGS
-from tests.pool_harness import APPS, JobBodies, stop_process
+from tests.pool_harness import ServedBodies, served_bodies
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,47 +62,18 @@ SERVED_EXAMPLES = 30
 # 1. Job bodies through a served app
 # ---------------------------------------------------------------------------------------------------
 
-@dataclass
-class Served:
-    rt: EmbeddedRuntime
-    raw: JobBodies
-    proc: subprocess.Popen[bytes]
-    log: Path
-    cases: Iterator[int]
-
+class Served(ServedBodies):
     def run(self, make: Callable[[str], bytes]) -> tuple[str, Any]:
         """Hand out one job with the body ``make(job_id)``, then a probe; the case's (id, snapshot)."""
-        case = next(self.cases)
-        self.raw.bodies[case] = lambda envelope: make(envelope["computeModuleJobV1"]["jobId"])
-        job_id, probe = self.rt.store.submit([("untyped", {"fuzz_case": case}, "fuzz"),
-                                              ("untyped", {"probe": True}, "fuzz")])
-        [snap] = self.rt.store.wait_finished([probe], WAIT)
-        assert self.proc.poll() is None, f"cmworker run exited ({self.proc.returncode}):\n{self.tail()}"
-        assert snap is not None and snap.status == "done", f"the probe after the case was not answered:\n{self.tail()}"
+        job_id = self.case(make)
         return job_id, self.rt.record.job(job_id)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tmp = tmp_path_factory.mktemp("served")
-    (tmp / "cmworker.toml").write_text('[limits]\ntimeout = "20s"\n')
-    # cap off: a job whose body has no usable id stays held forever, and must not block the next ones.
-    with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "run.log", "wb") as log:
-        listener = rt.module_listener(0)
-        raw = listener.app = JobBodies(listener.app, key="fuzz_case")
-        # One worker: the probe is asked for only after the case's job is done, so the case is settled
-        # (answered, or given up as unanswerable) by the time the probe is answered.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, "typed_app.py"), "--workers", "1",
-             "--config", str(tmp / "cmworker.toml")],
-            env={**os.environ, **rt.env(0)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield Served(rt, raw, proc, tmp / "run.log", itertools.count())
-        finally:
-            stop_process(proc, WAIT)
+    with served_bodies(tmp_path_factory.mktemp("served"), "typed_app.py", "untyped", "fuzz_case", {"probe": True},
+                       Served) as served:
+        yield served
 
 
 def envelope(job_id: str, query_type: Any = "untyped", query: Any = None, **v1: Any) -> dict[str, Any]:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +30,7 @@ from cmworker.runtime.embedded import EmbeddedRuntime
 from cmworker.runtime.state import JobSnapshot
 from cmworker.runtime.tls import write_tls_files
 from cmworker.runtime.wire import DRAIN_LIMIT
-from tests.pool_harness import APPS, JobBodies, cmworker_run, stop_process
+from tests.pool_harness import ServedBodies, cmworker_run, served_bodies
 
 pytestmark = pytest.mark.timeout(180)
 WAIT = 30.0
@@ -41,25 +38,13 @@ PAD = "p" * FULL_PARSE_BELOW  # a query this long makes the parent read the enve
 DEEP = "[" * 1500 + "]" * 1500  # deeper than json parses, in a body short enough to be parsed in full
 
 
-@dataclass
-class Served:
-    rt: EmbeddedRuntime
-    raw: JobBodies
-    proc: subprocess.Popen[bytes]
-    log: Path
-    cases: Iterator[int]
-
+class Served(ServedBodies):
     def run(self, make: Callable[[str], bytes]) -> str:
         """Hand out one job whose GET body is ``make(job_id)``, then a probe; the case's job id, once the
-        probe after it is answered (one worker: the case is settled by then)."""
-        case = next(self.cases)
-        self.raw.bodies[case] = lambda envelope: make(envelope["computeModuleJobV1"]["jobId"])
-        job_id, probe = self.rt.store.submit([("echo", {"case": case}, "rt"), ("echo", "probe", "rt")])
-        [snap] = self.rt.store.wait_finished([probe], WAIT)
-        assert snap is not None and snap.status == "done", f"the probe after the case was not answered:\n{self.tail()}"
+        probe after it is answered."""
+        job_id = self.case(make)
         # Not even on its way out: a thread that died makes the replica drain and exit, serving meanwhile.
-        log = self.log.read_text(errors="replace")
-        assert self.proc.poll() is None and '"message": "stopping' not in log, self.tail()
+        assert '"message": "stopping' not in self.log.read_text(errors="replace"), self.tail()
         return job_id
 
     def answered_once(self, job_id: str) -> Any:
@@ -71,26 +56,11 @@ class Served:
     def unanswered(self, job_id: str) -> JobSnapshot | None:
         return self.rt.record.job(job_id)
 
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tmp = tmp_path_factory.mktemp("redteam")
-    (tmp / "cmworker.toml").write_text('[limits]\ntimeout = "20s"\n')
-    # cap off: a job refused as unanswerable stays held by the runtime, and must not block the next ones.
-    with EmbeddedRuntime(long_poll=0.5, cap=False) as rt, open(tmp / "run.log", "wb") as log:
-        listener = rt.module_listener(0)
-        raw = listener.app = JobBodies(listener.app)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cmworker", "run", os.path.join(APPS, "misbehave.py"), "--workers", "1",
-             "--config", str(tmp / "cmworker.toml")],
-            env={**os.environ, **rt.env(0)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield Served(rt, raw, proc, tmp / "run.log", itertools.count())
-        finally:
-            stop_process(proc, WAIT)
+    with served_bodies(tmp_path_factory.mktemp("redteam"), "misbehave.py", "echo", "case", "probe", Served) as served:
+        yield served
 
 
 def v1(*members: str, after: str = "") -> bytes:
