@@ -53,7 +53,7 @@ class LineReader:
         whole = (self._partial.pop(fd, b"") + data).split(b"\n")
         tail = whole.pop()
         # Every line at most MAX_LINE long, each counted against the flood limit: cut only where a read
-        # ended, a job's 64 MiB without a newline reached the log whole, in lines of a read each.
+        # ended, a job's 64 MiB without a newline would reach the log whole, in lines of a read each.
         lines: list[bytes] = []
         for line in whole:
             pieces, rest = _split(line, 0)

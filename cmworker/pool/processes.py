@@ -161,8 +161,8 @@ _PR_SET_DUMPABLE = 4
 def forbid_tracing(forbid: bool = True) -> None:
     """Make this process, and the children it forks from now on, non-dumpable: the kernel then lets no
     process of the same user ptrace it or open its /proc/<pid>/mem, short of CAP_SYS_PTRACE. Jobs run as
-    the replica's user; before this, a job could read every job's credentials out of the replica and
-    its siblings' workers (tests/test_redteam_jobs.py). An exec makes a process dumpable again.
+    the replica's user; dumpable, the replica and its siblings' workers would give any job every job's
+    credentials (tests/test_redteam_jobs.py). An exec makes a process dumpable again.
 
     The price: a non-dumpable process's /proc/self files belong to root, so a process not run as root
     can no longer write its own (``oom_score_adj``, ``clear_refs``). A new worker, which holds nothing

@@ -203,8 +203,8 @@ def _unreadable(body: bytes, exc: ValueError | RecursionError, held: Container[s
 
 def _unnameable(job_id: str, body: bytes) -> str | None:
     """Why no POST can name this job, if none can. JSON's ``\\ud800`` is a lone surrogate, a string with
-    no UTF-8 form: its result URL could not be written, and the UnicodeEncodeError in a poster thread
-    ended the replica (tests/test_redteam_wire.py)."""
+    no UTF-8 form: its result URL cannot be written, and the UnicodeEncodeError in a poster thread would
+    end the replica (tests/test_redteam_wire.py)."""
     try:
         job_id.encode("utf-8")
     except UnicodeEncodeError:
