@@ -22,7 +22,7 @@ As PID 1 the supervisor reaps every orphan re-parented to it; it is a child subr
 the loop's processes abandon is reaped (and, once the loop is gone, killed) here.
 
 Every line the loop writes reaches the log through the supervisor, so the supervisor is where the
-module's secrets are registered for redaction (``_register_secrets``): ``CLIENT_SECRET``, the job token
+module's secrets are registered for redaction (``intake.SecretFiles``): ``CLIENT_SECRET``, the job token
 in the file ``BUILD2_TOKEN`` names and every scalar of the sources' credentials. What the loop's process
 registers itself (``pipeline_token()`` does) redacts the lines it renders, not its prints, and not what
 the supervisor writes again.
@@ -45,12 +45,11 @@ from dataclasses import dataclass
 import psutil
 
 from cmworker import logs
-from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.pipeline_mode.runner import LOAD_FAILED
 from cmworker.pool import stack
 from cmworker.pool.jobs import OutputLine
 from cmworker.pool.output import WorkerOutput
-from cmworker.replica.intake import source_secrets
+from cmworker.replica.intake import SecretFiles
 from cmworker.replica.job_output import OutputRelay
 from cmworker.resources import BUILD2_TOKEN
 
@@ -107,9 +106,9 @@ class PipelineSupervisor:
         self.status: int | None = None  # set when the supervisor is done
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
-        self._secret_files: dict[str, tuple[int, int, int]] = {}  # path -> (inode, mtime, size) when read
         logs.add_secret(self.env.get("CLIENT_SECRET"))
-        self._register_secrets()
+        self._secret_files = SecretFiles(self.env, logs.add_secret, token_env=BUILD2_TOKEN)
+        self._secret_files.refresh()
 
     # -- the main loop ---------------------------------------------------------------------------
 
@@ -200,34 +199,11 @@ class PipelineSupervisor:
             _log.info("pipeline_restarted", attempt=self.attempts, pid=proc.pid)
         self.attempts += 1
 
-    def _register_secrets(self) -> None:
-        """The job token and the sources' credentials, read again whenever their file changes (Foundry may
-        replace the token's file, and write the sources' after start-up): before any line is relayed, so
-        that none the loop writes with a new token shows it. A replaced token stays a secret."""
-        for name in (BUILD2_TOKEN, SOURCE_CREDENTIALS_ENV):
-            path = self.env.get(name)
-            if not path:
-                continue
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if self._secret_files.get(path) == seen:
-                continue
-            self._secret_files[path] = seen
-            if name == SOURCE_CREDENTIALS_ENV:
-                for secret in source_secrets(self.env):
-                    logs.add_secret(secret)
-                continue
-            with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as handle:
-                logs.add_secret(handle.read().strip())
-
     def _read_output(self, fd: int) -> None:
         loop = self.loop
         if loop is None:
             return
-        self._register_secrets()
+        self._secret_files.refresh()  # before any line the loop wrote with a new token is relayed
         lines, _ = loop.output.read(fd)
         for stream, text in lines:
             self.relay(OutputLine(None, loop.proc.pid, stream, text))
@@ -249,7 +225,7 @@ class PipelineSupervisor:
                 self._ended(self.loop, self.loop.proc.returncode)
 
     def _ended(self, loop: _Loop, code: int) -> None:
-        self._register_secrets()
+        self._secret_files.refresh()
         for stream, text in loop.output.drain():
             self.relay(OutputLine(None, loop.proc.pid, stream, text))
         loop.output.close()

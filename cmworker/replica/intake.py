@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
-from collections.abc import Collection, Container, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,42 @@ def source_secrets(environ: Mapping[str, str]) -> list[str]:
         elif isinstance(item, str):
             found.append(item)
     return list(dict.fromkeys(found))
+
+
+class SecretFiles:
+    """Files whose contents are secrets and which the platform may write or replace after start-up: the
+    sources' credentials (every scalar, ``source_secrets``) and, in pipeline mode, the job token (the
+    whole file). ``refresh`` hands each to ``add`` when first found and again whenever its file changes
+    (inode, modification time, size); a replaced secret stays registered. With no such file, as on most
+    replicas, ``refresh`` costs nothing per job."""
+
+    def __init__(self, environ: Mapping[str, str], add: Callable[[str], None], token_env: str | None = None) -> None:
+        self._environ = environ
+        self._add = add
+        names = [SOURCE_CREDENTIALS_ENV, *([token_env] if token_env else [])]
+        self._files = [(name, path) for name in names if (path := environ.get(name))]
+        self._seen: dict[str, tuple[int, int, int]] = {}
+
+    def refresh(self) -> None:
+        for name, path in self._files:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if self._seen.get(path) == seen:
+                continue
+            self._seen[path] = seen
+            if name == SOURCE_CREDENTIALS_ENV:
+                secrets = source_secrets(self._environ)
+            else:
+                try:
+                    with open(path, encoding="utf-8") as handle:
+                        secrets = [handle.read().strip()]
+                except (OSError, ValueError):
+                    continue
+            for secret in secrets:
+                self._add(secret)
 
 
 def _unreadable(body: bytes, exc: ValueError | RecursionError, held: Container[str]) -> Immediate | Refused:

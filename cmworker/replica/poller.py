@@ -45,14 +45,13 @@ from typing import Any
 import psutil
 
 from cmworker import heap, logs
-from cmworker.app.context import SOURCE_CREDENTIALS_ENV
 from cmworker.config import Config
 from cmworker.errors import CmworkerError, JobError, ResultTooLarge, RuntimeUnavailable
 from cmworker.limits import JobLimits
 from cmworker.pool.processes import forbid_tracing
 from cmworker.pool.supervisor import Answer, Job, Pool, PoolOptions, StreamItem, Ticket
 from cmworker.replica.announce import announce
-from cmworker.replica.intake import Immediate, Refused, parse_job, source_secrets
+from cmworker.replica.intake import Immediate, Refused, SecretFiles, parse_job
 from cmworker.replica.job_output import OutputRelay
 from cmworker.replica.ledger import Held, Ledger, Outgoing
 from cmworker.replica.service import Connection, EmptyPolls, Reply, Service, TransportError, backoff
@@ -125,9 +124,10 @@ class Poller:
         self._next_stats = float("inf")
         logs.add_secret(service.endpoints.token)
         logs.add_secret(os.environ.get("CLIENT_SECRET"))
-        self._sources_seen: tuple[int, int] | None = None
-        self._sources_path = os.environ.get(SOURCE_CREDENTIALS_ENV)
-        self._register_sources()
+        # The sources' credentials are secrets, read again whenever their file changes: the platform may
+        # write it after start-up, and jobs read it when they find it.
+        self._sources = SecretFiles(os.environ, logs.add_secret)
+        self._sources.refresh()
         self._stopping = threading.Event()
         self._fatal: BaseException | None = None
         self._signals: list[int] = []
@@ -399,7 +399,7 @@ class Poller:
     def _take(self, body: bytes, ticket: Ticket) -> bool:
         """Act on what the intake decided for one GET body: hold the job, then run it or answer it now.
         False when the body named no job."""
-        self._register_sources()  # before the job can read them
+        self._sources.refresh()  # before the job can read them (two poll threads at once: twice, harmlessly)
         intake = parse_job(body, self.pool.functions, self.ledger, self._stopping.is_set())
         for secret in intake.secrets:  # kept after the answer: the job's code may print them later
             logs.add_job_secret(secret)
@@ -415,21 +415,6 @@ class Poller:
         self._observe("submit", job.id)
         self.pool.submit(job, ticket)
         return True
-
-    def _register_sources(self) -> None:
-        """The sources' credentials are secrets; read again whenever their file changes, since the
-        platform may write it after start-up, and jobs read it when they find it. (Poll threads; two at
-        once at worst register the same secrets twice.)"""
-        if not self._sources_path:  # the common case: no sources, nothing to look at per job
-            return
-        try:
-            stat = os.stat(self._sources_path)
-        except OSError:
-            return
-        if (stat.st_mtime_ns, stat.st_size) != self._sources_seen:
-            self._sources_seen = (stat.st_mtime_ns, stat.st_size)
-            for secret in source_secrets(os.environ):
-                logs.add_secret(secret)
 
     def _limits_of(self, function: str) -> JobLimits:
         """Worked out once per function, as the configuration does not change, from the limits it declared
